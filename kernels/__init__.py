@@ -1,0 +1,1 @@
+"""Triton kernels (installed as grokfast.kernels). They know nothing of configs, files or logging."""
