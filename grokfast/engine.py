@@ -71,7 +71,7 @@ def check_batch(configs: Sequence[Config]) -> None:
 
 
 def train(config: Config, seeds=None, *, backend: str = "auto", out=None, progress: bool = False,
-          handle_signals: bool = False, chunk_steps: Optional[int] = None):
+          handle_signals: bool = False, chunk_steps: Optional[int] = None, observers=()):
     """Train `config` (or one model per seed in `seeds`, in one launch) and return the Result.
 
     backend: "auto" (triton on CUDA, else torch), "triton", "torch" or "reference" (plain autograd
@@ -79,7 +79,7 @@ def train(config: Config, seeds=None, *, backend: str = "auto", out=None, progre
     seeds: None for one model → Result; an iterable → ResultBatch, model i with seed seeds[i].
     out: directory to save into (one run, or model_000/, model_001/, … for a batch).
     progress: show a progress bar. handle_signals: Ctrl-C / SIGTERM stop after the current chunk and
-    keep everything (the CLI sets this).
+    keep everything (the CLI sets this). observers: read-only hooks on θ at chosen steps (see run).
     """
     if not isinstance(config, Config):
         raise GrokfastError(f"train() needs a grokfast.Config, got {type(config).__name__}; "
@@ -92,7 +92,7 @@ def train(config: Config, seeds=None, *, backend: str = "auto", out=None, progre
             raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(4)")
         configs = [config.replace(seed=s) for s in seeds]
     results = run(configs, backend=backend, progress=progress, handle_signals=handle_signals,
-                  chunk_steps=chunk_steps)
+                  chunk_steps=chunk_steps, observers=observers)
     if seeds is None:
         if out is not None:
             results[0].save(out)
@@ -152,8 +152,15 @@ class _StopRequest:
 
 
 def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = False,
-        handle_signals: bool = False, chunk_steps: Optional[int] = None) -> list[Result]:
-    """The training loop over a batch of configs sharing SHARED_FIELDS; one Result per config."""
+        handle_signals: bool = False, chunk_steps: Optional[int] = None,
+        observers: Sequence = ()) -> list[Result]:
+    """The training loop over a batch of configs sharing SHARED_FIELDS; one Result per config.
+
+    observers: objects with ``pause_steps(steps) -> iterable of int`` (steps s at which the loop must
+    stop to look at θ_s), ``observe(step, W1, W2)`` (CPU copies, [n_models, ...]) and
+    ``extras() -> list of dict`` (one dict of arrays per model, stored in Result.extras). They only read
+    the parameters: a run with observers is bitwise equal to one without.
+    """
     configs = list(configs)
     check_batch(configs)
     first = configs[0]
@@ -168,6 +175,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
     chunk = chunk_steps or getattr(stepper, "preferred_chunk", 1000)
     chunk = max(log_every, -(-chunk // log_every) * log_every)
 
+    pauses = sorted({int(s) for ob in observers for s in ob.pause_steps(steps) if 0 <= s <= steps})
     pieces: list[dict] = []
     n_rows = np.zeros(M, dtype=np.int64)          # recorded rows kept per model
     active = np.ones(M, dtype=bool)
@@ -182,7 +190,10 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
         if stop:
             stop.__enter__()
         while step < steps and active.any():
-            n = min(chunk, steps - step)
+            if pauses and pauses[0] == step:
+                _observe(observers, step, stepper)
+                pauses.pop(0)
+            n = min(chunk, steps - step, *(q - step for q in pauses[:1]))
             rows = stepper.advance(step, n, active.copy())
             loss = rows["train_loss"]
             for i in np.nonzero(active)[0]:
@@ -212,6 +223,12 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    if pauses and pauses[0] == step and not interrupted:
+        _observe(observers, step, stepper)
+    extras = [dict() for _ in configs]
+    for ob in observers:
+        for i, e in enumerate(ob.extras()):
+            extras[i].update(e)
 
     W1, W2 = stepper.params()
     results = []
@@ -225,8 +242,14 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
             final["norm"] = float(torch.sqrt(W1[i].double().pow(2).sum() + W2[i].double().pow(2).sum()))
         results.append(Result(config=c, history=hist, params=params, backend=stepper.backend,
                               wall_time=wall, steps_done=int(steps_done[i]), diverged=diverged[i],
-                              interrupted=interrupted, final=final))
+                              interrupted=interrupted, final=final, extras=extras[i]))
     return results
+
+
+def _observe(observers, step: int, stepper) -> None:
+    W1, W2 = stepper.params()
+    for ob in observers:
+        ob.observe(step, W1, W2)
 
 
 def _progress_bar(steps: int, n_models: int):

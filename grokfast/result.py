@@ -43,6 +43,7 @@ class Result:
     diverged: Optional[str] = None
     interrupted: bool = False
     final: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # name → array from observers (e.g. the alignment probe)
 
     @property
     def memorization_step(self) -> Optional[int]:
@@ -86,6 +87,8 @@ class Result:
         (d / "config.json").write_text(self.config.to_json())
         _atomic_npz(d / "history.npz", {k: np.asarray(v) for k, v in self.history.items()})
         _atomic_npz(d / "params.npz", {k: v.detach().cpu().numpy() for k, v in self.params.items()})
+        if self.extras:
+            _atomic_npz(d / "extras.npz", {k: np.asarray(v) for k, v in self.extras.items()})
         meta = dict(backend=self.backend, wall_time=self.wall_time, steps_done=self.steps_done,
                     diverged=self.diverged, interrupted=self.interrupted, final=self.final,
                     memorization_step=self.memorization_step, grok_step=self.grok_step)
@@ -109,10 +112,15 @@ class Result:
         with np.load(d / "params.npz") as pz:
             params = {k: torch.from_numpy(pz[k].copy()) for k in pz.files}
         meta = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else {}
+        extras = {}
+        if (d / "extras.npz").is_file():
+            with np.load(d / "extras.npz") as ez:
+                extras = {k: ez[k] for k in ez.files}
         return cls(config=config, history=history, params=params,
                    backend=meta.get("backend", "unknown"), wall_time=meta.get("wall_time", 0.0),
                    steps_done=meta.get("steps_done", 0), diverged=meta.get("diverged"),
-                   interrupted=meta.get("interrupted", False), final=meta.get("final", {}))
+                   interrupted=meta.get("interrupted", False), final=meta.get("final", {}),
+                   extras=extras)
 
 
 class ResultBatch(list):
