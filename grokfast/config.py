@@ -148,7 +148,8 @@ class Config:
         need(self.steps >= 0, f"steps={self.steps}: must be ≥ 0")
         need(self.seed >= 0 and self.split_seed >= 0, "seed and split_seed must be ≥ 0")
         need((self.train_frac is None) != (self.n_test is None),
-             "set exactly one of train_frac and n_test (use --set n_test=null to switch to train_frac)")
+             "set exactly one of train_frac and n_test (setting one with Config.replace or --set "
+             "clears the other)")
         if self.train_frac is not None:
             need(isinstance(self.train_frac, (int, float)) and 0.0 < self.train_frac < 1.0,
                  f"train_frac={self.train_frac!r} must lie strictly between 0 and 1")
@@ -223,8 +224,16 @@ class Config:
         return cls(**{**PRESETS[name], **changes})
 
     def replace(self, **changes) -> "Config":
-        """A copy with fields changed (validated); unknown names raise GrokfastError."""
+        """A copy with fields changed (validated); unknown names raise GrokfastError.
+
+        The split is set by exactly one of train_frac and n_test: giving one a value clears the other.
+        """
         _check_names(changes)
+        changes = dict(changes)
+        if changes.get("train_frac") is not None and "n_test" not in changes:
+            changes["n_test"] = None
+        if changes.get("n_test") is not None and "train_frac" not in changes:
+            changes["train_frac"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
