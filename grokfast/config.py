@@ -316,7 +316,7 @@ PRESETS: dict[str, dict] = {
                       init_std=37 ** -0.5, lr=1e-3, steps=5000, dtype="float64",
                       log_every=50, eval_every=50),
     # Gromov 2023 and its group's code: ordered pairs, concatenated one-hots, x², no bias, MSE, AdamW.
-    "gromov": dict(p=97, pairs="ordered", encoding="concat", train_frac=0.5, n_test=None,
+    "gromov": dict(p=97, pairs="ordered", encoding="concat", train_frac=0.3, n_test=None,
                    width=512, activation="quadratic", init="normal", loss="mse",
                    optimizer="adamw", lr=5e-3, weight_decay=1.0, betas=(0.9, 0.98),
                    steps=3000, log_every=10, eval_every=10),
