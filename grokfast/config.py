@@ -324,5 +324,5 @@ PRESETS: dict[str, dict] = {
     # ReLU, cross-entropy, AdamW lr 1e-3, wd 1, betas (0.9, 0.98).
     "power": dict(p=97, pairs="ordered", encoding="concat", train_frac=0.3, n_test=None,
                   width=512, activation="relu", loss="cross_entropy", optimizer="adamw", lr=1e-3,
-                  weight_decay=1.0, betas=(0.9, 0.98), steps=10000, log_every=50, eval_every=50),
+                  weight_decay=1.0, betas=(0.9, 0.98), steps=20000, log_every=50, eval_every=50),
 }
