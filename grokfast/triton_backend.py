@@ -1,0 +1,320 @@
+"""The Triton backend: a stepper that runs a batch of models through the fused kernels of
+grokfast.kernels, with every statistic computed on the device and read back once per advance().
+
+One training step is 3–5 launches over all M models at once (grid: models × blocks):
+
+    rows_fwd_bwd     forward, loss, dL/dŶ, dL/dZ per block of samples; train/test partials
+    update_grad      ∇W1 (fixed-order segmented sum), ∇W2 (fixed-order tl.dot over row blocks),
+                     statistic partials, Grokfast filter, and the optimizer unless ⊥Grad is on
+    update_orth      ⊥Grad only: projection, then
+    update_step      ⊥Grad's rescale and the optimizer
+    update_rescale   fixed_norm only
+    stats_row        the statistics row of the step into a [M, K, 17] device buffer; step += 1
+
+Each kernel reads the step s from a device counter and per-model hyperparameters (lr, weight
+decay, betas, momentum, filter α/λ, warmup, target norm) from a float64 device array, so models
+with different hyperparameters share every launch, no launch argument changes from step to step,
+and on CUDA the K launches of an advance() are captured once into a CUDA graph and replayed.
+Parameters are double-buffered (θ_s is read from one buffer, θ_{s+1} written to the other).
+
+Config → kernels: this module translates a Config batch into kernel arguments; kernels know
+nothing of configs. Unsupported combinations raise GrokfastError naming backend="torch".
+On a machine without CUDA it runs only under Triton's interpreter (TRITON_INTERPRET=1 set before
+triton is first imported): exact but ~1e4× slower, meant for tests.
+
+Numerics: float32 by default with IEEE dot products (precision="ieee"), agreeing with the
+reference to ~1e-6 relative over tens of steps; "tf32"/"tf32x3" are opt-in on a GPU; float64
+agrees to ~1e-14. The sums are reordered relative to torch (segmented gathers, per-tile partial
+sums), so agreement is to tolerance, not bitwise; two runs of this backend are bitwise equal, and
+model i of a batch is bitwise equal to the same model run alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import Dataset
+from .errors import GrokfastError
+from .model import STAT_NAMES, init_params, torch_dtype
+
+# GPU block sizes (chosen for p ≈ 100, width 512); tests pass smaller ones to exercise tiling.
+DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=64, block_r=16, block_h=64, block_hh=32,
+                      block_n=32, block_e=1024)
+MAX_P = 512
+GRAPH_MIN_STEPS = 8
+
+
+def _kernels():
+    """Import the kernel modules, or explain why the Triton backend cannot run here."""
+    try:
+        from .kernels import common, rows, stats, update
+    except ImportError as e:  # triton missing (e.g. macOS/Windows)
+        raise GrokfastError(f"backend='triton' needs the triton package ({e}); use "
+                            f"backend='torch'") from None
+    return common, rows, update, stats
+
+
+def check_supported(config: Config, device: torch.device) -> None:
+    """GrokfastError, naming the fallback, for a configuration this backend cannot run here."""
+    common, *_ = _kernels()
+    if device.type == "cpu" and not common.interpreting():
+        raise GrokfastError("backend='triton' needs a CUDA GPU (device='cuda'); on the CPU use "
+                            "backend='torch' (or set TRITON_INTERPRET=1 before importing grokfast "
+                            "to run the kernels in Triton's slow interpreter)")
+    if device.type not in ("cpu", "cuda"):
+        raise GrokfastError(f"backend='triton' runs on CUDA devices, not {device.type!r}; use "
+                            f"backend='torch'")
+    if config.p > MAX_P:
+        raise GrokfastError(f"backend='triton' supports p ≤ {MAX_P} (one block of outputs per "
+                            f"program); p={config.p}: use backend='torch'")
+    common.check_precision(config.precision, torch_dtype(config), device)
+
+
+def segment_table(index_train: torch.Tensor, d_in: int) -> torch.Tensor:
+    """[d_in, maxdeg] int32: for each W1 row r, the training rows i that add W1[r], ascending, a row
+    twice when both its symbols are r (X = 2·e_a); padded with −1. dW1[r] = Σ_k dZ[table[r, k]]."""
+    uses = [[] for _ in range(d_in)]
+    for i, (a, b) in enumerate(index_train.tolist()):
+        uses[a].append(i)
+        uses[b].append(i)
+    width = max(1, max(len(u) for u in uses))
+    table = torch.full((d_in, width), -1, dtype=torch.int32)
+    for r, u in enumerate(uses):
+        table[r, :len(u)] = torch.tensor(u, dtype=torch.int32)
+    return table
+
+
+def _hyperparameters(configs: Sequence[Config], target_norms, grad_scale: float) -> torch.Tensor:
+    """hp [M, N_HP] float64 in the slot order of kernels/common.py."""
+    rows = []
+    for c, target in zip(configs, target_norms):
+        divide = c.filter_normalize_lr and c.grad_filter != "none"
+        rows.append([c.lr, c.weight_decay, c.momentum, float(c.nesterov), c.betas[0], c.betas[1],
+                     c.eps, c.filter_alpha, c.filter_lamb, float(c.warmup_steps), float(divide),
+                     target, grad_scale])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+class TritonStepper:
+    """Backend protocol (grokfast.engine) over the fused Triton kernels; all models in every launch.
+
+    blocks: optional overrides of DEFAULT_BLOCKS (tests use small blocks to exercise tiling).
+    cuda_graphs: capture and replay the launches of an advance() on CUDA.
+    """
+
+    backend = "triton"
+
+    def __init__(self, configs: Sequence[Config], data: Dataset, device, *,
+                 blocks: Optional[dict] = None, cuda_graphs: bool = True):
+        self.configs = list(configs)
+        c = self.configs[0]
+        self.device = device = torch.device(device)
+        check_supported(c, device)
+        common, self._rows, self._update, self._stats = _kernels()
+        if tuple(self._stats.STAT_COLUMNS) != tuple(STAT_NAMES):
+            raise GrokfastError("kernels/stats.py and grokfast.model.STAT_NAMES disagree; "
+                                "reinstall grokfast")
+        unknown = set(blocks or {}) - set(DEFAULT_BLOCKS)
+        if unknown:
+            raise GrokfastError(f"unknown block sizes {sorted(unknown)}; known: "
+                                f"{', '.join(DEFAULT_BLOCKS)}")
+        self.blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        dt = self.dtype = torch_dtype(c)
+        M, p, H, d_in = len(self.configs), c.p, c.width, c.d_in
+        self.n_train, self.n_test = len(data.train_labels), len(data.test_labels)
+        self.plan = self._update.UpdatePlan(
+            d_in=d_in, width=H, p=p, block_r=self.blocks["block_r"],
+            block_h=self.blocks["block_h"], block_hh=self.blocks["block_hh"],
+            block_n=self.blocks["block_n"], block_e=self.blocks["block_e"])
+        D = self.plan.D
+
+        kw = dict(device=device)
+        self.idx = torch.cat([data.index_train, data.index_test]).to(torch.int32).contiguous().to(**kw)
+        self.labels = torch.cat([data.train_labels, data.test_labels]).to(torch.int32).to(**kw)
+        self.table = segment_table(data.index_train, d_in).to(**kw)
+
+        W1, W2 = zip(*(init_params(ci) for ci in self.configs))
+        targets = [math.sqrt(float(a.double().pow(2).sum() + b.double().pow(2).sum()))
+                   for a, b in zip(W1, W2)]
+        self.theta = torch.empty(2, M, D, dtype=dt, **kw)
+        self.theta[0] = torch.cat([torch.stack(W1).reshape(M, -1), torch.stack(W2).reshape(M, -1)], 1)
+        self.theta[1] = self.theta[0]
+        self.cur = 0
+
+        self.loss_f64 = c.loss != "mse" and c.loss_dtype == "float64" and dt == torch.float32
+        ldt = torch.float64 if self.loss_f64 else dt
+        per_row = p if c.loss == "mse" else 1      # mse averages over n·p outputs, the others over n
+        mean = c.loss_reduction == "mean"
+        self.loss_div = self.n_train * per_row if mean else 1
+        self.test_loss_div = self.n_test * per_row if mean else 1
+        grad_scale = float(torch.tensor(1.0, dtype=ldt) / self.loss_div)  # autograd's grad / (n·p)
+        self.hp = _hyperparameters(self.configs, targets, grad_scale).to(**kw)
+
+        empty = torch.empty(0, dtype=dt, **kw)
+        state = lambda used, *shape: torch.zeros(M, *shape, D, dtype=dt, **kw) if used else empty
+        self.ema = state(c.grad_filter == "ema")
+        self.window = state(c.grad_filter == "ma", c.filter_window)
+        self.buf = state(c.optimizer == "sgd")
+        self.exp_avg = state(c.optimizer in ("adam", "adamw"))
+        self.exp_avg_sq = state(c.optimizer in ("adam", "adamw"))
+        self.grad = state(c.orthograd)
+
+        nb = -(-self.n_train // self.blocks["rows_block_n"])
+        nbt = -(-self.n_test // self.blocks["rows_block_n"])
+        f64 = dict(dtype=torch.float64, **kw)
+        self.dz = torch.empty(M, self.n_train, H, dtype=dt, **kw)
+        self.dlogits = torch.empty(M, self.n_train, p, dtype=dt, **kw)
+        self.part_rows = torch.empty(M, nb + nbt, 3, **f64)
+        n_q = int(common.N_Q)
+        self.part_g = torch.empty(M, self.plan.tg, n_q, **f64)
+        self.part_o = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
+        self.part_s = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
+        self.part_n = torch.empty(M, self.plan.te, n_q, **f64) if c.fixed_norm else None
+
+        self.step = torch.zeros(M, dtype=torch.int32, **kw)
+        self.active = torch.ones(M, dtype=torch.int32, **kw)
+        self._was_active = np.ones(M, dtype=bool)
+        self._stats_buffers: dict[int, torch.Tensor] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._compiled = False
+
+    # ---------------------------------------------------------------- protocol
+    @property
+    def n_models(self) -> int:
+        return len(self.configs)
+
+    @property
+    def preferred_chunk(self) -> int:
+        return 1000 if self.device.type == "cuda" else 100
+
+    def advance(self, step0: int, n_steps: int, active: np.ndarray) -> dict[str, np.ndarray]:
+        """Run updates step0 … step0+n_steps−1 on the active models; statistics are read back once."""
+        c = self.configs[0]
+        active = np.asarray(active, dtype=bool)
+        self._freeze(self._was_active & ~active)
+        self._was_active = active.copy()
+        self.active.copy_(torch.from_numpy(active.astype(np.int32)))
+        self.step.fill_(step0)
+        stats = self._stats_buffer(n_steps)
+        if n_steps:
+            graph = self._graph(n_steps) if self._compiled and n_steps >= GRAPH_MIN_STEPS else None
+            if graph is not None:
+                graph.replay()
+                self.cur ^= n_steps % 2
+            else:
+                for j in range(n_steps):
+                    self._launch_step(j, stats, check=j == 0)
+                self._compiled = True
+        host = stats.cpu().numpy()  # the one synchronization of the chunk
+        js = [j for j in range(n_steps) if (step0 + j) % c.log_every == 0]
+        out = {}
+        for k, name in enumerate(STAT_NAMES):
+            v = host[:, js, k].copy()
+            v[~active] = np.nan
+            out[name] = v
+        out["step"][:] = np.asarray([step0 + j for j in js], dtype=np.float64)
+        return out
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        W1, W2 = self._split(self.theta[self.cur])
+        return W1.cpu().clone(), W2.cpu().clone()
+
+    def state_dict(self) -> dict:
+        W1, W2 = self.params()
+        state = {"W1": W1, "W2": W2}
+        for name in ("ema", "window", "buf", "exp_avg", "exp_avg_sq"):
+            t = getattr(self, name)
+            if t.numel():
+                state[name] = t.cpu().clone()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        W1, W2 = state["W1"], state["W2"]
+        M = self.n_models
+        flat = torch.cat([W1.reshape(M, -1), W2.reshape(M, -1)], 1).to(self.theta)
+        self.theta[0] = flat
+        self.theta[1] = flat
+        for name in ("ema", "window", "buf", "exp_avg", "exp_avg_sq"):
+            t = getattr(self, name)
+            if t.numel():
+                if name not in state:
+                    raise GrokfastError(f"the saved Triton state has no {name!r}: it was saved "
+                                        f"for a different configuration")
+                t.copy_(state[name])
+
+    # ---------------------------------------------------------------- internals
+    def _split(self, flat: torch.Tensor):
+        c, D1 = self.configs[0], self.plan.D1
+        M = flat.shape[0]
+        return flat[:, :D1].reshape(M, c.d_in, c.width), flat[:, D1:].reshape(M, c.width, c.p)
+
+    def _freeze(self, newly_inactive: np.ndarray) -> None:
+        """A model that stops keeps its θ in both buffers (no kernel touches it again)."""
+        for i in np.nonzero(newly_inactive)[0]:
+            self.theta[1 - self.cur, i] = self.theta[self.cur, i]
+
+    def _stats_buffer(self, n_steps: int) -> torch.Tensor:
+        if n_steps not in self._stats_buffers:
+            self._stats_buffers[n_steps] = torch.full(
+                (self.n_models, max(n_steps, 1), len(STAT_NAMES)), float("nan"),
+                dtype=torch.float64, device=self.device)
+        return self._stats_buffers[n_steps]
+
+    def _graph(self, n_steps: int):
+        """The CUDA graph of n_steps launches from the current buffer parity (captured once)."""
+        if not self.cuda_graphs:
+            return None
+        key = (n_steps, self.cur)
+        if key not in self._graphs:
+            stats = self._stats_buffer(n_steps)
+            cur = self.cur
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records only: nothing runs while capturing
+                for j in range(n_steps):
+                    self._launch_step(j, stats, check=False)
+            self.cur = cur
+            self._graphs[key] = graph
+        return self._graphs[key]
+
+    def _launch_step(self, j: int, stats: torch.Tensor, check: bool) -> None:
+        """Enqueue the launches of one step (θ from buffer cur to 1 − cur), stats into row j."""
+        c, b, plan = self.configs[0], self.blocks, self.plan
+        theta, new = self.theta[self.cur], self.theta[1 - self.cur]
+        self._rows.rows_fwd_bwd(
+            theta, self.idx, self.labels, self.dz, self.dlogits, self.part_rows, self.hp, self.step,
+            self.active, n_train=self.n_train, n_test=self.n_test, d_in=c.d_in, width=c.width,
+            p=c.p, eval_every=c.eval_every, activation=c.activation, loss=c.loss,
+            loss_f64=self.loss_f64, precision=c.precision, block_n=b["rows_block_n"],
+            block_h=b["rows_block_h"], check=check)
+        self._update.update_grad(
+            plan, theta, new, self.grad, self.dz, self.dlogits, self.idx[: self.n_train],
+            self.table, self.ema, self.window, self.buf, self.exp_avg, self.exp_avg_sq,
+            self.part_g, self.hp, self.step, self.active, n_train=self.n_train,
+            activation=c.activation, grad_filter=c.grad_filter, filter_window=c.filter_window,
+            filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
+            optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm,
+            precision=c.precision, check=check)
+        last, last_t1 = self.part_g, plan.tg1
+        if c.orthograd:
+            self._update.update_orth(plan, theta, self.grad, self.part_g, self.part_o, self.active,
+                                     check=check)
+            self._update.update_step(plan, theta, new, self.grad, self.buf, self.exp_avg,
+                                     self.exp_avg_sq, self.part_g, self.part_o, self.part_s,
+                                     self.hp, self.step, self.active, optimizer=c.optimizer,
+                                     fixed_norm=c.fixed_norm, check=check)
+            last, last_t1 = self.part_s, plan.te1
+        if c.fixed_norm:
+            self._update.update_rescale(plan, theta, new, last, self.part_n, self.hp, self.active,
+                                        after_orth=c.orthograd, check=check)
+            last, last_t1 = self.part_n, plan.te1
+        self._stats.stats_row(
+            stats, j, self.part_rows, self.part_g, last, self.step, self.active,
+            n_train=self.n_train, n_test=self.n_test, block_n=b["rows_block_n"], tg1=plan.tg1,
+            tu1=last_t1, loss_div=self.loss_div, test_loss_div=self.test_loss_div,
+            eval_every=c.eval_every, dtype=self.dtype, loss_f64=self.loss_f64, check=check)
+        self.cur ^= 1

@@ -1,0 +1,132 @@
+"""The statistics row of one training step, for M models at once (grid: models), and the step count.
+
+Reduces, in fixed order, the partial sums the step's other kernels wrote and stores one row of
+STAT_COLUMNS per model into the preallocated float64 buffer stats [M, K, N_STATS] at row ROW, then
+advances the model's device step counter s → s + 1 (the step's last launch does it, so a captured
+CUDA graph of K steps needs no host involvement).
+
+Inputs: part_rows [M, NB + NB_test, 3] (rows.py: loss sum in the loss dtype, correct count, min
+margin per block of samples); part_g [M, TG, N_Q] (update.py's gradient kernel: Σθ², Σg², Σg·θ per
+tile, tiles < TG1 in W1); part_u [M, TU, N_Q] (the step's last update kernel: Σ(θ_{s+1} − θ_s)² and
+Σ(θ_{s+1} − θ_s)·θ_s, tiles < TU1 in W1).
+
+Math (grokfast.model.STAT_NAMES, computed in the working dtype DT as the reference does):
+train_loss = Σℓ / LOSS_DIV (n·p or n for "mean", 1 for "sum", in the loss dtype), train_acc =
+correct / n, ‖W1‖ = √Σθ², ‖θ‖ = √(‖W1‖² + ‖W2‖²), likewise the gradient norms, cos(∇L, θ) per
+layer and total (0 where a norm is 0), update_norm = ‖θ_{s+1} − θ_s‖, cos_update =
+cos(θ_{s+1} − θ_s, −θ_s), min_margin = min over training samples. Test loss/accuracy at
+evaluation steps (s % eval_every == 0), NaN otherwise.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import (BLOCK_Q, N_Q, Q_DELTA2, Q_DELTA_THETA, Q_GRAD2, Q_GRAD_THETA, Q_THETA2, _cosine,
+                     _div, _layer_totals, _sqrt, check_tensors, launch_error, next_pow2)
+
+STAT_COLUMNS = (
+    "step", "train_loss", "train_acc", "test_loss", "test_acc", "norm_W1", "norm_W2", "norm",
+    "grad_norm_W1", "grad_norm_W2", "grad_norm", "cos_grad_W1", "cos_grad_W2", "cos_grad",
+    "update_norm", "cos_update", "min_margin",
+)
+N_STATS = len(STAT_COLUMNS)
+
+
+@triton.jit(do_not_specialize=["ROW"])
+def _stats_kernel(
+    part_rows_ptr, part_g_ptr, part_u_ptr, step_ptr, active_ptr, stats_ptr,
+    NB, NB_ALL, TG, TG1, TU, TU1, N, N_TEST, LOSS_DIV, TEST_LOSS_DIV, EVAL_EVERY, ROW, K,
+    DT: tl.constexpr, LDT: tl.constexpr, N_STAT: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_TG: tl.constexpr, BLOCK_TU: tl.constexpr,
+):
+    m = tl.program_id(0)
+    if tl.load(active_ptr + m) != 0:
+        s = tl.load(step_ptr + m)
+        b = tl.arange(0, BLOCK_B)
+        rp = part_rows_ptr + m.to(tl.int64) * NB_ALL * 3
+        is_train = b < NB
+        is_test = (b >= NB) & (b < NB_ALL)
+        loss_b = tl.load(rp + 3 * b, mask=b < NB_ALL, other=0.0).to(LDT)           # [BLOCK_B]
+        correct_b = tl.load(rp + 3 * b + 1, mask=b < NB_ALL, other=0.0)
+        margin_b = tl.load(rp + 3 * b + 2, mask=is_train, other=float("inf"))
+        train_loss = _div(tl.sum(tl.where(is_train, loss_b, 0.0), 0), LOSS_DIV.to(LDT)).to(DT)
+        train_acc = _div(tl.sum(tl.where(is_train, correct_b, 0.0), 0).to(DT), N.to(DT))
+        evaluate = s % EVAL_EVERY == 0
+        test_loss = _div(tl.sum(tl.where(is_test, loss_b, 0.0), 0), TEST_LOSS_DIV.to(LDT)).to(DT)
+        test_loss = tl.where(evaluate, test_loss, float("nan"))
+        test_acc = _div(tl.sum(tl.where(is_test, correct_b, 0.0), 0).to(DT), N_TEST.to(DT))
+        test_acc = tl.where(evaluate, test_acc, float("nan"))
+
+        q = tl.arange(0, BLOCK_Q)
+        g_1, g_2 = _layer_totals(part_g_ptr, m, TG, TG1, BLOCK_TG)       # [BLOCK_Q] per layer
+        u_1, u_2 = _layer_totals(part_u_ptr, m, TU, TU1, BLOCK_TU)
+        t2_1 = tl.sum(tl.where(q == Q_THETA2, g_1, 0.0), 0)
+        t2_2 = tl.sum(tl.where(q == Q_THETA2, g_2, 0.0), 0)
+        g2_1 = tl.sum(tl.where(q == Q_GRAD2, g_1, 0.0), 0)
+        g2_2 = tl.sum(tl.where(q == Q_GRAD2, g_2, 0.0), 0)
+        gt_1 = tl.sum(tl.where(q == Q_GRAD_THETA, g_1, 0.0), 0)
+        gt_2 = tl.sum(tl.where(q == Q_GRAD_THETA, g_2, 0.0), 0)
+        d2_1 = tl.sum(tl.where(q == Q_DELTA2, u_1, 0.0), 0)
+        d2_2 = tl.sum(tl.where(q == Q_DELTA2, u_2, 0.0), 0)
+        dt_1 = tl.sum(tl.where(q == Q_DELTA_THETA, u_1, 0.0), 0)
+        dt_2 = tl.sum(tl.where(q == Q_DELTA_THETA, u_2, 0.0), 0)
+        n1 = _sqrt(t2_1.to(DT))
+        n2 = _sqrt(t2_2.to(DT))
+        norm = _sqrt(n1 * n1 + n2 * n2)
+        gn1 = _sqrt(g2_1.to(DT))
+        gn2 = _sqrt(g2_2.to(DT))
+        gnorm = _sqrt(gn1 * gn1 + gn2 * gn2)
+        upd = _sqrt(d2_1.to(DT) + d2_2.to(DT))
+
+        out = stats_ptr + (m.to(tl.int64) * K + ROW) * N_STAT
+        tl.store(out + 0, s.to(tl.float64))
+        tl.store(out + 1, train_loss.to(tl.float64))
+        tl.store(out + 2, train_acc.to(tl.float64))
+        tl.store(out + 3, test_loss.to(tl.float64))
+        tl.store(out + 4, test_acc.to(tl.float64))
+        tl.store(out + 5, n1.to(tl.float64))
+        tl.store(out + 6, n2.to(tl.float64))
+        tl.store(out + 7, norm.to(tl.float64))
+        tl.store(out + 8, gn1.to(tl.float64))
+        tl.store(out + 9, gn2.to(tl.float64))
+        tl.store(out + 10, gnorm.to(tl.float64))
+        tl.store(out + 11, _cosine(gt_1.to(DT), gn1, n1).to(tl.float64))
+        tl.store(out + 12, _cosine(gt_2.to(DT), gn2, n2).to(tl.float64))
+        tl.store(out + 13, _cosine(gt_1.to(DT) + gt_2.to(DT), gnorm, norm).to(tl.float64))
+        tl.store(out + 14, upd.to(tl.float64))
+        tl.store(out + 15, _cosine(-(dt_1.to(DT) + dt_2.to(DT)), upd, norm).to(tl.float64))
+        tl.store(out + 16, tl.min(margin_b, 0).to(tl.float64))
+        tl.store(step_ptr + m, s + 1)
+
+
+def stats_row(stats, row: int, part_rows, part_g, part_u, step, active, *, n_train: int,
+              n_test: int, block_n: int, tg1: int, tu1: int, loss_div: int, test_loss_div: int,
+              eval_every: int, dtype: torch.dtype, loss_f64: bool, check: bool = True):
+    """Launch the statistics of one step into stats[:, row] (stats [M, K, N_STATS] float64) and
+    advance every active model's step counter. part_rows [M, NB + NB_test, 3] with NB =
+    cdiv(n_train, block_n); part_g [M, TG, N_Q] (W1 tiles first: tg1 of them); part_u likewise.
+    check=False skips the validation (GrokfastError naming the fallback)."""
+    M, K = stats.shape[0], stats.shape[1]
+    nb_all = part_rows.shape[1]
+    nb = triton.cdiv(n_train, block_n)
+    if check:
+        if nb_all != nb + triton.cdiv(n_test, block_n):
+            launch_error(f"part_rows has {nb_all} blocks, expected "
+                         f"{nb} + {triton.cdiv(n_test, block_n)}")
+        if not 0 <= row < K:
+            launch_error(f"row {row} outside the stats buffer of {K} rows")
+        if dtype not in (torch.float32, torch.float64):
+            launch_error(f"dtype {dtype} is not supported (float32 or float64)")
+        check_tensors(stats=(stats, torch.float64, (M, K, N_STATS)),
+                      part_rows=(part_rows, torch.float64, (M, nb_all, 3)),
+                      part_g=(part_g, torch.float64, (M, part_g.shape[1], int(N_Q))),
+                      part_u=(part_u, torch.float64, (M, part_u.shape[1], int(N_Q))),
+                      step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)))
+    tl_dt = tl.float64 if dtype == torch.float64 else tl.float32
+    _stats_kernel[(M,)](
+        part_rows, part_g, part_u, step, active, stats,
+        nb, nb_all, part_g.shape[1], tg1, part_u.shape[1], tu1, n_train, n_test, loss_div,
+        test_loss_div, eval_every, row, K,
+        DT=tl_dt, LDT=tl.float64 if loss_f64 else tl_dt, N_STAT=N_STATS,
+        BLOCK_B=next_pow2(nb_all), BLOCK_TG=next_pow2(part_g.shape[1]),
+        BLOCK_TU=next_pow2(part_u.shape[1]))

@@ -1,0 +1,364 @@
+"""The update of one training step, for M models at once: gradients, Grokfast filters, ⊥Grad,
+weight decay, the optimizer, the fixed-norm rescale and the partial sums of every statistic.
+
+Parameters are flat per model, θ [M, D] with W1 [d_in, H] row-major in [0, D1 = d_in·H) and W2
+[H, P] after it, double-buffered: a step reads θ_s from `theta` and writes θ_{s+1} to `new`, so no
+program ever reads an element another program of the same launch writes.
+
+Kernels (each a grid of models × tiles; every tile lies in one layer, and each program writes the
+partial sums of its own tile into part [M, T, N_Q] float64):
+
+* ``_update_grad_kernel`` (tiles: BLOCK_R×BLOCK_H pieces of W1, then BLOCK_HH-row pieces of W2):
+  g = ∇L. For W1 a segmented sum in fixed order: dW1[r] = Σ_k dZ[table[r, k]] over the training
+  rows that use input symbol r (a row twice when a = b, as X = 2·e_a); for W2
+  dW2 = Σ_blocks σ(Z_b)ᵀ dŶ_b (σ(Z) recomputed from W1, tl.dot, blocks in order). Then partial
+  Σθ², Σg², Σg·θ, the Grokfast filter (EMA/MA) and — unless ⊥Grad needs the global ⟨θ, g_f⟩ first —
+  the optimizer step.
+* ``_update_orth_kernel`` (⊥Grad, flat tiles): g_⊥ = g_f − (⟨θ, g_f⟩ / (⟨θ, θ⟩ + ε))·θ per layer.
+* ``_update_step_kernel`` (⊥Grad, flat tiles): g = g_⊥·‖g_f‖ / (‖g_⊥‖ + ε), then the optimizer.
+* ``_update_rescale_kernel`` (fixed_norm, flat tiles): θ_{s+1} ← θ_new·‖θ_0‖ / ‖θ_new‖.
+
+The step s is read from the device counter `step` [M] (so a captured CUDA graph replays any
+step); inactive models (active[m] = 0) are skipped. The last kernel of a step writes the update
+partials Σ(θ_{s+1} − θ_s)² and Σ(θ_{s+1} − θ_s)·θ_s. Per-layer totals are recomputed by every
+program that needs them, in fixed order (common._layer_totals): deterministic, no atomics, and model
+m's numbers do not depend on M.
+
+Limits: BLOCK_HH, BLOCK_N ≥ 16, BLOCK_P = next power of two ≥ max(p, 16) (tl.dot sides).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import (BLOCK_Q, FILTER_MA, HP_TARGET_NORM, N_HP, N_Q, ORTHO_EPS, Q_DELTA2, Q_DELTA_THETA,
+                     Q_FILT2, Q_FILT_THETA, Q_GRAD2, Q_GRAD_THETA, Q_NEW2, Q_ORTH2, Q_THETA2,
+                     _activate, _div, _dot, _first_layer, _grokfast_filter, _layer_totals,
+                     _optimizer_step, _sqrt, _store_partials, check_precision, check_tensors,
+                     code_of, dot_block, launch_error, next_pow2)
+
+
+@triton.jit
+def _finish_tile(theta, new, offs, mask, new_ptr, part_ptr, m, t, T, FIXED: tl.constexpr):
+    """Store θ_new; partial Σθ_new² (a rescale follows) or the update partials (it was the last)."""
+    tl.store(new_ptr + offs, new, mask=mask)
+    if FIXED:
+        new2 = tl.sum(tl.where(mask, new * new, 0.0))
+        _store_partials(part_ptr, m, t, T, Q_NEW2, new2, new2, new2, 1)
+    else:
+        delta = tl.where(mask, new - theta, 0.0)
+        d2 = tl.sum(delta * delta)
+        _store_partials(part_ptr, m, t, T, Q_DELTA2, d2, tl.sum(delta * theta), d2, 2)
+
+
+@triton.jit
+def _grad_tile_update(g, offs, mask, m, t, T, s, hp, theta_ptr, new_ptr, grad_ptr, ema_ptr,
+                      win_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr, part_ptr, D, WINDOW,
+                      FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr, FILTER_WARMUP: tl.constexpr,
+                      OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr):
+    """Everything after g = ∇L for one tile (pointers already offset to model m)."""
+    theta = tl.load(theta_ptr + offs, mask=mask, other=0.0)
+    g = tl.where(mask, g, 0.0)
+    _store_partials(part_ptr, m, t, T, Q_THETA2, tl.sum(theta * theta), tl.sum(g * g),
+                    tl.sum(g * theta), 3)
+    gf = _grokfast_filter(g, offs, mask, s, hp, ema_ptr, win_ptr, D, WINDOW,
+                          FILTER, FILTER_MEAN, FILTER_WARMUP)
+    if ORTH:
+        gf = tl.where(mask, gf, 0.0)
+        tl.store(grad_ptr + offs, gf, mask=mask)
+        f2 = tl.sum(gf * gf)
+        _store_partials(part_ptr, m, t, T, Q_FILT_THETA, tl.sum(gf * theta), f2, f2, 2)
+    else:
+        new = _optimizer_step(theta, gf, offs, mask, s, hp, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+                              OPT)
+        _finish_tile(theta, new, offs, mask, new_ptr, part_ptr, m, t, T, FIXED)
+
+
+@triton.jit
+def _update_grad_kernel(
+    theta_ptr, new_ptr, grad_ptr, dz_ptr, dlogit_ptr, idx_ptr, table_ptr,
+    ema_ptr, win_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
+    N, D_IN, H, P, D, MAXDEG, WINDOW, T, T1, NTH,
+    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HH: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, ACT: tl.constexpr, FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr,
+    FILTER_WARMUP: tl.constexpr, OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    m = tl.program_id(0)
+    t = tl.program_id(1)
+    if tl.load(active_ptr + m) != 0:
+        DT: tl.constexpr = theta_ptr.dtype.element_ty
+        s = tl.load(step_ptr + m)
+        base = m.to(tl.int64) * D
+        hp = hp_ptr + m * N_HP
+        win = win_ptr
+        if FILTER == FILTER_MA:
+            win = win_ptr + base * WINDOW
+        if t < T1:
+            g1, offs1, mask1 = _w1_grad_tile(dz_ptr + m.to(tl.int64) * N * H, table_ptr, t, NTH,
+                                             D_IN, H, MAXDEG, DT, BLOCK_R, BLOCK_H)
+            _grad_tile_update(g1, offs1, mask1, m, t, T, s, hp, theta_ptr + base, new_ptr + base,
+                              grad_ptr + base, ema_ptr + base, win, buf_ptr + base,
+                              exp_avg_ptr + base, exp_avg_sq_ptr + base, part_ptr, D, WINDOW,
+                              FILTER, FILTER_MEAN, FILTER_WARMUP, OPT, ORTH, FIXED)
+        else:
+            g2, offs2, mask2 = _w2_grad_tile(theta_ptr + base, dlogit_ptr + m.to(tl.int64) * N * P,
+                                             idx_ptr, t - T1, N, D_IN, H, P, DT, BLOCK_HH,
+                                             BLOCK_P, BLOCK_N, ACT, PRECISION)
+            _grad_tile_update(g2, offs2, mask2, m, t, T, s, hp, theta_ptr + base, new_ptr + base,
+                              grad_ptr + base, ema_ptr + base, win, buf_ptr + base,
+                              exp_avg_ptr + base, exp_avg_sq_ptr + base, part_ptr, D, WINDOW,
+                              FILTER, FILTER_MEAN, FILTER_WARMUP, OPT, ORTH, FIXED)
+
+
+@triton.jit
+def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG, DT: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """∇W1 on tile t (rows × columns of W1) as a fixed-order segmented sum of dZ rows; dz points at
+    this model's [N, H]. Returns (g, flat offsets, mask), all [BLOCK_R, BLOCK_H]."""
+    r = (t // NTH) * BLOCK_R + tl.arange(0, BLOCK_R)
+    h = (t % NTH) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm = r < D_IN
+    hm = h < H
+    g = tl.zeros((BLOCK_R, BLOCK_H), DT)
+    for k in range(MAXDEG):  # the training rows that use symbol r, ascending
+        row = tl.load(table_ptr + r * MAXDEG + k, mask=rm, other=-1)
+        g += tl.load(dz + row[:, None] * H + h[None, :], mask=(row >= 0)[:, None] & hm[None, :],
+                     other=0.0)
+    return g, r[:, None] * H + h[None, :], rm[:, None] & hm[None, :]
+
+
+@triton.jit
+def _w2_grad_tile(w1, dl_base, idx_ptr, u, N, D_IN, H, P, DT: tl.constexpr,
+                  BLOCK_HH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ACT: tl.constexpr, PRECISION: tl.constexpr):
+    """∇W2 on rows [u·BLOCK_HH, (u+1)·BLOCK_HH) of W2: Σ over row blocks, in order, of σ(Z_b)ᵀ dŶ_b
+    (σ(Z) recomputed from W1). Returns (g, flat offsets, mask), all [BLOCK_HH, BLOCK_P]."""
+    hh = u * BLOCK_HH + tl.arange(0, BLOCK_HH)
+    j = tl.arange(0, BLOCK_P)
+    hm = hh < H
+    jm = j < P
+    g = tl.zeros((BLOCK_HH, BLOCK_P), DT)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        i0 = tl.load(idx_ptr + 2 * rows, mask=rmask, other=0)
+        i1 = tl.load(idx_ptr + 2 * rows + 1, mask=rmask, other=0)
+        a = _activate(_first_layer(w1, i0, i1, rmask, hh, hm, H), ACT)          # [BLOCK_N, BLOCK_HH]
+        dl = tl.load(dl_base + rows[:, None] * P + j[None, :],
+                     mask=rmask[:, None] & jm[None, :], other=0.0)              # [BLOCK_N, BLOCK_P]
+        g = _dot(tl.trans(a), dl, g, PRECISION)
+    return g, D_IN * H + hh[:, None] * P + j[None, :], hm[:, None] & jm[None, :]
+
+
+@triton.jit
+def _flat_tile(t, T1, D1, D, BLOCK_E: tl.constexpr):
+    """Flat tile t: tiles t < T1 cover W1 = [0, D1), the others W2 = [D1, D)."""
+    in_w1 = t < T1
+    start = tl.where(in_w1, t * BLOCK_E, D1 + (t - T1) * BLOCK_E)
+    offs = start + tl.arange(0, BLOCK_E)
+    return offs, offs < tl.where(in_w1, D1, D), in_w1
+
+
+@triton.jit
+def _update_orth_kernel(
+    theta_ptr, grad_ptr, part_g_ptr, part_ptr, active_ptr,
+    D, D1, TG, TG1, T, T1,
+    BLOCK_E: tl.constexpr, BLOCK_TG: tl.constexpr,
+):
+    m = tl.program_id(0)
+    t = tl.program_id(1)
+    if tl.load(active_ptr + m) != 0:
+        DT: tl.constexpr = theta_ptr.dtype.element_ty
+        base = m.to(tl.int64) * D
+        offs, mask, in_w1 = _flat_tile(t, T1, D1, D, BLOCK_E)
+        q = tl.arange(0, BLOCK_Q)
+        tot_1, tot_2 = _layer_totals(part_g_ptr, m, TG, TG1, BLOCK_TG)
+        tot = tl.where(in_w1, tot_1, tot_2)
+        w2 = tl.sum(tl.where(q == Q_THETA2, tot, 0.0), 0).to(DT)
+        proj = _div(tl.sum(tl.where(q == Q_FILT_THETA, tot, 0.0), 0).to(DT), w2 + ORTHO_EPS)
+        theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
+        gf = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
+        g_orth = tl.where(mask, gf - proj * theta, 0.0)
+        tl.store(grad_ptr + base + offs, g_orth, mask=mask)
+        orth2 = tl.sum(g_orth * g_orth)
+        _store_partials(part_ptr, m, t, T, Q_ORTH2, orth2, orth2, orth2, 1)
+
+
+@triton.jit
+def _update_step_kernel(
+    theta_ptr, new_ptr, grad_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+    part_g_ptr, part_o_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
+    D, D1, TG, TG1, T, T1,
+    BLOCK_E: tl.constexpr, BLOCK_TG: tl.constexpr, BLOCK_T: tl.constexpr,
+    OPT: tl.constexpr, FIXED: tl.constexpr,
+):
+    m = tl.program_id(0)
+    t = tl.program_id(1)
+    if tl.load(active_ptr + m) != 0:
+        DT: tl.constexpr = theta_ptr.dtype.element_ty
+        s = tl.load(step_ptr + m)
+        base = m.to(tl.int64) * D
+        offs, mask, in_w1 = _flat_tile(t, T1, D1, D, BLOCK_E)
+        q = tl.arange(0, BLOCK_Q)
+        g_1, g_2 = _layer_totals(part_g_ptr, m, TG, TG1, BLOCK_TG)
+        o_1, o_2 = _layer_totals(part_o_ptr, m, T, T1, BLOCK_T)
+        f2 = tl.sum(tl.where(q == Q_FILT2, tl.where(in_w1, g_1, g_2), 0.0), 0).to(DT)
+        o2 = tl.sum(tl.where(q == Q_ORTH2, tl.where(in_w1, o_1, o_2), 0.0), 0).to(DT)
+        scale = _div(_sqrt(f2), _sqrt(o2) + ORTHO_EPS)
+        theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
+        g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0) * scale
+        new = _optimizer_step(theta, g, offs, mask, s, hp_ptr + m * N_HP, buf_ptr + base,
+                              exp_avg_ptr + base, exp_avg_sq_ptr + base, OPT)
+        _finish_tile(theta, new, offs, mask, new_ptr + base, part_ptr, m, t, T, FIXED)
+
+
+@triton.jit
+def _update_rescale_kernel(
+    theta_ptr, new_ptr, part_prev_ptr, part_ptr, hp_ptr, active_ptr,
+    D, D1, TP, TP1, T, T1,
+    BLOCK_E: tl.constexpr, BLOCK_TP: tl.constexpr,
+):
+    m = tl.program_id(0)
+    t = tl.program_id(1)
+    if tl.load(active_ptr + m) != 0:
+        DT: tl.constexpr = theta_ptr.dtype.element_ty
+        base = m.to(tl.int64) * D
+        offs, mask, in_w1 = _flat_tile(t, T1, D1, D, BLOCK_E)
+        q = tl.arange(0, BLOCK_Q)
+        tot_1, tot_2 = _layer_totals(part_prev_ptr, m, TP, TP1, BLOCK_TP)
+        n2_1 = tl.sum(tl.where(q == Q_NEW2, tot_1, 0.0), 0)
+        n2_2 = tl.sum(tl.where(q == Q_NEW2, tot_2, 0.0), 0)
+        norm = _sqrt(n2_1.to(DT) + n2_2.to(DT))
+        # reference: target / norm, which torch evaluates as norm.reciprocal() * target
+        scale = _div(tl.full((), 1.0, DT), norm) * tl.load(hp_ptr + m * N_HP + HP_TARGET_NORM).to(DT)
+        theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
+        new = tl.load(new_ptr + base + offs, mask=mask, other=0.0) * scale
+        _finish_tile(theta, new, offs, mask, new_ptr + base, part_ptr, m, t, T, False)
+
+
+class UpdatePlan:
+    """Tile counts and block sizes of the update kernels for one problem shape (host side)."""
+
+    def __init__(self, *, d_in: int, width: int, p: int, block_r: int = 16, block_h: int = 64,
+                 block_hh: int = 32, block_n: int = 32, block_e: int = 1024):
+        if block_hh < 16 or block_n < 16:
+            launch_error(f"block_hh={block_hh}, block_n={block_n}: tl.dot needs blocks of at "
+                         f"least 16")
+        for name, v in (("block_r", block_r), ("block_h", block_h), ("block_e", block_e)):
+            if v < 1 or v & (v - 1):
+                launch_error(f"{name}={v} must be a power of two")
+        self.d_in, self.width, self.p = d_in, width, p
+        self.D1, self.D = d_in * width, d_in * width + width * p
+        self.block_r = min(block_r, next_pow2(d_in))
+        self.block_h = min(block_h, next_pow2(width))
+        self.block_hh = min(block_hh, dot_block(width))
+        self.block_p = dot_block(p)
+        self.block_n = block_n
+        self.block_e = min(block_e, next_pow2(max(self.D1, self.D - self.D1)))
+        self.nth = triton.cdiv(width, self.block_h)
+        self.tg1 = triton.cdiv(d_in, self.block_r) * self.nth
+        self.tg = self.tg1 + triton.cdiv(width, self.block_hh)
+        self.te1 = triton.cdiv(self.D1, self.block_e)
+        self.te = self.te1 + triton.cdiv(self.D - self.D1, self.block_e)
+
+
+def update_grad(plan: UpdatePlan, theta, new, grad, dz, dlogits, idx, table, ema, window, buf,
+                exp_avg, exp_avg_sq, part, hp, step, active, *, n_train: int, activation: str,
+                grad_filter: str, filter_window: int, filter_mean: bool, filter_warmup: bool,
+                optimizer: str, orthograd: bool, fixed_norm: bool, precision: str = "ieee",
+                check: bool = True):
+    """Launch ∇L + filter (+ optimizer unless orthograd) for every model.
+
+    theta, new, grad [M, D]; dz [M, n_train, width]; dlogits [M, n_train, p]; idx [n_train, 2]
+    int32 (the training rows' W1 rows); table [d_in, maxdeg] int32 (−1 padded); ema [M, D] (EMA),
+    window [M, filter_window, D] (MA), buf [M, D] (sgd), exp_avg, exp_avg_sq [M, D] (adam/adamw):
+    tensors of unused state may be empty; part [M, plan.tg, N_Q] float64. check=False skips the
+    validation (GrokfastError naming the fallback) for a caller repeating a validated launch.
+    """
+    M, D = theta.shape
+    dt = theta.dtype
+    fcode, ocode = code_of("grad_filter", grad_filter), code_of("optimizer", optimizer)
+    if check:
+        check_precision(precision, dt, theta.device)
+        check_tensors(
+            theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
+            dz=(dz, dt, (M, n_train, plan.width)), dlogits=(dlogits, dt, (M, n_train, plan.p)),
+            idx=(idx, torch.int32, (n_train, 2)),
+            table=(table, torch.int32, (plan.d_in, table.shape[1])),
+            part=(part, torch.float64, (M, plan.tg, int(N_Q))),
+            hp=(hp, torch.float64, (M, int(N_HP))),
+            step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)),
+            **_state_specs(M, plan.D, dt, grad=(grad, orthograd), ema=(ema, fcode == 1),
+                           window=(window, fcode == 2, filter_window), buf=(buf, ocode == 1),
+                           exp_avg=(exp_avg, ocode >= 2), exp_avg_sq=(exp_avg_sq, ocode >= 2)))
+    _update_grad_kernel[(M, plan.tg)](
+        theta, new, grad, dz, dlogits, idx, table, ema, window, buf, exp_avg, exp_avg_sq, part, hp,
+        step, active, n_train, plan.d_in, plan.width, plan.p, plan.D, table.shape[1],
+        max(filter_window, 1), plan.tg, plan.tg1, plan.nth,
+        BLOCK_R=plan.block_r, BLOCK_H=plan.block_h, BLOCK_HH=plan.block_hh, BLOCK_P=plan.block_p,
+        BLOCK_N=plan.block_n, ACT=code_of("activation", activation), FILTER=fcode,
+        FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup, OPT=ocode, ORTH=orthograd,
+        FIXED=fixed_norm, PRECISION=precision)
+
+
+def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bool = True):
+    """⊥Grad's projection for every model: grad ← g_f − proj·θ in place; part_o [M, plan.te, N_Q]."""
+    M = theta.shape[0]
+    if check:
+        check_tensors(theta=(theta, theta.dtype, (M, plan.D)),
+                      grad=(grad, theta.dtype, (M, plan.D)),
+                      part_g=(part_g, torch.float64, (M, plan.tg, int(N_Q))),
+                      part_o=(part_o, torch.float64, (M, plan.te, int(N_Q))),
+                      active=(active, torch.int32, (M,)))
+    _update_orth_kernel[(M, plan.te)](
+        theta, grad, part_g, part_o, active, plan.D, plan.D1, plan.tg, plan.tg1, plan.te, plan.te1,
+        BLOCK_E=plan.block_e, BLOCK_TG=next_pow2(plan.tg))
+
+
+def update_step(plan: UpdatePlan, theta, new, grad, buf, exp_avg, exp_avg_sq, part_g, part_o, part,
+                hp, step, active, *, optimizer: str, fixed_norm: bool, check: bool = True):
+    """⊥Grad's rescale and the optimizer for every model (after update_orth); part [M, plan.te, N_Q]."""
+    M, dt = theta.shape[0], theta.dtype
+    ocode = code_of("optimizer", optimizer)
+    if check:
+        check_tensors(theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
+                      grad=(grad, dt, (M, plan.D)),
+                      part_g=(part_g, torch.float64, (M, plan.tg, int(N_Q))),
+                      part_o=(part_o, torch.float64, (M, plan.te, int(N_Q))),
+                      part=(part, torch.float64, (M, plan.te, int(N_Q))),
+                      hp=(hp, torch.float64, (M, int(N_HP))), step=(step, torch.int32, (M,)),
+                      active=(active, torch.int32, (M,)),
+                      **_state_specs(M, plan.D, dt, buf=(buf, ocode == 1),
+                                     exp_avg=(exp_avg, ocode >= 2),
+                                     exp_avg_sq=(exp_avg_sq, ocode >= 2)))
+    _update_step_kernel[(M, plan.te)](
+        theta, new, grad, buf, exp_avg, exp_avg_sq, part_g, part_o, part, hp, step, active,
+        plan.D, plan.D1, plan.tg, plan.tg1, plan.te, plan.te1,
+        BLOCK_E=plan.block_e, BLOCK_TG=next_pow2(plan.tg), BLOCK_T=next_pow2(plan.te),
+        OPT=ocode, FIXED=fixed_norm)
+
+
+def update_rescale(plan: UpdatePlan, theta, new, part_prev, part, hp, active, *, after_orth: bool,
+                   check: bool = True):
+    """Fixed norm for every model: new ← new·‖θ_0‖/‖new‖ in place. part_prev holds Σθ_new² from the
+    preceding kernel: update_step's [M, plan.te, N_Q] if after_orth, else update_grad's
+    [M, plan.tg, N_Q]; part [M, plan.te, N_Q]."""
+    M, dt = theta.shape[0], theta.dtype
+    tp, tp1 = (plan.te, plan.te1) if after_orth else (plan.tg, plan.tg1)
+    if check:
+        check_tensors(theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
+                      part_prev=(part_prev, torch.float64, (M, tp, int(N_Q))),
+                      part=(part, torch.float64, (M, plan.te, int(N_Q))),
+                      hp=(hp, torch.float64, (M, int(N_HP))), active=(active, torch.int32, (M,)))
+    _update_rescale_kernel[(M, plan.te)](
+        theta, new, part_prev, part, hp, active, plan.D, plan.D1, tp, tp1, plan.te, plan.te1,
+        BLOCK_E=plan.block_e, BLOCK_TP=next_pow2(tp))
+
+
+def _state_specs(M: int, D: int, dt, **states) -> dict:
+    """check_tensors specs for optional state: (tensor, used[, window]); unused ones are skipped."""
+    specs = {}
+    for name, (t, used, *window) in states.items():
+        if used:
+            specs[name] = (t, dt, (M, *window, D))
+    return specs
