@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -307,40 +307,52 @@ PROBE_FIELDS = ("cos", "dist", "residual", "sigma_min", "norm", "cg_iters", "tan
 class AlignmentProbe:
     """Engine observer (grokfast.train(..., observers=[probe])) running `alignment` during training.
 
-    Pauses at t − lag and t for t = every, 2·every, … ≤ steps; at each t and for every model of the
-    launch it records probe_step, probe_cos, probe_dist, probe_residual, probe_sigma_min, probe_norm,
-    probe_cg_iters and probe_tangent_residual (float64 arrays over probe steps) into Result.extras.
-    It reads CPU copies of θ only, so the trajectory is bitwise the one without the probe.
+    Probes at t = every, 2·every, … ≤ steps, plus the steps in `at` (e.g. log-spaced early ones),
+    pausing the loop at t − lag and t. At each t and for every model of the launch it records
+    probe_step, probe_cos, probe_dist, probe_residual, probe_sigma_min, probe_norm, probe_cg_iters and
+    probe_tangent_residual (float64 arrays over probe steps) into Result.extras. It reads CPU copies
+    of θ only, so the trajectory is bitwise the one without the probe. every=None probes only at `at`.
     kwargs go to `alignment` (gd_steps, gd_lr, gd_momentum, cg_tol, dense_limit, ...).
     """
 
-    def __init__(self, config: Config, data: Optional[Dataset] = None, every: int = 1000,
-                 lag: int = 10, **kwargs):
-        if not (isinstance(every, int) and every >= 1 and isinstance(lag, int) and lag >= 1):
-            raise GrokfastError(f"AlignmentProbe needs integers every ≥ 1 and lag ≥ 1 "
+    def __init__(self, config: Config, data: Optional[Dataset] = None, every: Optional[int] = 1000,
+                 lag: int = 10, at: Sequence[int] = (), **kwargs):
+        at = sorted({int(t) for t in at})
+        if not (isinstance(lag, int) and lag >= 1) or (every is not None and not (
+                isinstance(every, int) and every >= 1)):
+            raise GrokfastError(f"AlignmentProbe needs integers every ≥ 1 (or None) and lag ≥ 1 "
                                 f"(got every={every!r}, lag={lag!r})")
-        if lag > every:
-            raise GrokfastError(f"lag={lag} exceeds every={every}: the first probe step would "
-                                f"have no θ_(t−lag); use lag ≤ every")
-        self.config, self.every, self.lag, self.kwargs = config, every, lag, kwargs
+        if every is None and not at:
+            raise GrokfastError("AlignmentProbe needs every or at: give the probe steps")
+        if (every is not None and lag > every) or (at and at[0] < lag):
+            raise GrokfastError(f"lag={lag} reaches before step 0 for the first probe step; use "
+                                f"lag ≤ every and probe steps in `at` ≥ lag")
+        self.config, self.every, self.lag, self.at, self.kwargs = config, every, lag, at, kwargs
         self.data = make_dataset(config) if data is None else data
         self._prev: dict = {}
         self._rows: list = []   # per model: list of (step, Alignment)
 
+    def _is_probe(self, t: int) -> bool:
+        return t in self.at or bool(self.every and t > 0 and t % self.every == 0)
+
+    def probe_steps(self, steps: int) -> list:
+        every = range(self.every, steps + 1, self.every) if self.every else ()
+        return sorted({t for t in self.at if t <= steps} | set(every))
+
     def pause_steps(self, steps: int):
-        probes = range(self.every, steps + 1, self.every)
+        probes = self.probe_steps(steps)
         return sorted({t - self.lag for t in probes} | set(probes))
 
     def observe(self, step: int, W1: torch.Tensor, W2: torch.Tensor) -> None:
         if not self._rows:
             self._rows = [[] for _ in range(W1.shape[0])]
-        if step % self.every == 0 and (step - self.lag) in self._prev:
-            P1, P2 = self._prev.pop(step - self.lag)
+        if step in self._prev:
+            P1, P2 = self._prev.pop(step)
             for i in range(W1.shape[0]):
                 a = alignment(self.config, self.data, (P1[i], P2[i]), (W1[i], W2[i]), **self.kwargs)
                 self._rows[i].append((step, a))
-        if (step + self.lag) % self.every == 0:
-            self._prev[step] = (W1.clone(), W2.clone())
+        if self._is_probe(step + self.lag):
+            self._prev[step + self.lag] = (W1.clone(), W2.clone())
 
     def extras(self) -> list:
         out = []

@@ -155,3 +155,23 @@ def test_probe_arguments_are_checked():
     with pytest.raises(GrokfastError, match="lag"):
         AlignmentProbe(config, every=5, lag=10)
     assert AlignmentProbe(config, every=100, lag=10).pause_steps(250) == [90, 100, 190, 200]
+    probe = AlignmentProbe(config, every=100, lag=10, at=[15, 30, 150])
+    assert probe.probe_steps(250) == [15, 30, 100, 150, 200]
+    assert probe.pause_steps(250) == [5, 15, 20, 30, 90, 100, 140, 150, 190, 200]
+    assert AlignmentProbe(config, every=None, at=[20, 25], lag=5).pause_steps(100) == [15, 20, 25]
+    with pytest.raises(GrokfastError, match="lag"):
+        AlignmentProbe(config, every=None, at=[5], lag=10)
+
+
+def test_probe_at_overlapping_steps_matches_saved_parameters():
+    """Probe steps closer than the lag (t − lag of one is another probe step) read the right θ."""
+    config = Config(p=7, width=32, n_test=5, steps=40, log_every=10, eval_every=10)
+    data = make_dataset(config)
+    probe = AlignmentProbe(config, data, every=None, lag=10, at=[20, 25, 30])
+    r = grokfast.train(config, backend="reference", observers=[probe])
+    assert r.extras["probe_step"].tolist() == [20, 25, 30]
+    theta = {s: grokfast.train(config.replace(steps=s), backend="reference").params
+             for s in (10, 15, 20, 25, 30)}
+    for j, t in enumerate((20, 25, 30)):
+        a = alignment(config, data, theta[t - 10], theta[t])
+        assert r.extras["probe_cos"][j] == a.cos and r.extras["probe_dist"][j] == a.dist, t
