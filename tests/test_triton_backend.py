@@ -1,0 +1,219 @@
+"""The Triton backend against the reference, whole runs through Triton's interpreter on the CPU.
+
+Every variant of the Config runs ≥ 20 steps on both backends from the same seed; the loss, every
+statistic at every step, the final parameters and the optimizer / filter state must agree within
+tests/tolerances.py (float64: 1e-12, float32: 1e-5). Then determinism, resume, batched == alone
+(bitwise), inactive models and the boundary errors. Shapes are tiny: the interpreter costs
+~0.1 ms per operation per program.
+"""
+import numpy as np
+import pytest
+import torch
+
+import grokfast
+from grokfast import Config, GrokfastError, make_dataset
+from grokfast.model import STAT_NAMES, torch_dtype
+from grokfast.reference import ReferenceStepper
+from grokfast.triton_backend import TritonStepper, check_supported
+from tolerances import assert_close
+
+CPU = torch.device("cpu")
+STEPS = 20
+TINY = dict(p=5, width=16, n_test=5, steps=STEPS, log_every=1, eval_every=1, seed=3,
+            dtype="float64")
+
+# Together these cover every option value of the Config that changes the computation.
+VARIANTS = {
+    "gd-relu-mse-mean": dict(lr=0.5, weight_decay=0.01),
+    "sgd-nesterov-quadratic-ce-sum-concat": dict(
+        optimizer="sgd", momentum=0.9, nesterov=True, lr=0.02, weight_decay=0.003,
+        activation="quadratic", loss="cross_entropy", loss_reduction="sum", encoding="concat"),
+    "sgd-momentum-stablemax-ordered-warmup": dict(
+        optimizer="sgd", momentum=0.5, lr=0.3, weight_decay=0.02, loss="stablemax",
+        pairs="ordered", n_test=9, warmup_steps=6),
+    "adam-ema-orthograd-ce": dict(
+        optimizer="adam", lr=0.01, weight_decay=0.01, grad_filter="ema", filter_alpha=0.9,
+        filter_lamb=2.0, orthograd=True, loss="cross_entropy"),
+    "adamw-ma-fixednorm-lrdivide-quadratic": dict(
+        optimizer="adamw", lr=0.01, weight_decay=0.5, betas=(0.9, 0.98), grad_filter="ma",
+        filter_window=4, filter_lamb=3.0, filter_normalize_lr=True, fixed_norm=True,
+        activation="quadratic", init="normal", init_scale=1.5),
+    "gd-ma-sum-nowarmup-orthograd-fixednorm-sum": dict(
+        lr=0.05, weight_decay=0.01, grad_filter="ma", filter_window=3, filter_type="sum",
+        filter_warmup=False, filter_lamb=0.5, orthograd=True, fixed_norm=True,
+        loss_reduction="sum", label_noise=0.3),
+    "f32-gd-paper-real": dict(dtype="float32", lr=1.0, weight_decay=1e-4),
+    "f32-adamw-ce-float64-loss-ema": dict(
+        dtype="float32", optimizer="adamw", lr=0.01, weight_decay=1.0, betas=(0.9, 0.98),
+        loss="cross_entropy", loss_dtype="float64", grad_filter="ema", filter_lamb=1.0),
+    # Not fixed_norm in float32: there θ_{s+1} − θ_s is nearly orthogonal to θ_s, cos_update is a
+    # cancellation (relative error ~ ulp·‖θ‖/‖Δθ‖ ≈ 1e-2 in float32, in the reference itself), so
+    # fixed_norm is checked in float64 above.
+    "f32-sgd-stablemax-orthograd-ma": dict(
+        dtype="float32", optimizer="sgd", momentum=0.8, lr=0.1, weight_decay=0.01,
+        loss="stablemax", loss_dtype="float64", orthograd=True, grad_filter="ma",
+        filter_window=5, encoding="concat"),
+}
+
+# Small blocks so that every reduction crosses tiles: 2 row blocks of samples, 2 hidden slices
+# in the rows kernel, 4 W1 tiles + 2 W2 tiles in the gradient kernel, 2 + 2 flat tiles after it.
+SMALL_BLOCKS = dict(rows_block_n=16, rows_block_h=16, block_r=4, block_h=16, block_hh=16,
+                    block_n=16, block_e=128)
+
+
+def run_both(c: Config, blocks=None):
+    data = make_dataset(c)
+    one = np.ones(1, dtype=bool)
+    ref = ReferenceStepper([c], data, CPU)
+    tri = TritonStepper([c], data, CPU, blocks=blocks)
+    return ref, ref.advance(0, c.steps, one), tri, tri.advance(0, c.steps, one)
+
+
+def layers(flat: torch.Tensor, c: Config):
+    """A flat [D] parameter-shaped vector → (W1-shaped, W2-shaped)."""
+    d1 = c.d_in * c.width
+    return flat[:d1].reshape(c.d_in, c.width), flat[d1:].reshape(c.width, c.p)
+
+
+def compare_runs(c: Config, ref, rows_ref, tri, rows_tri) -> None:
+    dt = torch_dtype(c)
+    for name in STAT_NAMES:
+        assert_close(rows_tri[name], rows_ref[name], name, dtype=dt)
+    assert np.isfinite(rows_tri["train_loss"]).all()
+    (W1r, W2r), (W1t, W2t) = ref.params(), tri.params()
+    assert W1t.dtype == dt and W2t.dtype == dt
+    assert_close(W1t, W1r, "W1")
+    assert_close(W2t, W2r, "W2")
+
+    run, state = ref.runs[0], tri.state_dict()
+    params = [run.model.W1, run.model.W2]
+    for name, key in (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq"), ("buf", "momentum_buffer")):
+        if name in state:
+            for k, (mine, p) in enumerate(zip(layers(state[name][0], c), params)):
+                assert_close(mine, run.optimizer.state[p][key], f"{key}[W{k + 1}]")
+    if c.grad_filter == "ema":
+        for k, mine in enumerate(layers(state["ema"][0], c)):
+            assert_close(mine, run.filter_state[f"W{k + 1}"], f"ema[W{k + 1}]")
+    if c.grad_filter == "ma":
+        w, s_end = c.filter_window, c.steps
+        for k in range(2):
+            window = list(run.filter_state[f"W{k + 1}"])  # oldest first
+            for age, g in enumerate(reversed(window)):
+                slot = (s_end - 1 - age) % w
+                assert_close(layers(state["window"][0, slot], c)[k], g, f"window[W{k + 1}][{age}]")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_agrees_with_reference(name):
+    c = Config(**{**TINY, **VARIANTS[name]})
+    compare_runs(c, *run_both(c))
+
+
+def test_agrees_with_reference_across_tiles():
+    """Ragged sample blocks, hidden slices and parameter tiles: every cross-tile reduction."""
+    c = Config(**{**TINY, "p": 7, "width": 24, "n_test": 6, "optimizer": "adam", "lr": 0.02,
+                  "weight_decay": 0.01, "orthograd": True, "fixed_norm": True,
+                  "grad_filter": "ema", "dtype": "float64"})
+    ref, rows_ref, tri, rows_tri = run_both(c, blocks=SMALL_BLOCKS)
+    assert tri.plan.tg == 4 + 2 and tri.plan.te == 2 + 2 and tri.part_rows.shape[1] == 3
+    compare_runs(c, ref, rows_ref, tri, rows_tri)
+
+
+def test_engine_history_matches_reference():
+    """grokfast.train(backend="triton") is a drop-in: same Result fields, NaN between evaluations."""
+    c = Config(**{**TINY, "log_every": 2, "eval_every": 6, "optimizer": "adamw", "lr": 0.01,
+                  "weight_decay": 0.5})
+    r_ref = grokfast.reference.train(c)
+    r_tri = grokfast.train(c, backend="triton")
+    assert r_tri.backend == "triton"
+    assert list(r_tri.history["step"]) == list(range(0, STEPS, 2))
+    assert np.isnan(r_tri.history["test_acc"][1]) and not np.isnan(r_tri.history["test_acc"][3])
+    for name in STAT_NAMES:
+        assert_close(r_tri.history[name], r_ref.history[name], name)
+    assert_close(r_tri.params["W1"], r_ref.params["W1"], "W1")
+    assert_close(r_tri.params["W2"], r_ref.params["W2"], "W2")
+    assert r_tri.final.keys() == r_ref.final.keys()
+
+
+# ---------------------------------------------------------------- bitwise properties
+STATEFUL = dict(TINY, optimizer="adamw", lr=0.02, weight_decay=0.1, grad_filter="ma",
+                filter_window=3, filter_lamb=1.5, dtype="float32")
+
+
+def _bitwise(a: dict, b: dict, rows=slice(None)):
+    for name in STAT_NAMES:
+        np.testing.assert_array_equal(a[name][rows], b[name][rows], err_msg=name)
+
+
+def test_deterministic_resumable_and_batch_equals_alone():
+    """Two runs are bitwise equal; a run resumed from state_dict in a fresh stepper after 8 steps
+    is bitwise equal to the uninterrupted one; and in a batch of three models with different seeds
+    and hyperparameters, each model is bitwise equal to the same model run alone."""
+    c = Config(**STATEFUL)
+    data = make_dataset(c)
+    one = np.ones(1, dtype=bool)
+    alone = TritonStepper([c], data, CPU)
+    rows_alone = alone.advance(0, STEPS, one)
+
+    first = TritonStepper([c], data, CPU)
+    rows_a = first.advance(0, 8, one)
+    resumed = TritonStepper([c], data, CPU)
+    resumed.load_state_dict(first.state_dict())
+    rows_b = resumed.advance(8, STEPS - 8, one)
+    joined = {k: np.concatenate([rows_a[k], rows_b[k]], axis=1) for k in STAT_NAMES}
+    _bitwise(joined, rows_alone)
+    for mine, other in zip(resumed.params(), alone.params()):
+        assert torch.equal(mine, other)
+
+    others = [c.replace(seed=7, lr=0.005, weight_decay=1.0, filter_lamb=0.5, betas=(0.8, 0.9)),
+              c.replace(seed=11, warmup_steps=5, eps=1e-6)]
+    batch = TritonStepper([others[0], c, others[1]], data, CPU)
+    rows_batch = batch.advance(0, STEPS, np.ones(3, dtype=bool))
+    _bitwise({k: v[1:2] for k, v in rows_batch.items()}, rows_alone)
+    W1b, W2b = batch.params()
+    W1a, W2a = alone.params()
+    assert torch.equal(W1b[1:2], W1a) and torch.equal(W2b[1:2], W2a)
+    assert not torch.equal(W1b[0], W1b[1])  # the other models really are different runs
+
+
+def test_inactive_models_are_not_stepped():
+    c = Config(**{**TINY, "steps": 4})
+    data = make_dataset(c)
+    st = TritonStepper([c, c.replace(seed=5)], data, CPU)
+    st.advance(0, 2, np.array([True, True]))
+    W1_before, W2_before = st.params()
+    rows = st.advance(2, 2, np.array([True, False]))
+    assert np.isnan(rows["train_loss"][1]).all() and np.isfinite(rows["train_loss"][0]).all()
+    W1, W2 = st.params()
+    assert torch.equal(W1[1], W1_before[1]) and torch.equal(W2[1], W2_before[1])
+    assert not torch.equal(W1[0], W1_before[0])
+    rows = st.advance(4, 1, np.array([True, False]))  # the stopped model stays put on later calls
+    assert torch.equal(st.params()[0][1], W1_before[1])
+
+
+# ---------------------------------------------------------------- boundary errors
+@pytest.mark.parametrize("changes, match", [
+    (dict(precision="tf32", dtype="float32"), "needs a GPU"),
+    (dict(precision="tf32x3", dtype="float64"), "float32 only"),
+    (dict(p=521, width=8), "p ≤ 512"),
+])
+def test_unsupported_configs_name_the_fallback(changes, match):
+    c = Config(**{**TINY, **changes})
+    with pytest.raises(GrokfastError, match=match) as e:
+        check_supported(c, CPU)
+    assert "backend='torch'" in str(e.value)
+
+
+def test_cpu_without_interpreter_names_the_fallback(monkeypatch):
+    from grokfast.kernels import common
+    monkeypatch.setattr(common, "interpreting", lambda: False)
+    with pytest.raises(GrokfastError, match="needs a CUDA GPU.*backend='torch'"):
+        check_supported(Config(**TINY), CPU)
+
+
+def test_unknown_block_size_is_rejected():
+    c = Config(**TINY)
+    with pytest.raises(GrokfastError, match="unknown block sizes"):
+        TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_m=16))
+    with pytest.raises(GrokfastError, match="at least 16.*backend='torch'"):
+        TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_hh=8))
