@@ -1,0 +1,298 @@
+"""The torch backend against the reference: every Config variant, statistics, parameters, optimizer
+and filter state; determinism, batched = separate, state round trip, a whole grokking run."""
+import numpy as np
+import pytest
+import torch
+
+import grokfast
+from grokfast import Config, GrokfastError, make_dataset
+from grokfast.engine import stepper_class
+from grokfast.model import STAT_NAMES
+from grokfast.reference import ReferenceStepper
+from grokfast.torch_backend import TorchStepper
+from tolerances import assert_close
+
+CPU = torch.device("cpu")
+# tiny shapes: p = 7 gives 28 unordered pairs (21 train / 7 test), 49 ordered ones
+BASE = dict(p=7, width=16, n_test=7, seed=3, split_seed=1, log_every=1, eval_every=1,
+            dtype="float64")
+ORDERED = dict(pairs="ordered", n_test=None, train_frac=0.6)
+
+VARIANTS = {
+    "mse-relu-gd": dict(),
+    "mse-sum-relu-gd": dict(loss_reduction="sum", lr=0.05),
+    "mse-quadratic-gd": dict(activation="quadratic", lr=0.5),
+    "concat-mse-relu-gd": dict(encoding="concat", **ORDERED),
+    "concat-quadratic-adamw": dict(encoding="concat", activation="quadratic", optimizer="adamw",
+                                   lr=5e-3, weight_decay=1.0, betas=(0.9, 0.98), init="normal",
+                                   **ORDERED),
+    "ce-mean-relu-gd": dict(loss="cross_entropy", lr=0.5),
+    "ce-sum-quadratic-sgd": dict(loss="cross_entropy", loss_reduction="sum", activation="quadratic",
+                                 optimizer="sgd", lr=0.02, momentum=0.5),
+    "stablemax-mean-gd": dict(loss="stablemax", lr=0.5),
+    "stablemax-sum-adam": dict(loss="stablemax", loss_reduction="sum", optimizer="adam", lr=1e-2,
+                               weight_decay=1e-3),
+    "sgd-momentum": dict(optimizer="sgd", lr=0.3, momentum=0.9),
+    "sgd-nesterov": dict(optimizer="sgd", lr=0.3, momentum=0.9, nesterov=True),
+    "adam": dict(optimizer="adam", lr=1e-2, weight_decay=1e-2),
+    "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.5, betas=(0.9, 0.98), eps=1e-7),
+    "warmup-gd": dict(warmup_steps=17),
+    "warmup-adamw": dict(optimizer="adamw", lr=1e-2, warmup_steps=23),
+    "ema": dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0),
+    "ema-normalize-lr-adamw": dict(grad_filter="ema", filter_normalize_lr=True, optimizer="adamw",
+                                   lr=1e-2),
+    "ma-mean-warmup": dict(grad_filter="ma", filter_window=5, filter_lamb=3.0),
+    "ma-sum-nowarmup": dict(grad_filter="ma", filter_window=4, filter_type="sum",
+                            filter_warmup=False, filter_lamb=0.5, lr=0.5),
+    "orthograd-sgd": dict(orthograd=True, optimizer="sgd", lr=0.3, momentum=0.9),
+    "orthograd-adam": dict(orthograd=True, optimizer="adam", lr=1e-2),
+    "fixed-norm": dict(fixed_norm=True, lr=2.0),
+    "fixed-norm-ema-orthograd": dict(fixed_norm=True, orthograd=True, grad_filter="ema",
+                                     lr=0.5),
+    "eval-every-3": dict(eval_every=3),
+    "init-normal-scale": dict(init="normal", init_std=0.3, init_scale=2.0, lr=0.2),
+}
+# the code paths chosen by size at real shapes, forced at tiny ones
+PATHS = {"dense-gather": dict(dw1="dense", first_layer="gather"),
+         "index_add-embedding_bag": dict(dw1="index_add", first_layer="embedding_bag")}
+
+
+def config(**changes) -> Config:
+    return Config(**{**BASE, **changes})
+
+
+def run_both(c: Config, steps: int, split: int = 17, **stepper_kw):
+    """The reference and the torch stepper for `steps` updates, advanced in two chunks."""
+    data = make_dataset(c)
+    ref = ReferenceStepper([c], data, CPU)
+    tb = TorchStepper([c], data, CPU, **stepper_kw)
+    rows = []
+    for st in (ref, tb):
+        a = st.advance(0, split, np.ones(1, bool))
+        b = st.advance(split, steps - split, np.ones(1, bool))
+        rows.append({k: np.concatenate([a[k], b[k]], axis=1) for k in STAT_NAMES})
+    return ref, tb, rows[0], rows[1]
+
+
+def assert_histories_close(actual: dict, expected: dict, dtype) -> None:
+    for name in STAT_NAMES:
+        assert_close(actual[name], expected[name], name, dtype=dtype)
+
+
+def assert_state_matches(ref: ReferenceStepper, tb: TorchStepper, c: Config, dtype) -> None:
+    """Optimizer and filter state of model 0 against the reference's torch.optim / filter state."""
+    run = ref.runs[0]
+    layers = (("W1", run.model.W1), ("W2", run.model.W2))
+    opt_state = run.optimizer.state
+    if c.optimizer in ("adam", "adamw"):
+        for key in ("exp_avg", "exp_avg_sq"):
+            mine = tb.split(getattr(tb, key))
+            for k, (name, param) in enumerate(layers):
+                assert_close(mine[k][0], opt_state[param][key], f"{key} {name}", dtype=dtype)
+        assert all(float(opt_state[param]["step"]) == tb.steps_taken[0] for _, param in layers)
+    if c.optimizer == "sgd" and c.momentum:
+        mine = tb.split(tb.momentum_buffer)
+        for k, (name, param) in enumerate(layers):
+            assert_close(mine[k][0], opt_state[param]["momentum_buffer"], f"buffer {name}",
+                         dtype=dtype)
+    if c.grad_filter == "ema":
+        mine = tb.split(tb.ema)
+        for k, (name, _) in enumerate(layers):
+            assert_close(mine[k][0], run.filter_state[name], f"ema {name}", dtype=dtype)
+    if c.grad_filter == "ma":
+        W = c.filter_window
+        window = [tb.split(tb.ring[(tb.ring_pos + j) % W]) for j in range(W)]  # oldest first
+        for k, (name, _) in enumerate(layers):
+            deque = list(run.filter_state[name])
+            assert len(deque) == min(tb.filter_count[0], W)
+            for j, g in enumerate(deque):
+                assert_close(window[W - len(deque) + j][k][0], g, f"window {name}[{j}]", dtype=dtype)
+
+
+@pytest.mark.parametrize("path", list(PATHS), ids=list(PATHS))
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_agrees_with_reference_float64(variant, path):
+    c = config(**VARIANTS[variant])
+    ref, tb, h_ref, h_tb = run_both(c, 50, **PATHS[path])
+    assert np.isfinite(h_ref["train_loss"]).all(), "the variant's settings diverge: fix the test"
+    assert_histories_close(h_tb, h_ref, torch.float64)
+    W1, W2 = tb.params()
+    W1_ref, W2_ref = ref.params()
+    assert W1.dtype == torch.float64 and W1.shape == W1_ref.shape
+    assert_close(W1, W1_ref, "W1")
+    assert_close(W2, W2_ref, "W2")
+    assert_state_matches(ref, tb, c, torch.float64)
+
+
+FLOAT32 = {
+    "mse-relu-gd": dict(),
+    "ce-float64-loss-adamw": dict(loss="cross_entropy", loss_dtype="float64", optimizer="adamw",
+                                  lr=1e-2),
+    "stablemax-float64-loss": dict(loss="stablemax", loss_dtype="float64", lr=0.5),
+    "concat-quadratic-ema-sgd": dict(encoding="concat", activation="quadratic", grad_filter="ema",
+                                     optimizer="sgd", lr=0.05, momentum=0.9, **ORDERED),
+}
+
+
+@pytest.mark.parametrize("variant", list(FLOAT32), ids=list(FLOAT32))
+def test_agrees_with_reference_float32(variant):
+    c = config(dtype="float32", **FLOAT32[variant])
+    ref, tb, h_ref, h_tb = run_both(c, 50)
+    assert_histories_close(h_tb, h_ref, torch.float32)
+    W1, W2 = tb.params()
+    assert W1.dtype == torch.float32
+    assert_close(W1, ref.params()[0], "W1")
+    assert_close(W2, ref.params()[1], "W2")
+    assert_state_matches(ref, tb, c, torch.float32)
+
+
+def test_log_and_eval_intervals_leave_nan_rows_where_the_reference_does():
+    c = config(log_every=2, eval_every=6)
+    _, _, h_ref, h_tb = run_both(c, 31, split=9)
+    np.testing.assert_array_equal(h_tb["step"], h_ref["step"])
+    np.testing.assert_array_equal(np.isnan(h_tb["test_acc"]), np.isnan(h_ref["test_acc"]))
+    assert_histories_close(h_tb, h_ref, torch.float64)
+
+
+def run_torch(configs, steps, chunks=(20,), **kw):
+    """History (name → [M, rows]) and parameters of a torch-stepper run, advanced in chunks."""
+    data = make_dataset(configs[0])
+    st = TorchStepper(configs, data, CPU, **kw)
+    pieces, s = [], 0
+    for n in list(chunks) + [steps - sum(chunks)]:
+        pieces.append(st.advance(s, n, np.ones(len(configs), bool)))
+        s += n
+    hist = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in STAT_NAMES}
+    return hist, st.params(), st
+
+
+def assert_bitwise(h_a, p_a, h_b, p_b, what):
+    for k in STAT_NAMES:
+        np.testing.assert_array_equal(h_a[k], h_b[k], err_msg=f"{what}: {k}")
+    for a, b, name in zip(p_a, p_b, ("W1", "W2")):
+        assert torch.equal(a, b), f"{what}: {name} differs"
+
+
+BITWISE = {
+    "mse-relu-gd": (dict(), {}),
+    "adamw-ema-orthograd-fixed-norm": (dict(optimizer="adamw", lr=1e-2, grad_filter="ema",
+                                            orthograd=True, fixed_norm=True), {}),
+    "ce-nesterov-ma": (dict(loss="cross_entropy", optimizer="sgd", momentum=0.8, nesterov=True,
+                            lr=0.3, grad_filter="ma", filter_window=3), {}),
+    "concat-quadratic-adam-index_add": (dict(encoding="concat", activation="quadratic",
+                                             optimizer="adam", lr=1e-2, **ORDERED),
+                                        PATHS["index_add-embedding_bag"]),
+    "stablemax-float32-two-threads": (dict(loss="stablemax", dtype="float32", lr=0.5),
+                                      dict(threads=2)),
+}
+
+
+@pytest.mark.parametrize("variant", list(BITWISE), ids=list(BITWISE))
+def test_deterministic_and_batched_equals_separate(variant):
+    changes, kw = BITWISE[variant]
+    c = config(**changes)
+    # different seeds and different per-model scalars in one launch
+    scalars = [dict(lr=c.lr, weight_decay=c.weight_decay),
+               dict(lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3),
+               dict(lr=c.lr * 1.3, weight_decay=0.0)]
+    if c.grad_filter == "ema":
+        scalars[1].update(filter_alpha=0.8, filter_lamb=1.0)
+    if c.optimizer == "sgd":
+        scalars[2].update(momentum=0.5)
+    if c.optimizer in ("adam", "adamw"):
+        scalars[1].update(betas=(0.8, 0.95), eps=1e-6)
+    configs = [c.replace(seed=10 + i, **s) for i, s in enumerate(scalars)]
+    steps = 30
+    h, p, _ = run_torch(configs, steps, **kw)
+    h2, p2, _ = run_torch(configs, steps, chunks=(7, 11), **kw)
+    assert_bitwise(h, p, h2, p2, "second run")
+    for i, ci in enumerate(configs):
+        hi, pi, _ = run_torch([ci], steps, **kw)
+        assert_bitwise({k: v[i:i + 1] for k, v in h.items()}, (p[0][i:i + 1], p[1][i:i + 1]),
+                       hi, pi, f"model {i} alone")
+
+
+def test_batched_equals_separate_at_a_threaded_size():
+    """Big enough that ATen splits elementwise ops and reductions across two threads."""
+    c = Config(p=37, pairs="ordered", encoding="concat", n_test=None, train_frac=0.3, width=512,
+               activation="quadratic", init="normal", optimizer="adamw", lr=5e-3, weight_decay=1.0,
+               orthograd=True, fixed_norm=True, log_every=1, eval_every=2, seed=0)
+    configs = [c.replace(seed=s, lr=lr) for s, lr in ((0, 5e-3), (1, 2e-3))]
+    h, p, _ = run_torch(configs, 4, chunks=(2,), threads=2)
+    h1, p1, _ = run_torch(configs[1:], 4, chunks=(2,), threads=2)
+    assert_bitwise({k: v[1:] for k, v in h.items()}, (p[0][1:], p[1][1:]), h1, p1, "model 1 alone")
+
+
+def test_inactive_models_are_not_stepped():
+    configs = [config(seed=s, optimizer="adam", lr=1e-2, grad_filter="ma", filter_window=4)
+               for s in (0, 1, 2)]
+    data = make_dataset(configs[0])
+    st = TorchStepper(configs, data, CPU)
+    st.advance(0, 5, np.ones(3, bool))
+    before = st.state_dict()
+    rows = st.advance(5, 6, np.array([True, False, True]))
+    assert np.isnan(rows["train_loss"][1]).all() and np.isfinite(rows["train_loss"][[0, 2]]).all()
+    after = st.state_dict()
+    assert torch.equal(after["theta"][1], before["theta"][1])
+    assert torch.equal(after["exp_avg"][1], before["exp_avg"][1])
+    assert after["steps_taken"][1] == 5 and after["steps_taken"][0] == 11
+    # the frozen model's window keeps its order: stepping it now matches an uninterrupted run
+    st.advance(11, 4, np.array([False, True, False]))
+    alone = TorchStepper(configs[1:2], data, CPU)
+    alone.advance(0, 9, np.ones(1, bool))
+    assert torch.equal(st.params()[0][1], alone.params()[0][0])
+    assert torch.equal(st.params()[1][1], alone.params()[1][0])
+
+
+@pytest.mark.parametrize("variant", ["sgd-nesterov", "ema-normalize-lr-adamw", "ma-mean-warmup",
+                                     "warmup-adamw"])
+def test_state_dict_round_trip_continues_bitwise(variant):
+    configs = [config(seed=s, **VARIANTS[variant]) for s in (0, 1)]
+    data = make_dataset(configs[0])
+    straight = TorchStepper(configs, data, CPU)
+    h40 = straight.advance(0, 40, np.ones(2, bool))
+    first = TorchStepper(configs, data, CPU)
+    first.advance(0, 20, np.ones(2, bool))
+    state = first.state_dict()
+    resumed = TorchStepper(configs, data, CPU)
+    resumed.load_state_dict(state)
+    h20 = resumed.advance(20, 20, np.ones(2, bool))
+    for k in STAT_NAMES:
+        np.testing.assert_array_equal(h20[k], h40[k][:, 20:], err_msg=k)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.params(), straight.params()))
+
+
+def test_whole_run_groks_at_the_reference_steps():
+    """Memorizes at step 40 and groks at step 360 (seed 0) on both backends."""
+    c = Config(p=23, pairs="ordered", encoding="concat", n_test=None, train_frac=0.5, width=64,
+               activation="quadratic", init="normal", optimizer="adamw", lr=1e-2, weight_decay=1.0,
+               betas=(0.9, 0.98), steps=400, log_every=10, eval_every=10)
+    fast = grokfast.train(c, backend="torch")
+    ref = grokfast.train(c, backend="reference")
+    assert fast.backend == "torch" and ref.backend == "reference"
+    assert fast.memorization_step == ref.memorization_step is not None
+    assert fast.grok_step == ref.grok_step is not None
+    assert_histories_close(fast.history, ref.history, torch.float32)
+
+
+def test_auto_backend_on_cpu_is_torch():
+    assert stepper_class("auto", "cpu") is TorchStepper
+    r = grokfast.train(config(steps=5), backend="auto")
+    assert r.backend == "torch" and r.steps_done == 5
+
+
+def test_bad_input_raises_at_the_boundary():
+    c = config()
+    data = make_dataset(c)
+    with pytest.raises(GrokfastError, match="precision"):
+        TorchStepper([c.replace(precision="tf32")], data, CPU)
+    with pytest.raises(GrokfastError, match="make_dataset"):
+        TorchStepper([config(p=5)], data, CPU)
+    with pytest.raises(GrokfastError, match="dw1"):
+        TorchStepper([c], data, CPU, dw1="scatter")
+    with pytest.raises(GrokfastError, match="share 'width'"):
+        TorchStepper([c, c.replace(width=8)], data, CPU)
+    st = TorchStepper([c], data, CPU)
+    other = TorchStepper([c, c.replace(seed=4)], data, CPU)
+    with pytest.raises(GrokfastError, match="same"):
+        st.load_state_dict(other.state_dict())
