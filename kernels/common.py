@@ -331,7 +331,11 @@ def dot_block(n: int) -> int:
 
 
 def check_tensors(**specs) -> None:
-    """Each spec is name=(tensor, dtype, shape): contiguous, on one device, float32/float64 data."""
+    """Each spec is name=(tensor, dtype, shape): contiguous, on one device; the first one holds the
+    float32/float64 data that fixes the working dtype."""
+    first = next(iter(specs.values()))[0]
+    if isinstance(first, torch.Tensor) and first.dtype not in (torch.float32, torch.float64):
+        launch_error(f"dtype {first.dtype} is not supported (float32 or float64)")
     device = None
     for name, (t, dtype, shape) in specs.items():
         if not isinstance(t, torch.Tensor):
@@ -349,9 +353,6 @@ def check_tensors(**specs) -> None:
     if device is not None and device.type == "cpu" and not interpreting():
         launch_error("tensors are on the CPU but Triton runs on a GPU (set TRITON_INTERPRET=1 "
                      "before importing triton to use the slow CPU interpreter)")
-    first = next(iter(specs.values()))[0]
-    if first.dtype not in (torch.float32, torch.float64):
-        launch_error(f"dtype {first.dtype} is not supported (float32 or float64)")
 
 
 def check_precision(precision: str, dtype: torch.dtype, device: torch.device) -> None:

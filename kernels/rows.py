@@ -109,6 +109,8 @@ def rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, *, n_t
     nb, nbt = triton.cdiv(n_train, block_n), triton.cdiv(n_test, block_n)
     block_p = dot_block(p)
     if check:
+        if block_n < 16 or block_h < 16:
+            launch_error(f"block_n={block_n}, block_h={block_h}: tl.dot needs blocks of at least 16")
         check_tensors(
             theta=(theta, theta.dtype, (M, D)), idx=(idx, torch.int32, (n_train + n_test, 2)),
             labels=(labels, torch.int32, (n_train + n_test,)),
@@ -122,8 +124,6 @@ def rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, *, n_t
                          f"{d_in * width + width * p}")
         if block_p > MAX_BLOCK_P:
             launch_error(f"p={p} > {MAX_BLOCK_P} does not fit one block of outputs")
-        if block_n < 16 or block_h < 16:
-            launch_error(f"block_n={block_n}, block_h={block_h}: tl.dot needs blocks of at least 16")
     _rows_fwd_bwd_kernel[(M, nb + nbt)](
         theta, idx, labels, dz, dlogits, part, hp, step, active,
         n_train, n_test, width, p, D, nb, nb + nbt, eval_every,

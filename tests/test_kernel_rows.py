@@ -1,0 +1,111 @@
+"""kernels/rows.py (forward, loss, dL/dŶ, dL/dZ, per-block partials) against autograd on dense inputs.
+
+One launch per case, outputs filled with NaN first so unwritten elements fail. Ragged shapes: 18
+training samples in blocks of 16, a hidden layer of 24 in slices of 16. Three models: model 0 at
+an evaluation step, model 1 between evaluations (its test block must stay unwritten), model 2
+inactive (nothing written).
+"""
+import pytest
+import torch
+
+from grokfast import Config, make_dataset
+from grokfast.kernels import common
+from grokfast.kernels.rows import rows_fwd_bwd
+from grokfast.model import accuracy, activate, data_loss, min_margin
+from tolerances import assert_close
+
+BLOCK_N, BLOCK_H = 16, 16
+CASES = [(loss, act, dtype, loss_dtype)
+         for loss in ("mse", "cross_entropy", "stablemax") for act in ("relu", "quadratic")
+         for dtype, loss_dtype in (("float64", "same"), ("float32", "same"))]
+CASES += [("cross_entropy", "relu", "float32", "float64"), ("stablemax", "quadratic", "float32", "float64")]
+
+
+def _setup(loss, act, dtype, loss_dtype, reduction="mean"):
+    c = Config(p=5, width=24, n_test=7, pairs="ordered", loss=loss, activation=act, dtype=dtype,
+               loss_dtype=loss_dtype, loss_reduction=reduction, log_every=1, eval_every=2)
+    d = make_dataset(c)
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(4)
+    M, D = 3, c.d_in * c.width + c.width * c.p
+    theta = (torch.rand(M, D, generator=gen, dtype=torch.float64) * 2 - 1).to(dt)
+    return c, d, dt, theta
+
+
+def _expected(c, d, dt, W1, W2):
+    """Per-sample losses, dL/dŶ and dL/dZ of the training loss, by autograd on dense X."""
+    X = d.X_train.to(dt)
+    Z = (X @ W1).requires_grad_()
+    logits = (activate(c.activation, Z) @ W2).detach().requires_grad_()
+    data_loss(logits, d.train_labels, c).backward()
+    Z2 = X @ W1
+    Z2.requires_grad_()
+    (activate(c.activation, Z2) @ W2).backward(logits.grad)
+    return logits.detach(), logits.grad, Z2.grad
+
+
+@pytest.mark.parametrize("loss, act, dtype, loss_dtype", CASES, ids=["-".join(c) for c in CASES])
+def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype):
+    c, d, dt, theta = _setup(loss, act, dtype, loss_dtype)
+    n, nt, M, H, p = len(d.train_labels), len(d.test_labels), theta.shape[0], c.width, c.p
+    nb, nbt = -(-n // BLOCK_N), -(-nt // BLOCK_N)
+    idx = torch.cat([d.index_train, d.index_test]).to(torch.int32)
+    labels = torch.cat([d.train_labels, d.test_labels]).to(torch.int32)
+    loss_f64 = loss != "mse" and loss_dtype == "float64"
+    ldt = torch.float64 if loss_f64 else dt
+    loss_div = n * p if loss == "mse" else n
+    hp = torch.zeros(M, int(common.N_HP), dtype=torch.float64)
+    hp[:, int(common.HP_GRAD_SCALE)] = float(torch.tensor(1.0, dtype=ldt) / loss_div)
+    dz = torch.full((M, n, H), float("nan"), dtype=dt)
+    dlogits = torch.full((M, n, p), float("nan"), dtype=dt)
+    part = torch.full((M, nb + nbt, 3), float("nan"), dtype=torch.float64)
+    step = torch.tensor([4, 3, 0], dtype=torch.int32)
+    active = torch.tensor([1, 1, 0], dtype=torch.int32)
+    rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, n_train=n, n_test=nt,
+                 d_in=c.d_in, width=H, p=p, eval_every=c.eval_every, activation=act, loss=loss,
+                 loss_f64=loss_f64, block_n=BLOCK_N, block_h=BLOCK_H)
+
+    summed = c.replace(loss_reduction="sum")
+    for m in range(2):
+        W1, W2 = theta[m, : c.d_in * H].reshape(c.d_in, H), theta[m, c.d_in * H:].reshape(H, p)
+        logits, g_logits, g_z = _expected(c, d, dt, W1, W2)
+        assert_close(dlogits[m], g_logits, f"dlogits[{m}]")
+        assert_close(dz[m], g_z, f"dz[{m}]")
+        for b in range(nb):
+            rows = slice(b * BLOCK_N, min(n, (b + 1) * BLOCK_N))
+            lb, yb = logits[rows], d.train_labels[rows]
+            assert_close(part[m, b, 0], data_loss(lb, yb, summed).to(ldt), f"loss[{m},{b}]", dtype=dt)
+            assert float(part[m, b, 1]) == round(float(accuracy(lb, yb)) * len(yb))
+            assert_close(part[m, b, 2], min_margin(lb, yb), f"margin[{m},{b}]", dtype=dt)
+        test_logits = activate(act, d.X_test.to(dt) @ W1) @ W2
+        if m == 0:  # step 4: an evaluation step
+            assert_close(part[m, nb, 0], data_loss(test_logits, d.test_labels, summed).to(ldt),
+                         "test loss", dtype=dt)
+            assert float(part[m, nb, 1]) == round(float(accuracy(test_logits, d.test_labels)) * nt)
+        else:       # step 3: no evaluation, the test block is not touched
+            assert torch.isnan(part[m, nb:]).all()
+    assert torch.isnan(dz[2]).all() and torch.isnan(dlogits[2]).all() and torch.isnan(part[2]).all()
+
+
+def test_rows_kernel_rejects_bad_launches():
+    c, d, dt, theta = _setup("mse", "relu", "float32", "same")
+    n, nt = len(d.train_labels), len(d.test_labels)
+    args = dict(n_train=n, n_test=nt, d_in=c.d_in, width=c.width, p=c.p, eval_every=1,
+                activation="relu", loss="mse", loss_f64=False, block_n=BLOCK_N, block_h=BLOCK_H)
+    M = theta.shape[0]
+    idx = torch.cat([d.index_train, d.index_test]).to(torch.int32)
+    labels = torch.cat([d.train_labels, d.test_labels]).to(torch.int32)
+    bufs = [torch.empty(M, n, c.width, dtype=dt), torch.empty(M, n, c.p, dtype=dt),
+            torch.empty(M, 3, 3, dtype=torch.float64), torch.zeros(M, int(common.N_HP), dtype=torch.float64),
+            torch.zeros(M, dtype=torch.int32), torch.ones(M, dtype=torch.int32)]
+    from grokfast import GrokfastError
+    with pytest.raises(GrokfastError, match="dtype torch.float16.*backend='torch'"):
+        rows_fwd_bwd(theta.half(), idx, labels, *bufs, **args)
+    with pytest.raises(GrokfastError, match="idx has dtype torch.int64"):
+        rows_fwd_bwd(theta, idx.long(), labels, *bufs, **args)
+    with pytest.raises(GrokfastError, match="at least 16"):
+        rows_fwd_bwd(theta, idx, labels, *bufs, **{**args, "block_n": 8})
+    with pytest.raises(GrokfastError, match="must be contiguous"):
+        rows_fwd_bwd(theta.t().contiguous().t(), idx, labels, *bufs, **args)
+    with pytest.raises(GrokfastError, match="precision='tf32' needs a GPU"):
+        rows_fwd_bwd(theta, idx, labels, *bufs, **{**args, "precision": "tf32"})
