@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="summarize a saved run directory")
     s.add_argument("dir")
     s.set_defaults(func=cmd_show)
+    from .reproduce import configure_parser
+    configure_parser(sub.add_parser("reproduce", help="reproduce the paper's figures and a report"))
     return parser
 
 
