@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -254,6 +254,12 @@ def _plt():
     return plt
 
 
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _seeds_and_mean(ax, x, Y, color, label, log_x=False, **kw):
     """Each row of Y transparent, the NaN-aware mean opaque."""
     Y = np.atleast_2d(Y)
@@ -293,9 +299,7 @@ def plot_simulation(sim, path) -> None:
     axes[2].legend()
     fig.suptitle(f"paper-sim: p={sim.config.p}, width {sim.config.width}, "
                  f"{len(sim.seeds)} seeds (transparent) and their mean", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_fourier(sim, path) -> None:
@@ -334,9 +338,7 @@ def plot_fourier(sim, path) -> None:
     ax.legend()
     fig.suptitle("paper-sim, Fig. 6: circle statistics per frequency at initialization and at the end",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_fourier_time(sim, path) -> None:
@@ -358,9 +360,7 @@ def plot_fourier_time(sim, path) -> None:
         ax.set_xlabel("Euler step")
     fig.suptitle("paper-sim: circle statistics over the run (seeds transparent, mean opaque)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_alignment(real, path) -> None:
@@ -385,9 +385,7 @@ def plot_alignment(real, path) -> None:
     axes[1].legend()
     fig.suptitle(f"paper-real (App. D, Fig. 5): {len(real)} seeds transparent, mean opaque",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_shared(shared, real, path) -> None:
@@ -405,9 +403,7 @@ def plot_shared(shared, real, path) -> None:
            ylabel="test accuracy", ylim=(-0.02, 1.02),
            title="same initialization, shared time axis (paper-real)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_geometry(shared, real, path) -> None:
@@ -438,9 +434,7 @@ def plot_geometry(shared, real, path) -> None:
     _seeds_and_mean(axes[2], ps, np.stack([r.extras["probe_sigma_min"] for r in real]), "C5",
                     "σ_min(J)", log_x=True, marker=".")
     axes[2].set(xlabel="GD step", ylabel="σ_min(J) at θ'", title="smallest singular value of J")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------- report

@@ -21,7 +21,9 @@ of size η_sim covers η_sim units of time.
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,9 +36,12 @@ from .data import make_dataset
 from .errors import GrokfastError
 from .model import accuracy, activate, data_loss, init_params
 
-# Cholesky of a Gram whose diagonal spans more than this ratio is treated as singular: the squared
-# diagonal ratio of the factor is a lower bound on the condition number (here ~1e14 in float64).
-_SINGULAR_RATIO = 1e-7
+
+
+def _singular_ratio(dtype: torch.dtype) -> float:
+    """A Cholesky factor whose diagonal spans more than this ratio counts as singular: the squared
+    ratio bounds the condition number from below (√(64·eps): ~1e-7, i.e. cond ≳ 1e14, in float64)."""
+    return math.sqrt(64 * torch.finfo(dtype).eps)
 
 
 def gather_rows(W1: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -69,7 +74,7 @@ def _gram_factor(H: torch.Tensor, lam: float) -> torch.Tensor:
         K.diagonal(dim1=-2, dim2=-1).add_(lam)
     L, info = torch.linalg.cholesky_ex(K)
     diag = L.diagonal(dim1=-2, dim2=-1)
-    bad = (info > 0) | ~torch.isfinite(diag).all(-1) | (diag.amin(-1) < _SINGULAR_RATIO * diag.amax(-1))
+    bad = (info > 0) | ~torch.isfinite(diag).all(-1) | (diag.amin(-1) < _singular_ratio(H.dtype) * diag.amax(-1))
     if bool(bad.any()):
         dead = int((H.abs().amax(-2) == 0).sum())
         raise GrokfastError(f"HHᵀ + λI (λ = {lam:g}) is singular to working precision "
@@ -164,6 +169,8 @@ class SimResult:
     grokfast.fourier.circle_statistics with a trailing frequency axis [n_models, n_rows, K], k = 1..K:
     fourier_power{b}, fourier_ratio{b}, fourier_angle{b}, fourier_sim_within{b}, fourier_sim_across{b}.
     W1_init, W1, W2: [n_models, ...] CPU tensors (W2 the minimum-norm interpolator of the final W1).
+    meta: device, dtype, eta, and "stopped" when HHᵀ turned singular mid-run: the history up to that
+    step is kept, W1 is where the run stopped and W2 belongs to the last recorded step.
     """
 
     config: Config
@@ -299,13 +306,17 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, unit="step", desc=f"Eq. 20, {len(seeds)} seeds")
     t0 = time.perf_counter()
-    W2 = None
+    W2, stopped = None, None
     with torch.no_grad():
         for s in range(steps + 1):
             try:
                 dW1, B, H = _flow(W1, gather_rows(W1, idx_train), Y, config.activation, lam, scatter)
             except GrokfastError as e:
-                raise GrokfastError(f"step {s}: {e}") from None
+                if s == 0:
+                    raise
+                stopped = f"stopped at step {s} (everything before it is kept): {e}"
+                warnings.warn(stopped)
+                break
             if s == record_at[0]:
                 record_at.pop(0)
                 W2 = record(s, B, H)
@@ -318,7 +329,9 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
         bar.close()
     wall = time.perf_counter() - t0
     history = {k: np.stack(v, axis=1) for k, v in rows.items()}               # [M, n_rows, ...]
-    return SimResult(config=config.replace(steps=steps, log_every=log_every, eval_every=log_every), seeds=seeds,
-                     lam=float(lam), history=history, W1_init=W1_init, W1=W1.detach().cpu(),
-                     W2=W2.detach().cpu(), wall_time=wall,
-                     meta=dict(device=str(device), dtype=str(dtype).replace("torch.", ""), eta=eta))
+    meta = dict(device=str(device), dtype=str(dtype).replace("torch.", ""), eta=eta)
+    if stopped:
+        meta["stopped"] = stopped
+    return SimResult(config=config.replace(steps=steps, log_every=log_every, eval_every=log_every),
+                     seeds=seeds, lam=float(lam), history=history, W1_init=W1_init,
+                     W1=W1.detach().cpu(), W2=W2.detach().cpu(), wall_time=wall, meta=meta)

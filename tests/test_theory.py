@@ -122,6 +122,24 @@ def test_simulation_euler_step_and_zero_train_loss():
         assert np.isfinite(h[name]).all()
 
 
+def test_simulation_stops_and_keeps_history_when_gram_turns_singular(monkeypatch):
+    import grokfast.theory as theory
+    config = Config.preset("paper-sim", p=7, width=32, steps=10, log_every=2, eval_every=2)
+    real_factor, calls = theory._gram_factor, []
+
+    def failing(H, lam):
+        calls.append(1)
+        if len(calls) == 6:                       # the flow at step 5
+            raise GrokfastError("HHᵀ + λI is singular (test)")
+        return real_factor(H, lam)
+
+    monkeypatch.setattr(theory, "_gram_factor", failing)
+    with pytest.warns(UserWarning, match="stopped at step 5"):
+        res = simulate(config)
+    assert res.history["step"][0].tolist() == [0, 2, 4]
+    assert "step 5" in res.meta["stopped"]
+
+
 def test_simulation_result_round_trip(tmp_path):
     config = Config.preset("paper-sim", p=7, width=32, steps=4, log_every=2, eval_every=2)
     res = simulate(config, seeds=[0, 1])
