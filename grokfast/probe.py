@@ -9,7 +9,8 @@ At step t, with Δθ = θ_t − θ_{t−c} (c = `lag`, default 10):
 and the probe records cos(Δθ, g̃), the distance ‖θ_t − θ'‖, the residual training loss L(θ'), and
 σ_min(J) = √λ_min(JJᵀ), the smallest singular value of J as a map onto the n·p outputs (0 whenever
 n·p > d). Everything is matrix-free: J and Jᵀ act through Jacobian-vector products (the two-layer
-net's closed form, or torch.func for any function), the solve is conjugate gradient on JJᵀ, and
+net's closed form, or torch.func for any function), the solve is conjugate gradient on JJᵀ
+(preconditioned, for the two-layer net, by its class-averaged n×n NTK block), and
 σ_min comes from the dense Gram's eigenvalues when n·p ≤ dense_limit, else from Lanczos (an upper
 bound on λ_min that tightens with the number of iterations). The probe computes in float64 on copies:
 it never touches the training run.
@@ -79,55 +80,79 @@ class TwoLayerJacobian:
         gW1 = scatter_rows((C @ self.W2.T) * self.S, self.index, self.W1.shape[0])
         return torch.cat([gW1.reshape(-1), (self.H.T @ C).reshape(-1)])
 
+    def _XXt(self) -> torch.Tensor:
+        """X Xᵀ [n, n] of the dense inputs (X_i = e_i0 + e_i1): shared rows of two samples."""
+        n, rows = self.n, torch.arange(self.n)
+        X = torch.zeros(n, self.W1.shape[0], dtype=self.H.dtype)
+        for col in (self.index[:, 0], self.index[:, 1]):
+            X.index_put_((rows, col), torch.ones(n, dtype=X.dtype), accumulate=True)
+        return X @ X.T
+
     def gram(self) -> torch.Tensor:
         """JJᵀ [n·p, n·p]: δ_cc'(HHᵀ)_ij + (XXᵀ)_ij Σ_h S_ih W2_hc S_jh W2_hc' (the empirical NTK)."""
-        X = scatter_rows(torch.eye(self.n, dtype=self.H.dtype), self.index, self.W1.shape[0])  # Xᵀ
         D = (self.S[:, None, :] * self.W2.T[None]).reshape(self.dim_out, -1)      # [n·p, width]
         ones = torch.ones(self.p, self.p, dtype=D.dtype)
         eye = torch.eye(self.p, dtype=D.dtype)
-        return (D @ D.T) * torch.kron(X.T @ X, ones) + torch.kron(self.H @ self.H.T, eye)
+        return (D @ D.T) * torch.kron(self._XXt(), ones) + torch.kron(self.H @ self.H.T, eye)
+
+    def preconditioner(self) -> Optional[Callable]:
+        """u ↦ (K̄ ⊗ I_p)⁻¹ u with K̄ = HHᵀ + (XXᵀ) ⊙ (S diag(mean_c W2_hc²) Sᵀ) [n, n]: the NTK's
+        diagonal class blocks averaged over the classes, one n×n Cholesky factor. None when K̄ is
+        singular to working precision."""
+        K = self.H @ self.H.T + self._XXt() * ((self.S * (self.W2 ** 2).mean(1)) @ self.S.T)
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            return None
+        return lambda u: torch.cholesky_solve(u.reshape(self.n, self.p), L).reshape(-1)
 
 
 def conjugate_gradient(matvec: Callable, b: torch.Tensor, tol: float = 1e-10,
-                       maxiter: Optional[int] = None):
-    """Solve A x = b for symmetric positive semi-definite A (b in its range) from x = 0.
+                       maxiter: Optional[int] = None, precond: Optional[Callable] = None):
+    """Solve A x = b for symmetric positive semi-definite A (b in its range) from x = 0, optionally
+    preconditioned by precond(r) ≈ A⁻¹ r (symmetric positive definite).
 
     Stops when ‖b − A x‖ ≤ tol·‖b‖ or after maxiter (default 2·len(b)) iterations.
     Returns (x, iterations, ‖b − A x‖ / ‖b‖).
     """
     maxiter = 2 * b.numel() if maxiter is None else maxiter
+    precond = precond or (lambda r: r)
     x = torch.zeros_like(b)
     bnorm = float(b.norm())
     if bnorm == 0:
         return x, 0, 0.0
     r = b.clone()
-    d = r.clone()
-    rr = float(r @ r)
+    z = precond(r)
+    d = z.clone()
+    rz = float(r @ z)
     it = 0
-    while it < maxiter and math.sqrt(rr) > tol * bnorm:
+    while it < maxiter and float(r.norm()) > tol * bnorm:
         Ad = matvec(d)
         dAd = float(d @ Ad)
         if dAd <= 0:  # d in the null space: the remaining residual is outside A's range
             break
-        a = rr / dAd
+        a = rz / dAd
         x.add_(d, alpha=a)
         r.sub_(Ad, alpha=a)
-        rr_new = float(r @ r)
-        d.mul_(rr_new / rr).add_(r)
-        rr = rr_new
+        z = precond(r)
+        rz_new = float(r @ z)
+        d.mul_(rz_new / rz).add_(z)
+        rz = rz_new
         it += 1
     return x, it, float((b - matvec(x)).norm()) / bnorm
 
 
-def tangent_projection(jac, v: torch.Tensor, tol: float = 1e-10, maxiter: Optional[int] = None):
+def tangent_projection(jac, v: torch.Tensor, tol: float = 1e-10, maxiter: Optional[int] = None,
+                       precondition: bool = True):
     """(I − J⁺J) v, the projection of v onto null(J) = the tangent space of Z, matrix-free.
 
     jac: an operator with jvp / vjp (TwoLayerJacobian, FunctionJacobian). J⁺J v = Jᵀu with (JJᵀ)u = Jv,
-    solved by conjugate gradient. Returns (projected v, info dict: cg_iters, cg_residual,
-    tangent_residual = ‖J·result‖ / ‖J v‖).
+    solved by conjugate gradient, preconditioned by jac.preconditioner() where the operator has one
+    (the two-layer net's class-averaged NTK block). Returns (projected v, info dict: cg_iters,
+    cg_residual, tangent_residual = ‖J·result‖ / ‖J v‖).
     """
     Jv = jac.jvp(v)
-    u, iters, res = conjugate_gradient(lambda w: jac.jvp(jac.vjp(w)), Jv, tol, maxiter)
+    precond = jac.preconditioner() if precondition and hasattr(jac, "preconditioner") else None
+    u, iters, res = conjugate_gradient(lambda w: jac.jvp(jac.vjp(w)), Jv, tol, maxiter, precond)
     g = v - jac.vjp(u)
     jn = float(Jv.norm())
     return g, dict(cg_iters=iters, cg_residual=res,

@@ -56,14 +56,15 @@ def test_closed_form_loss_gradient_matches_autograd(loss, reduction):
     assert_close(grad_fn(theta), torch.func.grad(loss_fn)(theta), f"∇L ({loss}, {reduction})")
 
 
-def test_tangent_projection_is_in_null_space_and_idempotent():
+@pytest.mark.parametrize("precondition", [True, False], ids=["pcg", "cg"])
+def test_tangent_projection_is_in_null_space_and_idempotent(precondition):
     _, data, W1, W2 = small_net()
     jac = TwoLayerJacobian(W1, W2, data.index_train, "relu")
     theta = torch.cat([W1.reshape(-1), W2.reshape(-1)])
-    g, info = tangent_projection(jac, -theta, tol=1e-14)
+    g, info = tangent_projection(jac, -theta, tol=1e-14, precondition=precondition)
     print("CG:", info)
     assert info["tangent_residual"] < 1e-12                      # ‖J g̃‖ / ‖J θ‖
-    g2, _ = tangent_projection(jac, g, tol=1e-14)
+    g2, _ = tangent_projection(jac, g, tol=1e-14, precondition=precondition)
     assert_close(g2, g, "projecting twice")
     # against the dense projector I − Jᵀ(JJᵀ)⁻¹J
     J = torch.func.jacrev(outputs_fn(W1, W2, data.index_train))(theta).reshape(jac.dim_out, -1)
