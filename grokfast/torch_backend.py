@@ -71,8 +71,8 @@ DW1_METHODS = ("auto", "dense", "index_add")
 FIRST_LAYER_METHODS = ("auto", "gather", "embedding_bag")
 # dW1 by index_add_ once d_in·N·width passes this (measured crossover, see the module docstring).
 INDEX_ADD_MIN_WORK = 2_000_000
-# Per-model activations [N, width] below this many elements (ATen's parallel grain, 32768) make a
-# "small" model: one intra-op thread, and the gather + add first layer instead of embedding_bag.
+# ATen's parallel grain: per-model activations [N, width] below it make a "small" model (one
+# intra-op thread); all models' activations below it take the gather + add first layer.
 SMALL_ACTIVATIONS = 32768
 # Statistic names in the order of the rows collected per recorded step.
 _STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
@@ -130,8 +130,8 @@ class TorchStepper:
         self.bags = self._bags(idx)
         self.test_bags = self._bags(data.index_test.to(dev))
         small = N * w < SMALL_ACTIVATIONS
-        if first_layer == "auto":
-            first_layer = "gather" if small else "embedding_bag"
+        if first_layer == "auto":  # both are exact, hence bitwise equal: M may decide
+            first_layer = "gather" if M * N * w < SMALL_ACTIVATIONS else "embedding_bag"
         self.gather = first_layer == "gather"
         if threads is None:
             threads = 1 if small else torch.get_num_threads()
@@ -191,6 +191,12 @@ class TorchStepper:
         if not self.relu:
             self.H = torch.empty(M, N, w, dtype=dt, device=dev)           # σ(X W1) = Z²
         self.W2t = self.W2.transpose(1, 2)
+        # GEMMs out[m] = A[m] B[m]. With one thread, bmm runs the same single-threaded GEMM per
+        # matrix whatever M. With more, bmm runs its batch in parallel, one thread per GEMM, but a
+        # lone model multi-threaded, which changes the bits: then one multi-threaded mm per model.
+        self.mm = torch.bmm if self.threads == 1 else self._mm_per_model
+        self.orthograd, self.fixed_norm = c.orthograd, c.fixed_norm
+        self.offset = 0
         self.logits = torch.empty(M, N, p, dtype=dt, device=dev)
         self.dlogits = torch.empty(M, N, p, dtype=dt, device=dev)
         if lt != dt:
@@ -266,9 +272,14 @@ class TorchStepper:
         rows = []
         with self._threads(), torch.no_grad():
             sched = self._schedule(step0, n_steps)
+            self.offset = 0                                  # steps done in this chunk
             for k in range(n_steps):
                 s = step0 + k
                 rows.append(self._step(s, s % c.log_every == 0, sched[k]))
+        self.steps_taken += n_steps
+        if self.grad_filter != "none":
+            self.filter_count += n_steps
+        self.offset = 0
         if snapshot is not None:
             self._restore(snapshot, n_steps)
         table = [r for r in rows if r is not None]
@@ -329,17 +340,18 @@ class TorchStepper:
             H = Z.relu_()
         else:
             H = torch.mul(Z, Z, out=self.H)
-        logits = self._matmul(H, W2, self.logits)                      # Ŷ = H W2   [M, N, p]
+        mm = self.mm
+        logits = mm(H, W2, out=self.logits)                            # Ŷ = H W2   [M, N, p]
         # backward
         dlogits = self._loss_grad(logits)                              # ∂L/∂Ŷ      [M, N, p]
-        self._matmul(H.transpose(1, 2), dlogits, G2)                   # dW2 = Hᵀ dŶ
-        dZ = self._matmul(dlogits, self.W2t, self.dH)                  # dH = dŶ W2ᵀ [M, N, width]
+        mm(H.transpose(1, 2), dlogits, out=G2)                         # dW2 = Hᵀ dŶ
+        dZ = mm(dlogits, self.W2t, out=self.dH)                        # dH = dŶ W2ᵀ [M, N, width]
         if self.relu:
             torch.ops.aten.threshold_backward.grad_input(dZ, H, 0, grad_input=dZ)  # ⊙ [Z > 0]
         else:
             dZ.mul_(Z)                                                 # ⊙ Z (the 2 is in dW1)
         if self.dw1 == "dense":
-            self._matmul(self.Xt, dZ, G1)                              # dW1 = Xᵀ dZ
+            mm(self.Xt, dZ, out=G1)                                    # dW1 = Xᵀ dZ
         else:
             # fixed-order segmented sum: rows in ascending order, position 0 then position 1
             G1.zero_()
@@ -354,26 +366,20 @@ class TorchStepper:
             self._ema()
         elif self.grad_filter == "ma":
             self._ma()
-        if self.config.orthograd:
+        if self.orthograd:
             self._orthograd(W1, G1)
             self._orthograd(W2, G2)
         self._optimizer_step(sched)
-        if self.config.fixed_norm:
+        if self.fixed_norm:
             norm = torch.sqrt(self._sumsq(W1) + self._sumsq(W2))          # [M]
             self.theta.mul_((torch.reciprocal(norm) * self.target_norm)[:, None])
-        self.steps_taken += 1
-        if self.grad_filter != "none":
-            self.filter_count += 1
+        self.offset += 1
         if record:
             self._stats_after(row, theta0)
         return row
 
-    def _matmul(self, A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out[m] = A[m] B[m]. With one thread, bmm: per matrix the same single-threaded GEMM
-        whatever M. With more, bmm would run its batch in parallel (one thread per GEMM) but a lone
-        model multi-threaded, which changes the bits: so one multi-threaded mm per model."""
-        if self.threads == 1:
-            return torch.bmm(A, B, out=out)
+    def _mm_per_model(self, A: torch.Tensor, B: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+        """out[m] = A[m] B[m], one multi-threaded mm per model (see `mm` in __init__)."""
         for m in range(self.M):
             torch.mm(A[m], B[m], out=out[m])
         return out
@@ -403,7 +409,7 @@ class TorchStepper:
     def _ema(self) -> None:
         """Grokfast EMA (filters.gradfilter_ema): μ ← μ·α + g·(1 − α) (μ starts at g); g ← g + μ·λ."""
         G, ema = self.grad, self.ema
-        self._start_rows(ema, self.filter_count == 0)
+        self._start_rows(ema, self.filter_count + self.offset == 0)
         ema.mul_(self.filter_alpha).add_(torch.mul(G, self.filter_one_minus_alpha, out=self.tmp))
         G.add_(torch.mul(ema, self.filter_lamb, out=self.tmp))
 
@@ -423,7 +429,7 @@ class TorchStepper:
         c, W, G = self.config, self.window, self.grad
         self.ring[self.ring_pos].copy_(G)
         self.ring_pos = pos = (self.ring_pos + 1) % W
-        count = np.minimum(self.filter_count + 1, W)                 # window length per model
+        count = np.minimum(self.filter_count + self.offset + 1, W)   # window length per model
         apply = count == W if c.filter_warmup else np.ones(self.M, bool)
         if not apply.any():
             return
@@ -460,7 +466,7 @@ class TorchStepper:
             if self.optimizer == "sgd" and self.use_momentum:
                 buf = self.momentum_buffer
                 buf.mul_(self.momentum).add_(G)
-                self._start_rows(buf, self.steps_taken == 0)            # first step: buf = g
+                self._start_rows(buf, self.steps_taken + self.offset == 0)  # first: buf = g
                 if self.any_nesterov:
                     nest = torch.addcmul(G, buf, self.momentum, out=tmp)  # g + m·buf
                     step_dir = nest if self.all_nesterov else torch.where(self.nesterov, nest, buf)
@@ -584,9 +590,9 @@ class TorchStepper:
     def _forward(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the samples of `bags` (see _bags): [M, n, p]."""
         Z = self._first_layer(bags)
-        H = Z.relu_() if self.relu else Z * Z
+        H = Z.relu_() if self.relu else Z.mul_(Z)
         out = torch.empty(self.M, H.shape[1], self.p, dtype=self.dtype, device=self.device)
-        return self._matmul(H, self.W2, out)
+        return self.mm(H, self.W2, out=out)
 
     # ------------------------------------------------------------------ housekeeping
     @contextlib.contextmanager
