@@ -41,26 +41,30 @@ from .data import Dataset
 from .errors import GrokfastError
 from .model import STAT_NAMES, init_params, torch_dtype
 
-# GPU block sizes (chosen for p ≈ 100, width 512); tests pass smaller ones to exercise tiling.
+# GPU block sizes of the tiled regime (chosen for p ≈ 100, width 512; tests pass smaller ones to
+# exercise tiling) and the warps of the fused regime's program (8: fewest spills at width 128).
 DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=64, block_r=16, block_h=64, block_hh=32,
-                      block_n=32, block_e=1024)
+                      block_n=32, block_e=1024, fused_warps=8)
 MAX_P = 512
 GRAPH_MIN_STEPS = 8
+
+
+REGIMES = ("auto", "fused", "tiled")
 
 
 def _kernels():
     """Import the kernel modules, or explain why the Triton backend cannot run here."""
     try:
-        from .kernels import common, rows, stats, update
+        from .kernels import common, fused, rows, stats, update
     except ImportError as e:  # triton missing (e.g. macOS/Windows)
         raise GrokfastError(f"backend='triton' needs the triton package ({e}); use "
                             f"backend='torch'") from None
-    return common, rows, update, stats
+    return common, fused, rows, update, stats
 
 
 def check_supported(config: Config, device: torch.device) -> None:
     """GrokfastError, naming the fallback, for a configuration this backend cannot run here."""
-    common, *_ = _kernels()
+    common = _kernels()[0]
     if device.type == "cpu" and not common.interpreting():
         raise GrokfastError("backend='triton' needs a CUDA GPU (device='cuda'); on the CPU use "
                             "backend='torch' (or set TRITON_INTERPRET=1 before importing grokfast "
@@ -102,19 +106,22 @@ def _hyperparameters(configs: Sequence[Config], target_norms, grad_scale: float)
 class TritonStepper:
     """Backend protocol (grokfast.engine) over the fused Triton kernels; all models in every launch.
 
-    blocks: optional overrides of DEFAULT_BLOCKS (tests use small blocks to exercise tiling).
-    cuda_graphs: capture and replay the launches of an advance() on CUDA.
+    regime: "fused" (one program per model runs whole steps, K steps per launch: small models),
+    "tiled" (the 3–5 launches per step over blocks of samples and tiles of parameters), or "auto"
+    (fused when the model fits one program). blocks: overrides of DEFAULT_BLOCKS for the tiled
+    regime (tests use small blocks to exercise tiling). cuda_graphs: on CUDA, capture the tiled
+    regime's launches of an advance() once and replay them.
     """
 
     backend = "triton"
 
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *,
-                 blocks: Optional[dict] = None, cuda_graphs: bool = True):
+                 regime: str = "auto", blocks: Optional[dict] = None, cuda_graphs: bool = True):
         self.configs = list(configs)
         c = self.configs[0]
         self.device = device = torch.device(device)
         check_supported(c, device)
-        common, self._rows, self._update, self._stats = _kernels()
+        common, self._fused, self._rows, self._update, self._stats = _kernels()
         if tuple(self._stats.STAT_COLUMNS) != tuple(STAT_NAMES):
             raise GrokfastError("kernels/stats.py and grokfast.model.STAT_NAMES disagree; "
                                 "reinstall grokfast")
@@ -127,6 +134,14 @@ class TritonStepper:
         dt = self.dtype = torch_dtype(c)
         M, p, H, d_in = len(self.configs), c.p, c.width, c.d_in
         self.n_train, self.n_test = len(data.train_labels), len(data.test_labels)
+        if regime not in REGIMES:
+            raise GrokfastError(f"regime={regime!r}: choose one of {', '.join(REGIMES)}")
+        fits = self._fused.fused_blocks(n_train=self.n_train, n_test=self.n_test, d_in=d_in,
+                                        width=H, p=p) is not None
+        if regime == "fused" and not fits:
+            raise GrokfastError(f"regime='fused' needs a model that fits one program (n_train="
+                                f"{self.n_train}, width={H}, p={p} does not); use regime='tiled'")
+        self.regime = "fused" if regime == "fused" or (regime == "auto" and fits) else "tiled"
         self.plan = self._update.UpdatePlan(
             d_in=d_in, width=H, p=p, block_r=self.blocks["block_r"],
             block_h=self.blocks["block_h"], block_hh=self.blocks["block_hh"],
@@ -190,7 +205,9 @@ class TritonStepper:
 
     @property
     def preferred_chunk(self) -> int:
-        return 1000 if self.device.type == "cuda" else 100
+        if self.device.type != "cuda":
+            return 100
+        return 10000 if self.regime == "fused" else 1000
 
     def advance(self, step0: int, n_steps: int, active: np.ndarray) -> dict[str, np.ndarray]:
         """Run updates step0 … step0+n_steps−1 on the active models; statistics are read back once."""
@@ -200,21 +217,20 @@ class TritonStepper:
         self._was_active = active.copy()
         self.active.copy_(torch.from_numpy(active.astype(np.int32)))
         self.step.fill_(step0)
-        stats = self._stats_buffer(n_steps)
-        if n_steps:
-            graph = self._graph(n_steps) if self._compiled and n_steps >= GRAPH_MIN_STEPS else None
-            if graph is not None:
-                graph.replay()
-                self.cur ^= n_steps % 2
-            else:
-                for j in range(n_steps):
-                    self._launch_step(j, stats, check=j == 0)
-                self._compiled = True
-        host = stats.cpu().numpy()  # the one synchronization of the chunk
         js = [j for j in range(n_steps) if (step0 + j) % c.log_every == 0]
+        if self.regime == "fused":
+            stats = self._stats_buffer(-(-n_steps // c.log_every))
+            if n_steps:
+                self._launch_fused(step0 + (-step0) % c.log_every, n_steps, stats)
+            host = stats.cpu().numpy()[:, : len(js)]  # the one synchronization of the chunk
+        else:
+            stats = self._stats_buffer(n_steps)
+            if n_steps:
+                self._advance_tiled(n_steps, stats)
+            host = stats.cpu().numpy()[:, js]
         out = {}
         for k, name in enumerate(STAT_NAMES):
-            v = host[:, js, k].copy()
+            v = host[:, :, k].copy()
             v[~active] = np.nan
             out[name] = v
         out["step"][:] = np.asarray([step0 + j for j in js], dtype=np.float64)
@@ -264,6 +280,30 @@ class TritonStepper:
                 (self.n_models, max(n_steps, 1), len(STAT_NAMES)), float("nan"),
                 dtype=torch.float64, device=self.device)
         return self._stats_buffers[n_steps]
+
+    def _advance_tiled(self, n_steps: int, stats: torch.Tensor) -> None:
+        graph = self._graph(n_steps) if self._compiled and n_steps >= GRAPH_MIN_STEPS else None
+        if graph is not None:
+            graph.replay()
+            self.cur ^= n_steps % 2
+        else:
+            for j in range(n_steps):
+                self._launch_step(j, stats, check=j == 0)
+            self._compiled = True
+
+    def _launch_fused(self, first: int, n_steps: int, stats: torch.Tensor) -> None:
+        """All n_steps in one launch, θ updated in place in buffer cur."""
+        c = self.configs[0]
+        self._fused.fused_steps(
+            self.theta[self.cur], self.idx, self.labels, self.ema, self.window, self.buf,
+            self.exp_avg, self.exp_avg_sq, self.hp, self.step, self.active, stats,
+            n_steps=n_steps, first=first, n_train=self.n_train, n_test=self.n_test, d_in=c.d_in,
+            width=c.width, p=c.p, eval_every=c.eval_every, log_every=c.log_every,
+            loss_div=self.loss_div, test_loss_div=self.test_loss_div, activation=c.activation,
+            loss=c.loss, loss_f64=self.loss_f64, grad_filter=c.grad_filter,
+            filter_window=c.filter_window, filter_mean=c.filter_type == "mean",
+            filter_warmup=c.filter_warmup, optimizer=c.optimizer, orthograd=c.orthograd,
+            fixed_norm=c.fixed_norm, precision=c.precision, num_warps=self.blocks["fused_warps"])
 
     def _graph(self, n_steps: int):
         """The CUDA graph of n_steps launches from the current buffer parity (captured once)."""

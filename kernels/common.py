@@ -198,6 +198,37 @@ def _cosine(dot, na, nb):
 
 
 @triton.jit
+def _store_stats_row(out, s, train_loss, train_acc, test_loss, test_acc, t2_1, t2_2, g2_1, g2_2,
+                     gt_1, gt_2, d2_1, d2_2, dt_1, dt_2, margin, DT: tl.constexpr):
+    """One row of kernels/stats.STAT_COLUMNS at `out` (float64) from the step's totals: Σθ², Σg²,
+    Σg·θ, Σ(Δθ)², ΣΔθ·θ per layer (_1: W1, _2: W2), in the working dtype DT as the reference."""
+    n1 = _sqrt(t2_1.to(DT))
+    n2 = _sqrt(t2_2.to(DT))
+    norm = _sqrt(n1 * n1 + n2 * n2)
+    gn1 = _sqrt(g2_1.to(DT))
+    gn2 = _sqrt(g2_2.to(DT))
+    gnorm = _sqrt(gn1 * gn1 + gn2 * gn2)
+    upd = _sqrt(d2_1.to(DT) + d2_2.to(DT))
+    tl.store(out + 0, s.to(tl.float64))
+    tl.store(out + 1, train_loss.to(tl.float64))
+    tl.store(out + 2, train_acc.to(tl.float64))
+    tl.store(out + 3, test_loss.to(tl.float64))
+    tl.store(out + 4, test_acc.to(tl.float64))
+    tl.store(out + 5, n1.to(tl.float64))
+    tl.store(out + 6, n2.to(tl.float64))
+    tl.store(out + 7, norm.to(tl.float64))
+    tl.store(out + 8, gn1.to(tl.float64))
+    tl.store(out + 9, gn2.to(tl.float64))
+    tl.store(out + 10, gnorm.to(tl.float64))
+    tl.store(out + 11, _cosine(gt_1.to(DT), gn1, n1).to(tl.float64))
+    tl.store(out + 12, _cosine(gt_2.to(DT), gn2, n2).to(tl.float64))
+    tl.store(out + 13, _cosine(gt_1.to(DT) + gt_2.to(DT), gnorm, norm).to(tl.float64))
+    tl.store(out + 14, upd.to(tl.float64))
+    tl.store(out + 15, _cosine(-(dt_1.to(DT) + dt_2.to(DT)), upd, norm).to(tl.float64))
+    tl.store(out + 16, margin.to(tl.float64))
+
+
+@triton.jit
 def _step_lr(hp, s):
     """Learning rate of update s (float64): linear warmup lr·min(1, (s+1)/warmup), then / (1 + λ)
     when the Grokfast lr switch is on (grokfast.reference.step_lr)."""

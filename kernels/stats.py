@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (BLOCK_Q, N_Q, Q_DELTA2, Q_DELTA_THETA, Q_GRAD2, Q_GRAD_THETA, Q_THETA2, _cosine,
-                     _div, _layer_totals, _sqrt, check_tensors, launch_error, next_pow2)
+from .common import (BLOCK_Q, N_Q, Q_DELTA2, Q_DELTA_THETA, Q_GRAD2, Q_GRAD_THETA, Q_THETA2, _div,
+                     _layer_totals, _store_stats_row, check_tensors, launch_error, next_pow2)
 
 STAT_COLUMNS = (
     "step", "train_loss", "train_acc", "test_loss", "test_acc", "norm_W1", "norm_W2", "norm",
@@ -70,32 +70,9 @@ def _stats_kernel(
         d2_2 = tl.sum(tl.where(q == Q_DELTA2, u_2, 0.0), 0)
         dt_1 = tl.sum(tl.where(q == Q_DELTA_THETA, u_1, 0.0), 0)
         dt_2 = tl.sum(tl.where(q == Q_DELTA_THETA, u_2, 0.0), 0)
-        n1 = _sqrt(t2_1.to(DT))
-        n2 = _sqrt(t2_2.to(DT))
-        norm = _sqrt(n1 * n1 + n2 * n2)
-        gn1 = _sqrt(g2_1.to(DT))
-        gn2 = _sqrt(g2_2.to(DT))
-        gnorm = _sqrt(gn1 * gn1 + gn2 * gn2)
-        upd = _sqrt(d2_1.to(DT) + d2_2.to(DT))
-
-        out = stats_ptr + (m.to(tl.int64) * K + ROW) * N_STAT
-        tl.store(out + 0, s.to(tl.float64))
-        tl.store(out + 1, train_loss.to(tl.float64))
-        tl.store(out + 2, train_acc.to(tl.float64))
-        tl.store(out + 3, test_loss.to(tl.float64))
-        tl.store(out + 4, test_acc.to(tl.float64))
-        tl.store(out + 5, n1.to(tl.float64))
-        tl.store(out + 6, n2.to(tl.float64))
-        tl.store(out + 7, norm.to(tl.float64))
-        tl.store(out + 8, gn1.to(tl.float64))
-        tl.store(out + 9, gn2.to(tl.float64))
-        tl.store(out + 10, gnorm.to(tl.float64))
-        tl.store(out + 11, _cosine(gt_1.to(DT), gn1, n1).to(tl.float64))
-        tl.store(out + 12, _cosine(gt_2.to(DT), gn2, n2).to(tl.float64))
-        tl.store(out + 13, _cosine(gt_1.to(DT) + gt_2.to(DT), gnorm, norm).to(tl.float64))
-        tl.store(out + 14, upd.to(tl.float64))
-        tl.store(out + 15, _cosine(-(dt_1.to(DT) + dt_2.to(DT)), upd, norm).to(tl.float64))
-        tl.store(out + 16, tl.min(margin_b, 0).to(tl.float64))
+        _store_stats_row(stats_ptr + (m.to(tl.int64) * K + ROW) * N_STAT, s, train_loss, train_acc,
+                         test_loss, test_acc, t2_1, t2_2, g2_1, g2_2, gt_1, gt_2, d2_1, d2_2, dt_1,
+                         dt_2, tl.min(margin_b, 0), DT)
         tl.store(step_ptr + m, s + 1)
 
 

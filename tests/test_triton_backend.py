@@ -61,11 +61,12 @@ SMALL_BLOCKS = dict(rows_block_n=16, rows_block_h=16, block_r=4, block_h=16, blo
                     block_n=16, block_e=128)
 
 
-def run_both(c: Config, blocks=None):
+def run_both(c: Config, regime: str, blocks=None):
     data = make_dataset(c)
     one = np.ones(1, dtype=bool)
     ref = ReferenceStepper([c], data, CPU)
-    tri = TritonStepper([c], data, CPU, blocks=blocks)
+    tri = TritonStepper([c], data, CPU, regime=regime, blocks=blocks)
+    assert tri.regime == regime
     return ref, ref.advance(0, c.steps, one), tri, tri.advance(0, c.steps, one)
 
 
@@ -103,10 +104,14 @@ def compare_runs(c: Config, ref, rows_ref, tri, rows_tri) -> None:
                 assert_close(layers(state["window"][0, slot], c)[k], g, f"window[W{k + 1}][{age}]")
 
 
+REGIMES = ["fused", "tiled"]
+
+
+@pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_agrees_with_reference(name):
+def test_agrees_with_reference(name, regime):
     c = Config(**{**TINY, **VARIANTS[name]})
-    compare_runs(c, *run_both(c))
+    compare_runs(c, *run_both(c, regime))
 
 
 def test_agrees_with_reference_across_tiles():
@@ -114,7 +119,7 @@ def test_agrees_with_reference_across_tiles():
     c = Config(**{**TINY, "p": 7, "width": 24, "n_test": 6, "optimizer": "adam", "lr": 0.02,
                   "weight_decay": 0.01, "orthograd": True, "fixed_norm": True,
                   "grad_filter": "ema", "dtype": "float64"})
-    ref, rows_ref, tri, rows_tri = run_both(c, blocks=SMALL_BLOCKS)
+    ref, rows_ref, tri, rows_tri = run_both(c, "tiled", blocks=SMALL_BLOCKS)
     assert tri.plan.tg == 4 + 2 and tri.plan.te == 2 + 2 and tri.part_rows.shape[1] == 3
     compare_runs(c, ref, rows_ref, tri, rows_tri)
 
@@ -137,7 +142,7 @@ def test_engine_history_matches_reference():
 
 # ---------------------------------------------------------------- bitwise properties
 STATEFUL = dict(TINY, optimizer="adamw", lr=0.02, weight_decay=0.1, grad_filter="ma",
-                filter_window=3, filter_lamb=1.5, dtype="float32")
+                filter_window=3, filter_lamb=1.5, dtype="float32", log_every=2, eval_every=4)
 
 
 def _bitwise(a: dict, b: dict, rows=slice(None)):
@@ -145,21 +150,23 @@ def _bitwise(a: dict, b: dict, rows=slice(None)):
         np.testing.assert_array_equal(a[name][rows], b[name][rows], err_msg=name)
 
 
-def test_deterministic_resumable_and_batch_equals_alone():
-    """Two runs are bitwise equal; a run resumed from state_dict in a fresh stepper after 8 steps
-    is bitwise equal to the uninterrupted one; and in a batch of three models with different seeds
-    and hyperparameters, each model is bitwise equal to the same model run alone."""
+@pytest.mark.parametrize("regime", REGIMES)
+def test_deterministic_resumable_and_batch_equals_alone(regime):
+    """Two runs are bitwise equal; a run resumed from state_dict in a fresh stepper after 7 steps
+    (not a multiple of log_every) is bitwise equal to the uninterrupted one; and in a batch of
+    three models with different seeds and hyperparameters, each model is bitwise equal to the same
+    model run alone."""
     c = Config(**STATEFUL)
     data = make_dataset(c)
     one = np.ones(1, dtype=bool)
-    alone = TritonStepper([c], data, CPU)
+    alone = TritonStepper([c], data, CPU, regime=regime)
     rows_alone = alone.advance(0, STEPS, one)
 
-    first = TritonStepper([c], data, CPU)
-    rows_a = first.advance(0, 8, one)
-    resumed = TritonStepper([c], data, CPU)
+    first = TritonStepper([c], data, CPU, regime=regime)
+    rows_a = first.advance(0, 7, one)
+    resumed = TritonStepper([c], data, CPU, regime=regime)
     resumed.load_state_dict(first.state_dict())
-    rows_b = resumed.advance(8, STEPS - 8, one)
+    rows_b = resumed.advance(7, STEPS - 7, one)
     joined = {k: np.concatenate([rows_a[k], rows_b[k]], axis=1) for k in STAT_NAMES}
     _bitwise(joined, rows_alone)
     for mine, other in zip(resumed.params(), alone.params()):
@@ -167,7 +174,7 @@ def test_deterministic_resumable_and_batch_equals_alone():
 
     others = [c.replace(seed=7, lr=0.005, weight_decay=1.0, filter_lamb=0.5, betas=(0.8, 0.9)),
               c.replace(seed=11, warmup_steps=5, eps=1e-6)]
-    batch = TritonStepper([others[0], c, others[1]], data, CPU)
+    batch = TritonStepper([others[0], c, others[1]], data, CPU, regime=regime)
     rows_batch = batch.advance(0, STEPS, np.ones(3, dtype=bool))
     _bitwise({k: v[1:2] for k, v in rows_batch.items()}, rows_alone)
     W1b, W2b = batch.params()
@@ -176,10 +183,11 @@ def test_deterministic_resumable_and_batch_equals_alone():
     assert not torch.equal(W1b[0], W1b[1])  # the other models really are different runs
 
 
-def test_inactive_models_are_not_stepped():
+@pytest.mark.parametrize("regime", REGIMES)
+def test_inactive_models_are_not_stepped(regime):
     c = Config(**{**TINY, "steps": 4})
     data = make_dataset(c)
-    st = TritonStepper([c, c.replace(seed=5)], data, CPU)
+    st = TritonStepper([c, c.replace(seed=5)], data, CPU, regime=regime)
     st.advance(0, 2, np.array([True, True]))
     W1_before, W2_before = st.params()
     rows = st.advance(2, 2, np.array([True, False]))
@@ -211,9 +219,15 @@ def test_cpu_without_interpreter_names_the_fallback(monkeypatch):
         check_supported(Config(**TINY), CPU)
 
 
-def test_unknown_block_size_is_rejected():
+def test_bad_stepper_options_are_rejected():
     c = Config(**TINY)
     with pytest.raises(GrokfastError, match="unknown block sizes"):
         TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_m=16))
     with pytest.raises(GrokfastError, match="at least 16.*backend='torch'"):
         TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_hh=8))
+    with pytest.raises(GrokfastError, match="regime='fast'"):
+        TritonStepper([c], make_dataset(c), CPU, regime="fast")
+    big = Config(**{**TINY, "p": 23, "width": 64, "n_test": 6})  # 270 samples × 64 hidden
+    with pytest.raises(GrokfastError, match="fits one program.*regime='tiled'"):
+        TritonStepper([big], make_dataset(big), CPU, regime="fused")
+    assert TritonStepper([big], make_dataset(big), CPU).regime == "tiled"
