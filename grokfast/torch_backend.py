@@ -33,21 +33,27 @@ one multi-threaded `mm` per model (a threaded `bmm` runs its batch in parallel, 
 but a lone model multi-threaded: measured different bits at K = 2823).
 
 Means, chosen by measurement on the 2-core Xeon (Sapphire Rapids, AVX-512) of this project's CI,
-torch 2.13 CPU, process CPU time per step (the box was shared, so wall time was noisier):
+torch 2.13 CPU, one thread, process CPU time per step (the box was shared: wall times were noisier;
+bench/bench_cpu.py has the side-by-side table):
 - Plain eager ops, allocation-free (out= / in place): ~90 µs per paper-real step (p = 11, N = 59,
-  width 128) against ~500 µs for the reference loop. torch.compile of the same step took 30 s to
-  compile and then ran 128 µs/step; unrolled over 10 steps, 24 s and 71 µs/step: not worth ~25 s
-  of compilation per variant and shape (the tests cover ~30 variants, and a user's first run would
-  pay it). torch.jit.script is deprecated and still dispatches every op.
+  width 128) against ~500 µs for the reference loop; ~13 ms per gromov step (p = 97, N = 2823,
+  width 512; 7.8 ms of it the three GEMMs at ~107 GFLOP/s) against ~30 ms. torch.compile of the
+  paper-real step took 30 s to compile and then ran 128 µs/step; unrolled over 10 steps, 24 s and
+  71 µs/step: not worth ~25 s of compilation per variant and shape (the tests cover ~30 variants,
+  and a user's first run would pay it). torch.jit.script is deprecated and still dispatches each op.
 - Threads: one for small models (per-model activations under ATen's 32768-element grain): their
   ops never split anyway, and a two-thread MKL GEMM at paper-real size took 12 ms instead of 13 µs
-  when the other core was busy. Larger models use torch.get_num_threads() (GEMM-bound).
-- First layer: index_select + add for small models (10 µs vs 14 µs for embedding_bag at
-  paper-real); embedding_bag over θ seen as [M·(d_in + p), width] rows for larger ones (0.49 ms vs
-  1.5 ms at p = 97, width 512, N = 2823; also 44 vs 92 µs for 16 paper-real models).
+  while the other core was busy. Larger models use torch.get_num_threads(), the user's setting;
+  on a machine whose cores are busy with other work set torch.set_num_threads(1): with two threads
+  a gromov step took 378 ms instead of 23 ms (wall) on the shared box (the reference: 598 vs 51).
+- First layer: index_select + add while all models' activations are under the grain (10 µs vs
+  14 µs for embedding_bag at paper-real); embedding_bag over θ seen as [M·(d_in + p), width] rows
+  above it (0.49 ms vs 1.5 ms at gromov size; 44 vs 92 µs for 16 paper-real models). Both are
+  exact, so the choice never changes a bit.
 - dW1: the dense Xᵀ dZ GEMM below d_in·N·width = 2·10⁶ (8.8 µs vs 26 µs for index_add_ at
-  paper-real), index_add_ above (1.3 ms vs 7.0 ms at width 512, where the dense product would add
-  0.56 GFLOP to the three GEMMs' 0.84).
+  paper-real), index_add_ above (0.8–1.3 ms vs 7.0 ms at gromov size, where the dense product would
+  add 0.56 GFLOP to the three GEMMs' 0.84). A CSR sparse product was ~0.3–0.6 ms faster there but
+  is a beta API without a documented order.
 Statistics are computed only at recorded steps, from the same definitions as the reference
 (model.STAT_NAMES; the losses by model.data_loss itself).
 """
@@ -100,16 +106,17 @@ class TorchStepper:
         check_batch(configs)
         c = configs[0]
         if c.precision != "ieee":
-            raise GrokfastError(f"precision={c.precision!r} is a Triton-engine setting on a GPU; the "
-                                f"torch backend computes in IEEE {c.dtype}: use precision='ieee', "
-                                f"or backend='triton' with device='cuda'")
+            raise GrokfastError(f"precision={c.precision!r} is a Triton-engine setting on a GPU; "
+                                f"the torch backend computes in IEEE {c.dtype}: use "
+                                f"precision='ieee', or backend='triton' with device='cuda'")
         if data.p != c.p or data.encoding != c.encoding or len(data.train_pairs) != c.n_train:
             raise GrokfastError("the dataset does not belong to this config: build it with "
                                 "grokfast.make_dataset(config)")
         for name, value, valid in (("dw1", dw1, DW1_METHODS),
                                    ("first_layer", first_layer, FIRST_LAYER_METHODS)):
             if value not in valid:
-                raise GrokfastError(f"{name}={value!r}: choose one of {', '.join(map(repr, valid))}")
+                choices = ", ".join(map(repr, valid))
+                raise GrokfastError(f"{name}={value!r}: choose one of {choices}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise GrokfastError(f"threads={threads!r} must be a positive integer, or None for the "
                                 f"size-based default")
@@ -260,7 +267,8 @@ class TorchStepper:
         return int(min(1000, max(20, 2e9 // max(flops, 1))))
 
     def advance(self, step0: int, n_steps: int, active: np.ndarray) -> dict:
-        """Run updates step0 … step0+n_steps−1 on the models where `active`; return recorded rows."""
+        """Run updates step0 … step0+n_steps−1 on the models where `active`; return the recorded
+        rows (name → [M, n_rows]; NaN for inactive models, which are not stepped)."""
         c = self.config
         active = np.asarray(active, dtype=bool)
         recorded = [s for s in range(step0, step0 + n_steps) if s % c.log_every == 0]
@@ -302,7 +310,8 @@ class TorchStepper:
     def state_dict(self) -> dict:
         """Parameters, optimizer and filter state, and the per-model step counts (CPU copies)."""
         state = {"backend": self.backend, "theta": self.theta.cpu().clone(),
-                 "steps_taken": self.steps_taken.copy(), "target_norm": self.target_norm.cpu().clone()}
+                 "steps_taken": self.steps_taken.copy(),
+                 "target_norm": self.target_norm.cpu().clone()}
         for name in self._state_tensor_names():
             state[name] = getattr(self, name).cpu().clone()
         if self.grad_filter != "none":
@@ -407,7 +416,8 @@ class TorchStepper:
 
     # ------------------------------------------------------------------ update pieces
     def _ema(self) -> None:
-        """Grokfast EMA (filters.gradfilter_ema): μ ← μ·α + g·(1 − α) (μ starts at g); g ← g + μ·λ."""
+        """Grokfast EMA (filters.gradfilter_ema): μ ← μ·α + g·(1 − α), μ starting at g;
+        g ← g + μ·λ."""
         G, ema = self.grad, self.ema
         self._start_rows(ema, self.filter_count + self.offset == 0)
         ema.mul_(self.filter_alpha).add_(torch.mul(G, self.filter_one_minus_alpha, out=self.tmp))
@@ -456,7 +466,8 @@ class TorchStepper:
         torch.mul(g_orth, scale[:, None, None], out=G)
 
     def _optimizer_step(self, sched) -> None:
-        """torch.optim's SGD / Adam / AdamW single-tensor updates on the flat θ, per-model scalars."""
+        """torch.optim's SGD / Adam / AdamW single-tensor updates on the flat θ with per-model
+        scalars."""
         theta, G, tmp = self.theta, self.grad, self.tmp
         if self.optimizer in ("gd", "sgd"):
             (neg_lr,) = sched

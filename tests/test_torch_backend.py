@@ -112,7 +112,8 @@ def assert_state_matches(ref: ReferenceStepper, tb: TorchStepper, c: Config, dty
             deque = list(run.filter_state[name])
             assert len(deque) == min(tb.filter_count[0], W)
             for j, g in enumerate(deque):
-                assert_close(window[W - len(deque) + j][k][0], g, f"window {name}[{j}]", dtype=dtype)
+                assert_close(window[W - len(deque) + j][k][0], g, f"window {name}[{j}]",
+                             dtype=dtype)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
