@@ -14,35 +14,87 @@ from .errors import GrokfastError
 
 
 def _config_from_args(args) -> Config:
-    config = Config.preset(args.preset)
+    config = Config.preset(args.preset or "paper-real")
     for assignment in args.set or []:
         config = config.with_setting(assignment)
     return config
 
 
 def cmd_train(args) -> int:
+    """Train (or --resume) a run streamed into --out; exit 0, 1 if a model diverged, 130 if a
+    signal stopped it (resumable), 2 on bad input."""
     from .engine import train
 
-    config = _config_from_args(args)
-    seeds = None
-    if args.seeds:
-        seeds = _parse_seeds(args.seeds)
-    out = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"grokfast train: preset {args.preset}, p={config.p} {config.operation} "
-          f"({config.n_train} train / {config.n_pairs - config.n_train} test pairs), width "
-          f"{config.width}, {config.activation}, {config.loss} ({config.loss_reduction}), "
-          f"{config.optimizer} lr={config.lr:g} weight_decay={config.weight_decay:g}, "
-          f"{config.steps} steps, backend {args.backend}", flush=True)
-    result = train(config, seeds=seeds, backend=args.backend, progress=not args.quiet,
-                   handle_signals=True)
-    results = result if seeds is not None else [result]
+    seeds = _parse_seeds(args.seeds) if args.seeds else None
+    resume = None
+    if args.resume:
+        config, seeds, resume = _resume_from_args(args, seeds)
+        out = Path(args.resume)
+        print(f"grokfast train: resuming {out} at step {resume['step']} of {_config_steps(config, resume)}"
+              f", backend {resume['backend']}", flush=True)
+    else:
+        config = _config_from_args(args)
+        preset = args.preset or "paper-real"
+        out = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"grokfast train: preset {preset}, p={config.p} {config.operation} "
+              f"({config.n_train} train / {config.n_pairs - config.n_train} test pairs), width "
+              f"{config.width}, {config.activation}, {config.loss} ({config.loss_reduction}), "
+              f"{config.optimizer} lr={config.lr:g} weight_decay={config.weight_decay:g}, "
+              f"{config.steps} steps, backend {args.backend}", flush=True)
+    try:
+        result = train(config, seeds=seeds, backend=args.backend, out=out, progress=not args.quiet,
+                       handle_signals=True, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                       checkpoint_seconds=args.checkpoint_seconds, stop_at=args.stop_at,
+                       stop_patience=args.stop_patience, max_steps=args.max_steps,
+                       max_time=args.max_time, profile_steps=_parse_window(args.profile_steps))
+    except KeyboardInterrupt:
+        print(f"stopped at once (second interrupt): {out} keeps the history written so far and its "
+              f"last complete checkpoint; `grokfast show {out}` reads it, `grokfast train --resume "
+              f"{out}` continues it", file=sys.stderr)
+        return 130
+    results = result if isinstance(result, list) else [result]
     for r in results:
-        if seeds is not None:
+        if len(results) > 1:
             print(f"--- seed {r.config.seed}")
         print(r.summary())
-    result.save(out)
     print(f"saved to {out}")
-    return 1 if any(r.diverged for r in results) else 0
+    if any(r.diverged for r in results):
+        return 1
+    return 130 if any(r.stop_reason == "signal" for r in results) else 0
+
+
+def _config_steps(config, ckpt) -> int:
+    return config.steps if config is not None else Config.from_dict(ckpt["configs"][0]).steps
+
+
+def _resume_from_args(args, seeds):
+    """(config or None for the saved one, seeds, checkpoint) for `grokfast train --resume DIR`."""
+    from .checkpoint import load_checkpoint
+
+    if args.preset:
+        raise GrokfastError("--resume continues the saved config; drop --preset (only --set "
+                            "steps=N may change, to extend the run)")
+    if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise GrokfastError(f"--resume {args.resume} writes into that directory; drop --out "
+                            f"{args.out}")
+    ckpt = load_checkpoint(Path(args.resume))
+    if not args.set:
+        return None, seeds, ckpt
+    config = Config.from_dict(ckpt["configs"][0])
+    for assignment in args.set:
+        config = config.with_setting(assignment)
+    return config, seeds, ckpt
+
+
+def _parse_window(text):
+    if text is None:
+        return None
+    try:
+        a, b = text.split(":", 1)
+        return int(a), int(b)
+    except ValueError:
+        raise GrokfastError(f"--profile-steps {text!r}: write A:B, the steps A … B−1 to capture "
+                            f"(e.g. 1000:1200)") from None
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -56,6 +108,7 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def cmd_show(args) -> int:
+    from .history import RUN_FILE, read_events, read_run
     from .result import Result
 
     d = Path(args.dir)
@@ -63,6 +116,10 @@ def cmd_show(args) -> int:
     if not dirs:
         raise GrokfastError(f"{d} holds no saved run (no config.json): pass a directory written by "
                             f"`grokfast train --out DIR`")
+    if (d / RUN_FILE).is_file():
+        events = read_events(d)
+        last = f"; last event: {events[-1]['event']} at step {events[-1]['step']}" if events else ""
+        print(f"{d}: status {read_run(d).get('status', 'unknown')}{last}")
     for sub in dirs:
         r = Result.load(sub)
         c = r.config
@@ -77,11 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grokfast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a preset, optionally changed with --set key=value")
-    t.add_argument("--preset", default="paper-real", help=f"one of: {', '.join(PRESETS)}")
+    t.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default paper-real)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a config field")
     t.add_argument("--seeds", help="run several seeds in one launch: A:B or 0,1,2")
     t.add_argument("--backend", default="auto", help="auto | triton | torch | reference")
-    t.add_argument("--out", help="result directory (default runs/PRESET-TIME)")
+    t.add_argument("--out", help="run directory (default runs/PRESET-TIME)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint "
+                   "(bitwise as if never stopped); --set steps=N extends it")
+    t.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps")
+    t.add_argument("--checkpoint-seconds", type=float, metavar="S",
+                   help="checkpoint every S seconds (default 300 unless --checkpoint-every)")
+    t.add_argument("--stop-at", choices=["grok", "none"], help="grok: stop each model once it "
+                   "has grokked (see --stop-patience)")
+    t.add_argument("--stop-patience", type=int, metavar="K", help="consecutive evaluations with "
+                   "test accuracy ≥ grok_threshold that --stop-at grok waits for (default 3)")
+    t.add_argument("--max-steps", type=int, metavar="N", help="stop at step N (resumable)")
+    t.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds (resumable)")
+    t.add_argument("--profile-steps", metavar="A:B", help="cudaProfilerStart/Stop around steps "
+                   "A … B−1, for nsys profile --capture-range=cudaProfilerApi")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("show", help="summarize a saved run directory")

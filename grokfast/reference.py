@@ -26,6 +26,7 @@ from .config import Config
 from .data import Dataset
 from .filters import gradfilter_ema, gradfilter_ma, orthograd_
 from .model import STAT_NAMES, accuracy, activate, cosine, data_loss, init_params, min_margin
+from .profiling import nvtx_range
 
 
 class TwoLayerNet(nn.Module):
@@ -80,36 +81,42 @@ class _Run:
         c, model = self.config, self.model
         record = s % c.log_every == 0
         self.optimizer.zero_grad(set_to_none=True)
-        logits = model(self.X)
-        loss = data_loss(logits, self.y, c)
-        loss.backward()
+        with nvtx_range("forward"):
+            logits = model(self.X)
+            loss = data_loss(logits, self.y, c)
+        with nvtx_range("backward"):
+            loss.backward()
         if record:
-            stats = self._stats_before(s, logits.detach(), loss.detach())
-            theta = [model.W1.detach().clone(), model.W2.detach().clone()]
-        if c.grad_filter == "ema":
-            self.filter_state = gradfilter_ema(model, self.filter_state, c.filter_alpha, c.filter_lamb)
-        elif c.grad_filter == "ma":
-            self.filter_state = gradfilter_ma(model, self.filter_state, c.filter_window,
-                                              c.filter_lamb, c.filter_type, c.filter_warmup)
-        if c.orthograd:
-            orthograd_(model)
-        for group in self.optimizer.param_groups:
-            group["lr"] = step_lr(c, s)
-        self.optimizer.step()
-        if c.fixed_norm:
-            with torch.no_grad():
-                norm = torch.sqrt(model.W1.pow(2).sum() + model.W2.pow(2).sum())
-                scale = self.target_norm / norm
-                model.W1.mul_(scale)
-                model.W2.mul_(scale)
+            with nvtx_range("statistics"):
+                stats = self._stats_before(s, logits.detach(), loss.detach())
+                theta = [model.W1.detach().clone(), model.W2.detach().clone()]
+        with nvtx_range("update"):
+            if c.grad_filter == "ema":
+                self.filter_state = gradfilter_ema(model, self.filter_state, c.filter_alpha,
+                                                   c.filter_lamb)
+            elif c.grad_filter == "ma":
+                self.filter_state = gradfilter_ma(model, self.filter_state, c.filter_window,
+                                                  c.filter_lamb, c.filter_type, c.filter_warmup)
+            if c.orthograd:
+                orthograd_(model)
+            for group in self.optimizer.param_groups:
+                group["lr"] = step_lr(c, s)
+            self.optimizer.step()
+            if c.fixed_norm:
+                with torch.no_grad():
+                    norm = torch.sqrt(model.W1.pow(2).sum() + model.W2.pow(2).sum())
+                    scale = self.target_norm / norm
+                    model.W1.mul_(scale)
+                    model.W2.mul_(scale)
         if not record:
             return None
-        d1, d2 = model.W1.detach() - theta[0], model.W2.detach() - theta[1]
-        upd = torch.sqrt(d1.pow(2).sum() + d2.pow(2).sum())
-        dot = -((d1 * theta[0]).sum() + (d2 * theta[1]).sum())
-        stats["update_norm"] = upd
-        stats["cos_update"] = cosine(dot, upd, stats["norm"])
-        return {k: float(v) for k, v in stats.items()}
+        with nvtx_range("statistics"):
+            d1, d2 = model.W1.detach() - theta[0], model.W2.detach() - theta[1]
+            upd = torch.sqrt(d1.pow(2).sum() + d2.pow(2).sum())
+            dot = -((d1 * theta[0]).sum() + (d2 * theta[1]).sum())
+            stats["update_norm"] = upd
+            stats["cos_update"] = cosine(dot, upd, stats["norm"])
+            return {k: float(v) for k, v in stats.items()}
 
     @torch.no_grad()
     def _stats_before(self, s: int, logits, loss) -> dict:
