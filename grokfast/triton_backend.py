@@ -117,7 +117,12 @@ class TritonStepper:
 
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *,
                  regime: str = "auto", blocks: Optional[dict] = None, cuda_graphs: bool = True):
+        from .engine import check_batch
+
         self.configs = list(configs)
+        if not self.configs:
+            raise GrokfastError("TritonStepper needs at least one config")
+        check_batch(self.configs)
         c = self.configs[0]
         self.device = device = torch.device(device)
         check_supported(c, device)

@@ -1,4 +1,5 @@
 """kernels/rows.py (forward, loss, dL/dŶ, dL/dZ, per-block partials) against autograd on dense inputs.
+In the CPU interpreter here, on the GPU where CUDA is available (the `launch` fixture).
 
 One launch per case, outputs filled with NaN first so unwritten elements fail. Ragged shapes: 18
 training samples in blocks of 16, a hidden layer of 24 in slices of 16. Three models: model 0 at
@@ -45,7 +46,7 @@ def _expected(c, d, dt, W1, W2):
 
 
 @pytest.mark.parametrize("loss, act, dtype, loss_dtype", CASES, ids=["-".join(c) for c in CASES])
-def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype):
+def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
     c, d, dt, theta = _setup(loss, act, dtype, loss_dtype)
     n, nt, M, H, p = len(d.train_labels), len(d.test_labels), theta.shape[0], c.width, c.p
     nb, nbt = -(-n // BLOCK_N), -(-nt // BLOCK_N)
@@ -61,9 +62,10 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype):
     part = torch.full((M, nb + nbt, 3), float("nan"), dtype=torch.float64)
     step = torch.tensor([4, 3, 0], dtype=torch.int32)
     active = torch.tensor([1, 1, 0], dtype=torch.int32)
-    rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, n_train=n, n_test=nt,
-                 d_in=c.d_in, width=H, p=p, eval_every=c.eval_every, activation=act, loss=loss,
-                 loss_f64=loss_f64, block_n=BLOCK_N, block_h=BLOCK_H)
+    launch(rows_fwd_bwd, theta, idx, labels, dz, dlogits, part, hp, step, active, n_train=n,
+           n_test=nt,
+           d_in=c.d_in, width=H, p=p, eval_every=c.eval_every, activation=act, loss=loss,
+           loss_f64=loss_f64, block_n=BLOCK_N, block_h=BLOCK_H)
 
     summed = c.replace(loss_reduction="sum")
     for m in range(2):
@@ -87,7 +89,8 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype):
     assert torch.isnan(dz[2]).all() and torch.isnan(dlogits[2]).all() and torch.isnan(part[2]).all()
 
 
-def test_rows_kernel_rejects_bad_launches():
+def test_rows_kernel_rejects_bad_launches(monkeypatch):
+    monkeypatch.setattr(common, "interpreting", lambda: True)  # CPU tensors pass, on any machine
     c, d, dt, theta = _setup("mse", "relu", "float32", "same")
     n, nt = len(d.train_labels), len(d.test_labels)
     args = dict(n_train=n, n_test=nt, d_in=c.d_in, width=c.width, p=c.p, eval_every=1,

@@ -1,5 +1,6 @@
 """kernels/update.py against torch: gradients (segmented sum, tiled dot), partial sums, the Grokfast
-filters (grokfast.filters), ⊥Grad, every torch.optim update and the fixed-norm rescale.
+filters (grokfast.filters), ⊥Grad, every torch.optim update and the fixed-norm rescale. In the CPU
+interpreter here, on the GPU where CUDA is available (the `launch` fixture).
 
 Single launches on random inputs, outputs filled with NaN. Small tiles (6 W1 tiles + 2 W2 tiles,
 2 + 2 flat tiles, 2 blocks of samples) so every per-layer total crosses tiles. Model 1 of 2 is
@@ -65,15 +66,15 @@ class Case:
         W1, _ = self.layers(self.theta[0])
         return X.T @ self.dz[0], activate(self.c.activation, X @ W1).T @ self.dlogits[0]
 
-    def launch_grad(self):
+    def launch_grad(self, launch):
         c = self.c
-        update_grad(self.plan, self.theta, self.new, self.grad, self.dz, self.dlogits, self.idx,
-                    self.table, self.state["ema"], self.state["window"], self.state["buf"],
-                    self.state["exp_avg"], self.state["exp_avg_sq"], self.part, self.hp, self.step,
-                    self.active, n_train=len(self.d.train_labels), activation=c.activation,
-                    grad_filter=c.grad_filter, filter_window=c.filter_window,
-                    filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
-                    optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm)
+        launch(update_grad, self.plan, self.theta, self.new, self.grad, self.dz, self.dlogits,
+               self.idx, self.table, self.state["ema"], self.state["window"], self.state["buf"],
+               self.state["exp_avg"], self.state["exp_avg_sq"], self.part, self.hp, self.step,
+               self.active, n_train=len(self.d.train_labels), activation=c.activation,
+               grad_filter=c.grad_filter, filter_window=c.filter_window,
+               filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
+               optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm)
 
     def totals(self, part, t1, q):
         """Per-layer totals of slot q of model 0, [2] float64."""
@@ -111,10 +112,10 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("step", [0, 5])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_gradient_partials_and_optimizer_step(name, step):
+def test_gradient_partials_and_optimizer_step(name, step, launch):
     case = Case(step=step, **OPTIMIZERS[name], activation="quadratic" if step else "relu")
     old = {k: v.clone() for k, v in case.state.items()}
-    case.launch_grad()
+    case.launch_grad(launch)
     g1, g2 = case.expected_grad()
     (W1n, W2n), opt, params = _torch_step(case, (g1, g2), old)
     new1, new2 = case.layers(case.new[0])
@@ -147,7 +148,7 @@ FILTERS = {
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
-def test_grokfast_filters(name):
+def test_grokfast_filters(name, launch):
     """With ⊥Grad on, the gradient kernel stops after the filter and stores g_f: compare it with
     grokfast.filters on a module whose state is the kernel's state."""
     step, changes = FILTERS[name]
@@ -167,7 +168,7 @@ def test_grokfast_filters(name):
                      for t in range(max(0, step - w + 1), step)]
             state[name_k] = collections.deque(older, maxlen=w)
         state = gradfilter_ma(net, state, w, c.filter_lamb, c.filter_type, c.filter_warmup)
-    case.launch_grad()
+    case.launch_grad(launch)
     f1, f2 = case.layers(case.grad[0])
     assert_close(f1, net.W1.grad, "filtered ∇W1")
     assert_close(f2, net.W2.grad, "filtered ∇W2")
@@ -183,7 +184,7 @@ def test_grokfast_filters(name):
 
 
 @pytest.mark.parametrize("fixed_norm", [False, True])
-def test_orthograd_step_and_fixed_norm(fixed_norm):
+def test_orthograd_step_and_fixed_norm(fixed_norm, launch):
     """update_grad → update_orth → update_step (→ update_rescale) equals orthograd_, torch.optim
     and the rescale θ·‖θ_0‖/‖θ‖ of grokfast.reference."""
     case = Case(step=2, orthograd=True, fixed_norm=fixed_norm, optimizer="adam", lr=0.02,
@@ -193,14 +194,14 @@ def test_orthograd_step_and_fixed_norm(fixed_norm):
     part_o = torch.full((M, plan.te, int(common.N_Q)), NAN, dtype=torch.float64)
     part_s = torch.full_like(part_o, NAN)
     part_n = torch.full_like(part_o, NAN)
-    case.launch_grad()
-    update_orth(plan, case.theta, case.grad, case.part, part_o, case.active)
-    update_step(plan, case.theta, case.new, case.grad, case.state["buf"], case.state["exp_avg"],
-                case.state["exp_avg_sq"], case.part, part_o, part_s, case.hp, case.step,
-                case.active, optimizer="adam", fixed_norm=fixed_norm)
+    case.launch_grad(launch)
+    launch(update_orth, plan, case.theta, case.grad, case.part, part_o, case.active)
+    launch(update_step, plan, case.theta, case.new, case.grad, case.state["buf"],
+           case.state["exp_avg"], case.state["exp_avg_sq"], case.part, part_o, part_s, case.hp,
+           case.step, case.active, optimizer="adam", fixed_norm=fixed_norm)
     if fixed_norm:
-        update_rescale(plan, case.theta, case.new, part_s, part_n, case.hp, case.active,
-                       after_orth=True)
+        launch(update_rescale, plan, case.theta, case.new, part_s, part_n, case.hp, case.active,
+               after_orth=True)
 
     net = TwoLayerNet(*case.layers(case.theta[0]), "relu")
     net.W1.grad, net.W2.grad = case.expected_grad()

@@ -1,10 +1,13 @@
-"""The Triton backend against the reference, whole runs through Triton's interpreter on the CPU.
+"""The Triton backend against the reference, whole runs: through Triton's interpreter on a CPU
+machine, on the GPU where CUDA is available (bench/gpu_check.sh); the reference always on the CPU.
 
-Every variant of the Config runs ≥ 20 steps on both backends from the same seed; the loss, every
-statistic at every step, the final parameters and the optimizer / filter state must agree within
-tests/tolerances.py (float64: 1e-12, float32: 1e-5). Then determinism, resume, batched == alone
-(bitwise), inactive models and the boundary errors. Shapes are tiny: the interpreter costs
-~0.1 ms per operation per program.
+Every variant of the Config runs ≥ 20 steps on both backends from the same seed, in both regimes
+(fused: one program per model runs whole steps; tiled: blocks of samples and tiles of parameters);
+the loss, every statistic at every step, the final parameters and the optimizer / filter state must
+agree within tests/tolerances.py (float64: 1e-12, float32 with IEEE products: 1e-5). Then
+determinism, resume, batched == alone (bitwise), inactive models and the boundary errors; on a GPU
+also TF32 within its documented tolerance and CUDA-graph replay == eager launches. Shapes are tiny:
+the interpreter costs ~0.1 ms per operation per program.
 """
 import numpy as np
 import pytest
@@ -18,6 +21,9 @@ from grokfast.triton_backend import TritonStepper, check_supported
 from tolerances import assert_close
 
 CPU = torch.device("cpu")
+DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU   # where the kernels run
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="GPU-only check (no CUDA here); bench/gpu_check.sh runs it")
 STEPS = 20
 TINY = dict(p=5, width=16, n_test=5, steps=STEPS, log_every=1, eval_every=1, seed=3,
             dtype="float64")
@@ -65,7 +71,7 @@ def run_both(c: Config, regime: str, blocks=None):
     data = make_dataset(c)
     one = np.ones(1, dtype=bool)
     ref = ReferenceStepper([c], data, CPU)
-    tri = TritonStepper([c], data, CPU, regime=regime, blocks=blocks)
+    tri = TritonStepper([c], data, DEVICE, regime=regime, blocks=blocks)
     assert tri.regime == regime
     return ref, ref.advance(0, c.steps, one), tri, tri.advance(0, c.steps, one)
 
@@ -159,12 +165,12 @@ def test_deterministic_resumable_and_batch_equals_alone(regime):
     c = Config(**STATEFUL)
     data = make_dataset(c)
     one = np.ones(1, dtype=bool)
-    alone = TritonStepper([c], data, CPU, regime=regime)
+    alone = TritonStepper([c], data, DEVICE, regime=regime)
     rows_alone = alone.advance(0, STEPS, one)
 
-    first = TritonStepper([c], data, CPU, regime=regime)
+    first = TritonStepper([c], data, DEVICE, regime=regime)
     rows_a = first.advance(0, 7, one)
-    resumed = TritonStepper([c], data, CPU, regime=regime)
+    resumed = TritonStepper([c], data, DEVICE, regime=regime)
     resumed.load_state_dict(first.state_dict())
     rows_b = resumed.advance(7, STEPS - 7, one)
     joined = {k: np.concatenate([rows_a[k], rows_b[k]], axis=1) for k in STAT_NAMES}
@@ -174,7 +180,7 @@ def test_deterministic_resumable_and_batch_equals_alone(regime):
 
     others = [c.replace(seed=7, lr=0.005, weight_decay=1.0, filter_lamb=0.5, betas=(0.8, 0.9)),
               c.replace(seed=11, warmup_steps=5, eps=1e-6)]
-    batch = TritonStepper([others[0], c, others[1]], data, CPU, regime=regime)
+    batch = TritonStepper([others[0], c, others[1]], data, DEVICE, regime=regime)
     rows_batch = batch.advance(0, STEPS, np.ones(3, dtype=bool))
     _bitwise({k: v[1:2] for k, v in rows_batch.items()}, rows_alone)
     W1b, W2b = batch.params()
@@ -187,7 +193,7 @@ def test_deterministic_resumable_and_batch_equals_alone(regime):
 def test_inactive_models_are_not_stepped(regime):
     c = Config(**{**TINY, "steps": 4})
     data = make_dataset(c)
-    st = TritonStepper([c, c.replace(seed=5)], data, CPU, regime=regime)
+    st = TritonStepper([c, c.replace(seed=5)], data, DEVICE, regime=regime)
     st.advance(0, 2, np.array([True, True]))
     W1_before, W2_before = st.params()
     rows = st.advance(2, 2, np.array([True, False]))
@@ -205,7 +211,9 @@ def test_inactive_models_are_not_stepped(regime):
     (dict(precision="tf32x3", dtype="float64"), "float32 only"),
     (dict(p=521, width=8), "p ≤ 512"),
 ])
-def test_unsupported_configs_name_the_fallback(changes, match):
+def test_unsupported_configs_name_the_fallback(changes, match, monkeypatch):
+    from grokfast.kernels import common
+    monkeypatch.setattr(common, "interpreting", lambda: True)  # the CPU path, on any machine
     c = Config(**{**TINY, **changes})
     with pytest.raises(GrokfastError, match=match) as e:
         check_supported(c, CPU)
@@ -222,12 +230,53 @@ def test_cpu_without_interpreter_names_the_fallback(monkeypatch):
 def test_bad_stepper_options_are_rejected():
     c = Config(**TINY)
     with pytest.raises(GrokfastError, match="unknown block sizes"):
-        TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_m=16))
+        TritonStepper([c], make_dataset(c), DEVICE, blocks=dict(block_m=16))
     with pytest.raises(GrokfastError, match="at least 16.*backend='torch'"):
-        TritonStepper([c], make_dataset(c), CPU, blocks=dict(block_hh=8))
+        TritonStepper([c], make_dataset(c), DEVICE, blocks=dict(block_hh=8))
     with pytest.raises(GrokfastError, match="regime='fast'"):
-        TritonStepper([c], make_dataset(c), CPU, regime="fast")
+        TritonStepper([c], make_dataset(c), DEVICE, regime="fast")
+    with pytest.raises(GrokfastError, match="must share 'activation'"):
+        TritonStepper([c, c.replace(activation="quadratic")], make_dataset(c), DEVICE)
     big = Config(**{**TINY, "p": 23, "width": 64, "n_test": 6})  # 270 samples × 64 hidden
     with pytest.raises(GrokfastError, match="fits one program.*regime='tiled'"):
-        TritonStepper([big], make_dataset(big), CPU, regime="fused")
-    assert TritonStepper([big], make_dataset(big), CPU).regime == "tiled"
+        TritonStepper([big], make_dataset(big), DEVICE, regime="fused")
+    assert TritonStepper([big], make_dataset(big), DEVICE).regime == "tiled"
+
+
+# ---------------------------------------------------------------- GPU only
+# TF32 rounds every product's inputs to a 10-bit mantissa (relative 2⁻¹¹ ≈ 4.9e-4); the logits and
+# gradients of these tiny models are sums of ≤ 64 such products, and 20 steps of training at these
+# learning rates compound it to ~1e-3 relative. TF32_TOL allows 10× that. tf32x3 (3 TF32 products
+# per fp32 product) is within a few fp32 ulps, i.e. the float32 entry of TOL.
+TF32_TOL = dict(rtol=1e-2, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+def test_tf32_within_documented_tolerance(precision, regime):
+    c = Config(**{**TINY, **VARIANTS["f32-adamw-ce-float64-loss-ema"], "precision": precision})
+    ref, rows_ref, tri, rows_tri = run_both(c.replace(precision="ieee"), regime)
+    tf32 = TritonStepper([c], make_dataset(c), DEVICE, regime=regime)
+    rows = tf32.advance(0, c.steps, np.ones(1, dtype=bool))
+    for name in STAT_NAMES:
+        if precision == "tf32x3":
+            assert_close(rows[name], rows_ref[name], name, dtype=torch.float32)
+        else:
+            np.testing.assert_allclose(rows[name], rows_ref[name], err_msg=name, **TF32_TOL)
+    assert not np.array_equal(rows["train_loss"], rows_tri["train_loss"]) or precision == "tf32x3"
+
+
+@needs_cuda
+def test_cuda_graph_replay_equals_eager():
+    """The tiled regime captures an advance() into a CUDA graph from its second call on."""
+    c = Config(**{**STATEFUL, "steps": 3 * STEPS})
+    data = make_dataset(c)
+    one = np.ones(1, dtype=bool)
+    graphed = TritonStepper([c], data, DEVICE, regime="tiled")
+    eager = TritonStepper([c], data, DEVICE, regime="tiled", cuda_graphs=False)
+    for step0 in (0, STEPS, 2 * STEPS):
+        _bitwise(graphed.advance(step0, STEPS, one), eager.advance(step0, STEPS, one))
+    assert graphed._graphs and not eager._graphs
+    for a, b in zip(graphed.params(), eager.params()):
+        assert torch.equal(a, b)
