@@ -89,9 +89,11 @@ class TorchStepper:
 
     configs share engine.SHARED_FIELDS; lr, weight_decay, momentum, nesterov, betas, eps,
     warmup_steps, filter_alpha, filter_lamb, filter_normalize_lr, seed, init, init_std,
-    init_scale and grok_threshold may differ per model. dw1: "dense" (count-matrix GEMM),
-    "index_add" (fixed-order segmented sum) or "auto" (by size). threads: intra-op threads while
-    stepping (default 1, see the module docstring); the caller's setting is restored afterwards.
+    init_scale and grok_threshold may differ per model. The code paths are chosen by size (module
+    docstring) and can be forced: dw1 "dense" (count-matrix GEMM) or "index_add" (fixed-order
+    segmented sum); first_layer "gather" (index_select + add) or "embedding_bag"; threads, the
+    intra-op threads while stepping (default: 1 for small models, else torch.get_num_threads();
+    the caller's setting is restored afterwards).
     """
 
     backend = "torch"
@@ -278,18 +280,20 @@ class TorchStepper:
             return out
         snapshot = self._snapshot(~active) if not active.all() else None
         rows = []
-        with self._threads(), torch.no_grad():
-            sched = self._schedule(step0, n_steps)
-            self.offset = 0                                  # steps done in this chunk
-            for k in range(n_steps):
-                s = step0 + k
-                rows.append(self._step(s, s % c.log_every == 0, sched[k]))
-        self.steps_taken += n_steps
-        if self.grad_filter != "none":
-            self.filter_count += n_steps
-        self.offset = 0
-        if snapshot is not None:
-            self._restore(snapshot, n_steps)
+        try:
+            with self._threads(), torch.no_grad():
+                sched = self._schedule(step0, n_steps)
+                self.offset = 0                              # steps done in this chunk
+                for k in range(n_steps):
+                    s = step0 + k
+                    rows.append(self._step(s, s % c.log_every == 0, sched[k]))
+        finally:  # counters and frozen models stay true to θ even if a step is interrupted
+            done, self.offset = self.offset, 0
+            self.steps_taken += done
+            if self.grad_filter != "none":
+                self.filter_count += done
+            if snapshot is not None:
+                self._restore(snapshot, done)
         table = [r for r in rows if r is not None]
         if table:
             values = torch.stack(table, dim=2).cpu().numpy()          # [n_stats, M, n_rows]
