@@ -3,9 +3,11 @@ grokfast.kernels, with every statistic computed on the device and read back once
 
 One training step is 3–5 launches over all M models at once (grid: models × blocks):
 
-    rows_fwd_bwd     forward, loss, dL/dŶ, dL/dZ per block of samples; train/test partials
-    update_grad      ∇W1 (fixed-order segmented sum), ∇W2 (fixed-order tl.dot over row blocks),
-                     statistic partials, Grokfast filter, and the optimizer unless ⊥Grad is on
+    rows_fwd_bwd     forward, loss, dL/dŶ, dL/dZ and the block's share of ∇W2 per block of
+                     samples; train/test loss partials
+    update_grad      ∇W1 (fixed-order segmented sum of dL/dZ rows), ∇W2 (the shares summed in
+                     block order), statistic partials, Grokfast filter, and the optimizer unless
+                     ⊥Grad is on
     update_orth      ⊥Grad only: projection, then
     update_step      ⊥Grad's rescale and the optimizer
     update_rescale   fixed_norm only
@@ -41,10 +43,11 @@ from .data import Dataset
 from .errors import GrokfastError
 from .model import STAT_NAMES, init_params, torch_dtype
 
-# GPU block sizes of the tiled regime (chosen for p ≈ 100, width 512; tests pass smaller ones to
+# GPU block sizes of the tiled regime (p ≈ 100, width 512: the fewest register spills ptxas reports
+# for sm_90 without a GPU to time them; tests pass smaller ones to
 # exercise tiling) and the warps of the fused regime's program (8: fewest spills at width 128).
-DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=64, block_r=16, block_h=64, block_hh=32,
-                      block_n=32, block_e=1024, fused_warps=8)
+DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=32, block_r=16, block_h=64, block_hh=32,
+                      block_e=1024, fused_warps=8)
 MAX_P = 512
 GRAPH_MIN_STEPS = 8
 
@@ -150,7 +153,7 @@ class TritonStepper:
         self.plan = self._update.UpdatePlan(
             d_in=d_in, width=H, p=p, block_r=self.blocks["block_r"],
             block_h=self.blocks["block_h"], block_hh=self.blocks["block_hh"],
-            block_n=self.blocks["block_n"], block_e=self.blocks["block_e"])
+            block_e=self.blocks["block_e"])
         D = self.plan.D
 
         kw = dict(device=device)
@@ -182,19 +185,9 @@ class TritonStepper:
         self.buf = state(c.optimizer == "sgd")
         self.exp_avg = state(c.optimizer in ("adam", "adamw"))
         self.exp_avg_sq = state(c.optimizer in ("adam", "adamw"))
-        self.grad = state(c.orthograd)
-
-        nb = -(-self.n_train // self.blocks["rows_block_n"])
-        nbt = -(-self.n_test // self.blocks["rows_block_n"])
-        f64 = dict(dtype=torch.float64, **kw)
-        self.dz = torch.empty(M, self.n_train, H, dtype=dt, **kw)
-        self.dlogits = torch.empty(M, self.n_train, p, dtype=dt, **kw)
-        self.part_rows = torch.empty(M, nb + nbt, 3, **f64)
-        n_q = int(common.N_Q)
-        self.part_g = torch.empty(M, self.plan.tg, n_q, **f64)
-        self.part_o = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
-        self.part_s = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
-        self.part_n = torch.empty(M, self.plan.te, n_q, **f64) if c.fixed_norm else None
+        self.grad = state(c.orthograd and self.regime == "tiled")
+        if self.regime == "tiled":
+            self._allocate_tiled(M, H, p, int(common.N_Q))
 
         self.step = torch.zeros(M, dtype=torch.int32, **kw)
         self.active = torch.ones(M, dtype=torch.int32, **kw)
@@ -269,6 +262,20 @@ class TritonStepper:
                 t.copy_(state[name])
 
     # ---------------------------------------------------------------- internals
+    def _allocate_tiled(self, M: int, H: int, p: int, n_q: int) -> None:
+        """Work buffers of the tiled regime (the fused one keeps everything in its program)."""
+        c, kw = self.configs[0], dict(device=self.device)
+        nb = -(-self.n_train // self.blocks["rows_block_n"])
+        nbt = -(-self.n_test // self.blocks["rows_block_n"])
+        f64 = dict(dtype=torch.float64, **kw)
+        self.dz = torch.empty(M, self.n_train, H, dtype=self.dtype, **kw)
+        self.dw2 = torch.empty(M, nb, H, p, dtype=self.dtype, **kw)   # per-block shares of ∇W2
+        self.part_rows = torch.empty(M, nb + nbt, 3, **f64)
+        self.part_g = torch.empty(M, self.plan.tg, n_q, **f64)
+        self.part_o = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
+        self.part_s = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
+        self.part_n = torch.empty(M, self.plan.te, n_q, **f64) if c.fixed_norm else None
+
     def _split(self, flat: torch.Tensor):
         c, D1 = self.configs[0], self.plan.D1
         M = flat.shape[0]
@@ -331,19 +338,17 @@ class TritonStepper:
         c, b, plan = self.configs[0], self.blocks, self.plan
         theta, new = self.theta[self.cur], self.theta[1 - self.cur]
         self._rows.rows_fwd_bwd(
-            theta, self.idx, self.labels, self.dz, self.dlogits, self.part_rows, self.hp, self.step,
+            theta, self.idx, self.labels, self.dz, self.dw2, self.part_rows, self.hp, self.step,
             self.active, n_train=self.n_train, n_test=self.n_test, d_in=c.d_in, width=c.width,
             p=c.p, eval_every=c.eval_every, activation=c.activation, loss=c.loss,
             loss_f64=self.loss_f64, precision=c.precision, block_n=b["rows_block_n"],
             block_h=b["rows_block_h"], check=check)
         self._update.update_grad(
-            plan, theta, new, self.grad, self.dz, self.dlogits, self.idx[: self.n_train],
-            self.table, self.ema, self.window, self.buf, self.exp_avg, self.exp_avg_sq,
-            self.part_g, self.hp, self.step, self.active, n_train=self.n_train,
-            activation=c.activation, grad_filter=c.grad_filter, filter_window=c.filter_window,
+            plan, theta, new, self.grad, self.dz, self.dw2, self.table, self.ema, self.window,
+            self.buf, self.exp_avg, self.exp_avg_sq, self.part_g, self.hp, self.step, self.active,
+            n_train=self.n_train, grad_filter=c.grad_filter, filter_window=c.filter_window,
             filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
-            optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm,
-            precision=c.precision, check=check)
+            optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm, check=check)
         last, last_t1 = self.part_g, plan.tg1
         if c.orthograd:
             self._update.update_orth(plan, theta, self.grad, self.part_g, self.part_o, self.active,

@@ -3,14 +3,16 @@
 Fused per block of BLOCK_N samples of one model (grid: models × (train blocks + test blocks)):
 first-layer gather Z = W1[i0] + W1[i1], activation H = σ(Z), second layer Ŷ = H W2 (tl.dot over
 BLOCK_H-wide slices of the hidden layer), the per-sample loss ℓ_i and dL/dŶ, and on the way back
-dL/dZ = (dL/dŶ W2ᵀ) ⊙ σ'(Z) (Z recomputed, never stored). Per block it also writes the partial
-training loss Σℓ_i, the number of correct argmaxes and the minimum margin z_c − max_{j≠c} z_j.
+dL/dZ = (dL/dŶ W2ᵀ) ⊙ σ'(Z) and the block's share of ∇W2, σ(Z_b)ᵀ dL/dŶ_b (Z recomputed, never
+stored; update.py sums the shares in block order, so ∇W2's product runs on as many programs as
+there are blocks). Per block it also writes the partial training loss Σℓ_i, the number of
+correct argmaxes and the minimum margin z_c − max_{j≠c} z_j.
 Test blocks (evaluation steps only, s % eval_every == 0, read from the device step counter) write
 their loss and correct count and nothing else.
 
 Shapes (D = d_in·H + H·P, parameters flat per model: W1 [d_in, H] row-major, then W2 [H, P]):
   theta [M, D]; idx [N + N_test, 2] int32 (the two W1 rows of each sample, train then test);
-  labels [N + N_test] int32; out: dz [M, N, H], dlogits [M, N, P] (gradients of the *training*
+  labels [N + N_test] int32; out: dz [M, N, H] and dw2 [M, NB, H, P] (gradients of the *training*
   loss), part [M, NB + NB_test, 3] float64 (loss sum in the loss dtype, correct count, min margin).
   hp [M, N_HP] float64 (HP_GRAD_SCALE = dL/dΣℓ), step and active [M] int32.
 
@@ -32,7 +34,7 @@ from .common import (HP_GRAD_SCALE, N_HP, _activate, _activate_backward, _correc
 
 @triton.jit
 def _rows_fwd_bwd_kernel(
-    theta_ptr, idx_ptr, label_ptr, dz_ptr, dlogit_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
+    theta_ptr, idx_ptr, label_ptr, dz_ptr, dw2_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
     N, N_TEST, H, P, D, NB, NB_ALL, EVAL_EVERY,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACT: tl.constexpr,
     LOSS: tl.constexpr, LOSS_F64: tl.constexpr, PRECISION: tl.constexpr,
@@ -79,8 +81,7 @@ def _rows_fwd_bwd_kernel(
                 # autograd adds the dense part and the one-hot part as two separate gradients
                 dl = (dense * gs - tl.where(onehot, (coef * gs)[:, None], 0.0)).to(DT)
                 dl = tl.where(m2, dl, 0.0)                                            # [BLOCK_N, BLOCK_P]
-                tl.store(dlogit_ptr + (m.to(tl.int64) * N + rows[:, None]) * P + cols[None, :],
-                         dl, mask=m2)
+                dw2 = dw2_ptr + (m.to(tl.int64) * NB + b) * H * P
                 for h0 in range(0, H, BLOCK_H):
                     hc = h0 + tl.arange(0, BLOCK_H)
                     hm = hc < H
@@ -89,18 +90,22 @@ def _rows_fwd_bwd_kernel(
                                   mask=hm[:, None] & cmask[None, :], other=0.0)
                     dh = _dot(dl, tl.trans(w2c), tl.zeros((BLOCK_N, BLOCK_H), DT), PRECISION)
                     dz = _activate_backward(dh, z, ACT)
+                    share = _dot(tl.trans(_activate(z, ACT)), dl, tl.zeros((BLOCK_H, BLOCK_P), DT),
+                                 PRECISION)                                           # [BLOCK_H, BLOCK_P]
+                    tl.store(dw2 + hc[:, None] * P + cols[None, :], share,
+                             mask=hm[:, None] & cmask[None, :])
                     tl.store(dz_ptr + (m.to(tl.int64) * N + rows[:, None]) * H + hc[None, :], dz,
                              mask=rmask[:, None] & hm[None, :])
 
 
-def rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, *, n_train: int,
+def rows_fwd_bwd(theta, idx, labels, dz, dw2, part, hp, step, active, *, n_train: int,
                  n_test: int, d_in: int, width: int, p: int, eval_every: int, activation: str,
                  loss: str, loss_f64: bool, precision: str = "ieee", block_n: int = 32,
-                 block_h: int = 64, check: bool = True):
+                 block_h: int = 64, num_warps: int = 8, check: bool = True):
     """Launch the forward/backward of one step for every model; outputs are written in place.
 
     theta [M, D]; idx [n_train + n_test, 2] int32; labels [n_train + n_test] int32; dz
-    [M, n_train, width]; dlogits [M, n_train, p]; part [M, cdiv(n_train, block_n) +
+    [M, n_train, width]; dw2 [M, NB, width, p] with NB = cdiv(n_train, block_n); part [M, NB +
     cdiv(n_test, block_n), 3] float64; hp [M, N_HP] float64; step, active [M] int32.
     Bad shapes, dtypes, devices or block sizes raise GrokfastError naming the fallback
     (backend="torch"); check=False skips this for a caller repeating a validated launch.
@@ -115,7 +120,7 @@ def rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, *, n_t
             theta=(theta, theta.dtype, (M, D)), idx=(idx, torch.int32, (n_train + n_test, 2)),
             labels=(labels, torch.int32, (n_train + n_test,)),
             dz=(dz, theta.dtype, (M, n_train, width)),
-            dlogits=(dlogits, theta.dtype, (M, n_train, p)),
+            dw2=(dw2, theta.dtype, (M, nb, width, p)),
             part=(part, torch.float64, (M, nb + nbt, 3)), hp=(hp, torch.float64, (M, int(N_HP))),
             step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)))
         check_precision(precision, theta.dtype, theta.device)
@@ -125,8 +130,8 @@ def rows_fwd_bwd(theta, idx, labels, dz, dlogits, part, hp, step, active, *, n_t
         if block_p > MAX_BLOCK_P:
             launch_error(f"p={p} > {MAX_BLOCK_P} does not fit one block of outputs")
     _rows_fwd_bwd_kernel[(M, nb + nbt)](
-        theta, idx, labels, dz, dlogits, part, hp, step, active,
+        theta, idx, labels, dz, dw2, part, hp, step, active,
         n_train, n_test, width, p, D, nb, nb + nbt, eval_every,
         BLOCK_N=block_n, BLOCK_H=min(block_h, dot_block(width)), BLOCK_P=block_p,
         ACT=code_of("activation", activation), LOSS=code_of("loss", loss), LOSS_F64=loss_f64,
-        PRECISION=precision)
+        PRECISION=precision, num_warps=num_warps)

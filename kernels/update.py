@@ -10,8 +10,8 @@ partial sums of its own tile into part [M, T, N_Q] float64):
 
 * ``_update_grad_kernel`` (tiles: BLOCK_R×BLOCK_H pieces of W1, then BLOCK_HH-row pieces of W2):
   g = ∇L. For W1 a segmented sum in fixed order: dW1[r] = Σ_k dZ[table[r, k]] over the training
-  rows that use input symbol r (a row twice when a = b, as X = 2·e_a); for W2
-  dW2 = Σ_blocks σ(Z_b)ᵀ dŶ_b (σ(Z) recomputed from W1, tl.dot, blocks in order). Then partial
+  rows that use input symbol r (a row twice when a = b, as X = 2·e_a); for W2 the sum, in block
+  order, of the per-block shares σ(Z_b)ᵀ dŶ_b that rows.py computed. Then partial
   Σθ², Σg², Σg·θ, the Grokfast filter (EMA/MA) and — unless ⊥Grad needs the global ⟨θ, g_f⟩ first —
   the optimizer step.
 * ``_update_orth_kernel`` (⊥Grad, flat tiles): g_⊥ = g_f − (⟨θ, g_f⟩ / (⟨θ, θ⟩ + ε))·θ per layer.
@@ -24,7 +24,7 @@ partials Σ(θ_{s+1} − θ_s)² and Σ(θ_{s+1} − θ_s)·θ_s. Per-layer tota
 program that needs them, in fixed order (common._layer_totals): deterministic, no atomics, and model
 m's numbers do not depend on M.
 
-Limits: BLOCK_HH, BLOCK_N ≥ 16, BLOCK_P = next power of two ≥ max(p, 16) (tl.dot sides).
+Limits: block sizes are powers of two; no tl.dot here (∇W2's products are in rows.py).
 """
 import torch
 import triton
@@ -32,9 +32,8 @@ import triton.language as tl
 
 from .common import (BLOCK_Q, FILTER_MA, HP_TARGET_NORM, N_HP, N_Q, ORTHO_EPS, Q_DELTA2, Q_DELTA_THETA,
                      Q_FILT2, Q_FILT_THETA, Q_GRAD2, Q_GRAD_THETA, Q_NEW2, Q_ORTH2, Q_THETA2,
-                     _activate, _div, _dot, _first_layer, _grokfast_filter, _layer_totals,
-                     _optimizer_step, _sqrt, _store_partials, check_precision, check_tensors,
-                     code_of, dot_block, launch_error, next_pow2)
+                     _div, _grokfast_filter, _layer_totals, _optimizer_step, _sqrt,
+                     _store_partials, check_tensors, code_of, dot_block, launch_error, next_pow2)
 
 
 @triton.jit
@@ -75,13 +74,12 @@ def _grad_tile_update(g, offs, mask, m, t, T, s, hp, theta_ptr, new_ptr, grad_pt
 
 @triton.jit
 def _update_grad_kernel(
-    theta_ptr, new_ptr, grad_ptr, dz_ptr, dlogit_ptr, idx_ptr, table_ptr,
+    theta_ptr, new_ptr, grad_ptr, dz_ptr, dw2_ptr, table_ptr,
     ema_ptr, win_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
-    N, D_IN, H, P, D, MAXDEG, WINDOW, T, T1, NTH,
+    N, NB, D_IN, H, P, D, MAXDEG, WINDOW, T, T1, NTH,
     BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HH: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, ACT: tl.constexpr, FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr,
-    FILTER_WARMUP: tl.constexpr, OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr,
-    PRECISION: tl.constexpr,
+    FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr, FILTER_WARMUP: tl.constexpr,
+    OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr,
 ):
     m = tl.program_id(0)
     t = tl.program_id(1)
@@ -101,9 +99,8 @@ def _update_grad_kernel(
                               exp_avg_ptr + base, exp_avg_sq_ptr + base, part_ptr, D, WINDOW,
                               FILTER, FILTER_MEAN, FILTER_WARMUP, OPT, ORTH, FIXED)
         else:
-            g2, offs2, mask2 = _w2_grad_tile(theta_ptr + base, dlogit_ptr + m.to(tl.int64) * N * P,
-                                             idx_ptr, t - T1, N, D_IN, H, P, DT, BLOCK_HH,
-                                             BLOCK_P, BLOCK_N, ACT, PRECISION)
+            g2, offs2, mask2 = _w2_grad_tile(dw2_ptr + m.to(tl.int64) * NB * H * P, t - T1, NB,
+                                             D_IN, H, P, DT, BLOCK_HH, BLOCK_P)
             _grad_tile_update(g2, offs2, mask2, m, t, T, s, hp, theta_ptr + base, new_ptr + base,
                               grad_ptr + base, ema_ptr + base, win, buf_ptr + base,
                               exp_avg_ptr + base, exp_avg_sq_ptr + base, part_ptr, D, WINDOW,
@@ -128,26 +125,19 @@ def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG, DT: tl.constexpr,
 
 
 @triton.jit
-def _w2_grad_tile(w1, dl_base, idx_ptr, u, N, D_IN, H, P, DT: tl.constexpr,
-                  BLOCK_HH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-                  ACT: tl.constexpr, PRECISION: tl.constexpr):
-    """∇W2 on rows [u·BLOCK_HH, (u+1)·BLOCK_HH) of W2: Σ over row blocks, in order, of σ(Z_b)ᵀ dŶ_b
-    (σ(Z) recomputed from W1). Returns (g, flat offsets, mask), all [BLOCK_HH, BLOCK_P]."""
+def _w2_grad_tile(dw2, u, NB, D_IN, H, P, DT: tl.constexpr, BLOCK_HH: tl.constexpr,
+                  BLOCK_P: tl.constexpr):
+    """∇W2 on rows [u·BLOCK_HH, (u+1)·BLOCK_HH) of W2: the per-block shares σ(Z_b)ᵀ dŶ_b of rows.py
+    (dw2 points at this model's [NB, H, P]) summed in block order. Returns (g, flat offsets, mask),
+    all [BLOCK_HH, BLOCK_P]."""
     hh = u * BLOCK_HH + tl.arange(0, BLOCK_HH)
     j = tl.arange(0, BLOCK_P)
-    hm = hh < H
-    jm = j < P
+    mask = (hh < H)[:, None] & (j < P)[None, :]
+    offs = hh[:, None] * P + j[None, :]
     g = tl.zeros((BLOCK_HH, BLOCK_P), DT)
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        rmask = rows < N
-        i0 = tl.load(idx_ptr + 2 * rows, mask=rmask, other=0)
-        i1 = tl.load(idx_ptr + 2 * rows + 1, mask=rmask, other=0)
-        a = _activate(_first_layer(w1, i0, i1, rmask, hh, hm, H), ACT)          # [BLOCK_N, BLOCK_HH]
-        dl = tl.load(dl_base + rows[:, None] * P + j[None, :],
-                     mask=rmask[:, None] & jm[None, :], other=0.0)              # [BLOCK_N, BLOCK_P]
-        g = _dot(tl.trans(a), dl, g, PRECISION)
-    return g, D_IN * H + hh[:, None] * P + j[None, :], hm[:, None] & jm[None, :]
+    for b in range(NB):
+        g += tl.load(dw2 + b * H * P + offs, mask=mask, other=0.0)
+    return g, D_IN * H + offs, mask
 
 
 @triton.jit
@@ -240,20 +230,17 @@ class UpdatePlan:
     """Tile counts and block sizes of the update kernels for one problem shape (host side)."""
 
     def __init__(self, *, d_in: int, width: int, p: int, block_r: int = 16, block_h: int = 64,
-                 block_hh: int = 32, block_n: int = 32, block_e: int = 1024):
-        if block_hh < 16 or block_n < 16:
-            launch_error(f"block_hh={block_hh}, block_n={block_n}: tl.dot needs blocks of at "
-                         f"least 16")
-        for name, v in (("block_r", block_r), ("block_h", block_h), ("block_e", block_e)):
+                 block_hh: int = 32, block_e: int = 1024):
+        for name, v in (("block_r", block_r), ("block_h", block_h), ("block_hh", block_hh),
+                        ("block_e", block_e)):
             if v < 1 or v & (v - 1):
                 launch_error(f"{name}={v} must be a power of two")
         self.d_in, self.width, self.p = d_in, width, p
         self.D1, self.D = d_in * width, d_in * width + width * p
         self.block_r = min(block_r, next_pow2(d_in))
         self.block_h = min(block_h, next_pow2(width))
-        self.block_hh = min(block_hh, dot_block(width))
+        self.block_hh = min(block_hh, next_pow2(width))
         self.block_p = dot_block(p)
-        self.block_n = block_n
         self.block_e = min(block_e, next_pow2(max(self.D1, self.D - self.D1)))
         self.nth = triton.cdiv(width, self.block_h)
         self.tg1 = triton.cdiv(d_in, self.block_r) * self.nth
@@ -262,28 +249,26 @@ class UpdatePlan:
         self.te = self.te1 + triton.cdiv(self.D - self.D1, self.block_e)
 
 
-def update_grad(plan: UpdatePlan, theta, new, grad, dz, dlogits, idx, table, ema, window, buf,
-                exp_avg, exp_avg_sq, part, hp, step, active, *, n_train: int, activation: str,
-                grad_filter: str, filter_window: int, filter_mean: bool, filter_warmup: bool,
-                optimizer: str, orthograd: bool, fixed_norm: bool, precision: str = "ieee",
-                check: bool = True):
+def update_grad(plan: UpdatePlan, theta, new, grad, dz, dw2, table, ema, window, buf, exp_avg,
+                exp_avg_sq, part, hp, step, active, *, n_train: int, grad_filter: str,
+                filter_window: int, filter_mean: bool, filter_warmup: bool, optimizer: str,
+                orthograd: bool, fixed_norm: bool, check: bool = True):
     """Launch ∇L + filter (+ optimizer unless orthograd) for every model.
 
-    theta, new, grad [M, D]; dz [M, n_train, width]; dlogits [M, n_train, p]; idx [n_train, 2]
-    int32 (the training rows' W1 rows); table [d_in, maxdeg] int32 (−1 padded); ema [M, D] (EMA),
+    theta, new, grad [M, D]; dz [M, n_train, width]; dw2 [M, NB, width, p] (rows.py's per-block
+    shares of ∇W2); table [d_in, maxdeg] int32 (−1 padded); ema [M, D] (EMA),
     window [M, filter_window, D] (MA), buf [M, D] (sgd), exp_avg, exp_avg_sq [M, D] (adam/adamw):
     tensors of unused state may be empty; part [M, plan.tg, N_Q] float64. check=False skips the
     validation (GrokfastError naming the fallback) for a caller repeating a validated launch.
     """
     M, D = theta.shape
     dt = theta.dtype
+    nb = dw2.shape[1]
     fcode, ocode = code_of("grad_filter", grad_filter), code_of("optimizer", optimizer)
     if check:
-        check_precision(precision, dt, theta.device)
         check_tensors(
             theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
-            dz=(dz, dt, (M, n_train, plan.width)), dlogits=(dlogits, dt, (M, n_train, plan.p)),
-            idx=(idx, torch.int32, (n_train, 2)),
+            dz=(dz, dt, (M, n_train, plan.width)), dw2=(dw2, dt, (M, nb, plan.width, plan.p)),
             table=(table, torch.int32, (plan.d_in, table.shape[1])),
             part=(part, torch.float64, (M, plan.tg, int(N_Q))),
             hp=(hp, torch.float64, (M, int(N_HP))),
@@ -291,14 +276,15 @@ def update_grad(plan: UpdatePlan, theta, new, grad, dz, dlogits, idx, table, ema
             **_state_specs(M, plan.D, dt, grad=(grad, orthograd), ema=(ema, fcode == 1),
                            window=(window, fcode == 2, filter_window), buf=(buf, ocode == 1),
                            exp_avg=(exp_avg, ocode >= 2), exp_avg_sq=(exp_avg_sq, ocode >= 2)))
+        if int(table.max()) >= n_train:
+            launch_error(f"table refers to training row {int(table.max())} of {n_train}")
     _update_grad_kernel[(M, plan.tg)](
-        theta, new, grad, dz, dlogits, idx, table, ema, window, buf, exp_avg, exp_avg_sq, part, hp,
-        step, active, n_train, plan.d_in, plan.width, plan.p, plan.D, table.shape[1],
+        theta, new, grad, dz, dw2, table, ema, window, buf, exp_avg, exp_avg_sq, part, hp, step,
+        active, n_train, nb, plan.d_in, plan.width, plan.p, plan.D, table.shape[1],
         max(filter_window, 1), plan.tg, plan.tg1, plan.nth,
         BLOCK_R=plan.block_r, BLOCK_H=plan.block_h, BLOCK_HH=plan.block_hh, BLOCK_P=plan.block_p,
-        BLOCK_N=plan.block_n, ACT=code_of("activation", activation), FILTER=fcode,
-        FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup, OPT=ocode, ORTH=orthograd,
-        FIXED=fixed_norm, PRECISION=precision)
+        FILTER=fcode, FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup, OPT=ocode,
+        ORTH=orthograd, FIXED=fixed_norm)
 
 
 def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bool = True):

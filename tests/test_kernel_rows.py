@@ -1,4 +1,5 @@
-"""kernels/rows.py (forward, loss, dL/dŶ, dL/dZ, per-block partials) against autograd on dense inputs.
+"""kernels/rows.py (forward, loss, dL/dZ, per-block ∇W2 shares and partials) against autograd on
+dense inputs.
 In the CPU interpreter here, on the GPU where CUDA is available (the `launch` fixture).
 
 One launch per case, outputs filled with NaN first so unwritten elements fail. Ragged shapes: 18
@@ -34,15 +35,14 @@ def _setup(loss, act, dtype, loss_dtype, reduction="mean"):
 
 
 def _expected(c, d, dt, W1, W2):
-    """Per-sample losses, dL/dŶ and dL/dZ of the training loss, by autograd on dense X."""
+    """Logits, σ(Z), dL/dŶ and dL/dZ of the training loss, by autograd on dense X."""
     X = d.X_train.to(dt)
     Z = (X @ W1).requires_grad_()
-    logits = (activate(c.activation, Z) @ W2).detach().requires_grad_()
+    H = activate(c.activation, Z)
+    logits = (H @ W2).detach().requires_grad_()
     data_loss(logits, d.train_labels, c).backward()
-    Z2 = X @ W1
-    Z2.requires_grad_()
-    (activate(c.activation, Z2) @ W2).backward(logits.grad)
-    return logits.detach(), logits.grad, Z2.grad
+    (H @ W2).backward(logits.grad)
+    return logits.detach(), H.detach(), logits.grad, Z.grad
 
 
 @pytest.mark.parametrize("loss, act, dtype, loss_dtype", CASES, ids=["-".join(c) for c in CASES])
@@ -58,11 +58,11 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
     hp = torch.zeros(M, int(common.N_HP), dtype=torch.float64)
     hp[:, int(common.HP_GRAD_SCALE)] = float(torch.tensor(1.0, dtype=ldt) / loss_div)
     dz = torch.full((M, n, H), float("nan"), dtype=dt)
-    dlogits = torch.full((M, n, p), float("nan"), dtype=dt)
+    dw2 = torch.full((M, nb, H, p), float("nan"), dtype=dt)
     part = torch.full((M, nb + nbt, 3), float("nan"), dtype=torch.float64)
     step = torch.tensor([4, 3, 0], dtype=torch.int32)
     active = torch.tensor([1, 1, 0], dtype=torch.int32)
-    launch(rows_fwd_bwd, theta, idx, labels, dz, dlogits, part, hp, step, active, n_train=n,
+    launch(rows_fwd_bwd, theta, idx, labels, dz, dw2, part, hp, step, active, n_train=n,
            n_test=nt,
            d_in=c.d_in, width=H, p=p, eval_every=c.eval_every, activation=act, loss=loss,
            loss_f64=loss_f64, block_n=BLOCK_N, block_h=BLOCK_H)
@@ -70,11 +70,11 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
     summed = c.replace(loss_reduction="sum")
     for m in range(2):
         W1, W2 = theta[m, : c.d_in * H].reshape(c.d_in, H), theta[m, c.d_in * H:].reshape(H, p)
-        logits, g_logits, g_z = _expected(c, d, dt, W1, W2)
-        assert_close(dlogits[m], g_logits, f"dlogits[{m}]")
+        logits, hidden, g_logits, g_z = _expected(c, d, dt, W1, W2)
         assert_close(dz[m], g_z, f"dz[{m}]")
         for b in range(nb):
             rows = slice(b * BLOCK_N, min(n, (b + 1) * BLOCK_N))
+            assert_close(dw2[m, b], hidden[rows].T @ g_logits[rows], f"∇W2 share [{m},{b}]")
             lb, yb = logits[rows], d.train_labels[rows]
             assert_close(part[m, b, 0], data_loss(lb, yb, summed).to(ldt), f"loss[{m},{b}]", dtype=dt)
             assert float(part[m, b, 1]) == round(float(accuracy(lb, yb)) * len(yb))
@@ -86,7 +86,7 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
             assert float(part[m, nb, 1]) == round(float(accuracy(test_logits, d.test_labels)) * nt)
         else:       # step 3: no evaluation, the test block is not touched
             assert torch.isnan(part[m, nb:]).all()
-    assert torch.isnan(dz[2]).all() and torch.isnan(dlogits[2]).all() and torch.isnan(part[2]).all()
+    assert torch.isnan(dz[2]).all() and torch.isnan(dw2[2]).all() and torch.isnan(part[2]).all()
 
 
 def test_rows_kernel_rejects_bad_launches(monkeypatch):
@@ -98,7 +98,7 @@ def test_rows_kernel_rejects_bad_launches(monkeypatch):
     M = theta.shape[0]
     idx = torch.cat([d.index_train, d.index_test]).to(torch.int32)
     labels = torch.cat([d.train_labels, d.test_labels]).to(torch.int32)
-    bufs = [torch.empty(M, n, c.width, dtype=dt), torch.empty(M, n, c.p, dtype=dt),
+    bufs = [torch.empty(M, n, c.width, dtype=dt), torch.empty(M, 2, c.width, c.p, dtype=dt),
             torch.empty(M, 3, 3, dtype=torch.float64), torch.zeros(M, int(common.N_HP), dtype=torch.float64),
             torch.zeros(M, dtype=torch.int32), torch.ones(M, dtype=torch.int32)]
     from grokfast import GrokfastError

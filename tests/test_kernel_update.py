@@ -1,4 +1,4 @@
-"""kernels/update.py against torch: gradients (segmented sum, tiled dot), partial sums, the Grokfast
+"""kernels/update.py against torch: gradients (segmented sum, summed shares), partial sums, the Grokfast
 filters (grokfast.filters), ⊥Grad, every torch.optim update and the fixed-norm rescale. In the CPU
 interpreter here, on the GPU where CUDA is available (the `launch` fixture).
 
@@ -16,7 +16,6 @@ from grokfast.filters import gradfilter_ema, gradfilter_ma, orthograd_
 from grokfast.kernels import common
 from grokfast.kernels.update import (UpdatePlan, update_grad, update_orth, update_rescale,
                                      update_step)
-from grokfast.model import activate
 from grokfast.reference import TwoLayerNet, make_optimizer, step_lr
 from grokfast.triton_backend import segment_table, _hyperparameters
 from tolerances import assert_close
@@ -34,11 +33,12 @@ class Case:
         d = self.d = make_dataset(c)
         dt = self.dt = getattr(torch, dtype)
         self.plan = UpdatePlan(d_in=c.d_in, width=c.width, p=c.p, block_r=2, block_h=16,
-                               block_hh=16, block_n=16, block_e=64)
+                               block_hh=16, block_e=64)
         M, D, n = 2, self.plan.D, len(d.train_labels)
         gen = torch.Generator().manual_seed(9)
         rand = lambda *s: (torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1).to(dt)
-        self.theta, self.dz, self.dlogits = rand(M, D), rand(M, n, c.width), rand(M, n, c.p)
+        self.theta, self.dz = rand(M, D), rand(M, n, c.width)
+        self.dw2 = rand(M, 3, c.width, c.p)  # rows.py's per-block shares of ∇W2
         self.state = {k: rand(M, D) for k in ("ema", "buf", "exp_avg")}
         self.state["exp_avg_sq"] = rand(M, D).abs()
         self.state["window"] = rand(M, max(c.filter_window, 1), D)
@@ -53,7 +53,6 @@ class Case:
         self.step = torch.full((M,), step, dtype=torch.int32)
         self.active = torch.tensor([1, 0], dtype=torch.int32)
         self.s = step
-        self.idx = d.index_train.to(torch.int32)
         self.table = segment_table(d.index_train, c.d_in)
 
     def layers(self, flat):
@@ -61,18 +60,16 @@ class Case:
         return flat[:d1].reshape(self.c.d_in, self.c.width), flat[d1:].reshape(self.c.width, self.c.p)
 
     def expected_grad(self):
-        """(∇W1, ∇W2) of model 0: Xᵀ dZ and σ(X W1)ᵀ dŶ with dense X."""
+        """(∇W1, ∇W2) of model 0: Xᵀ dZ with dense X, and the sum of the ∇W2 shares."""
         X = self.d.X_train.to(self.dt)
-        W1, _ = self.layers(self.theta[0])
-        return X.T @ self.dz[0], activate(self.c.activation, X @ W1).T @ self.dlogits[0]
+        return X.T @ self.dz[0], self.dw2[0].sum(0)
 
     def launch_grad(self, launch):
         c = self.c
-        launch(update_grad, self.plan, self.theta, self.new, self.grad, self.dz, self.dlogits,
-               self.idx, self.table, self.state["ema"], self.state["window"], self.state["buf"],
+        launch(update_grad, self.plan, self.theta, self.new, self.grad, self.dz, self.dw2,
+               self.table, self.state["ema"], self.state["window"], self.state["buf"],
                self.state["exp_avg"], self.state["exp_avg_sq"], self.part, self.hp, self.step,
-               self.active, n_train=len(self.d.train_labels), activation=c.activation,
-               grad_filter=c.grad_filter, filter_window=c.filter_window,
+               self.active, n_train=len(self.d.train_labels), grad_filter=c.grad_filter, filter_window=c.filter_window,
                filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
                optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm)
 
@@ -113,7 +110,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("step", [0, 5])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_gradient_partials_and_optimizer_step(name, step, launch):
-    case = Case(step=step, **OPTIMIZERS[name], activation="quadratic" if step else "relu")
+    case = Case(step=step, **OPTIMIZERS[name])
     old = {k: v.clone() for k, v in case.state.items()}
     case.launch_grad(launch)
     g1, g2 = case.expected_grad()

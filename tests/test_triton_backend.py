@@ -64,7 +64,7 @@ VARIANTS = {
 # Small blocks so that every reduction crosses tiles: 2 row blocks of samples, 2 hidden slices
 # in the rows kernel, 4 W1 tiles + 2 W2 tiles in the gradient kernel, 2 + 2 flat tiles after it.
 SMALL_BLOCKS = dict(rows_block_n=16, rows_block_h=16, block_r=4, block_h=16, block_hh=16,
-                    block_n=16, block_e=128)
+                    block_e=128)
 
 
 def run_both(c: Config, regime: str, blocks=None):
@@ -231,8 +231,8 @@ def test_bad_stepper_options_are_rejected():
     c = Config(**TINY)
     with pytest.raises(GrokfastError, match="unknown block sizes"):
         TritonStepper([c], make_dataset(c), DEVICE, blocks=dict(block_m=16))
-    with pytest.raises(GrokfastError, match="at least 16.*backend='torch'"):
-        TritonStepper([c], make_dataset(c), DEVICE, blocks=dict(block_hh=8))
+    with pytest.raises(GrokfastError, match="power of two.*backend='torch'"):
+        TritonStepper([c], make_dataset(c), DEVICE, regime="tiled", blocks=dict(block_hh=24))
     with pytest.raises(GrokfastError, match="regime='fast'"):
         TritonStepper([c], make_dataset(c), DEVICE, regime="fast")
     with pytest.raises(GrokfastError, match="must share 'activation'"):
