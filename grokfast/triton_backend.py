@@ -43,9 +43,9 @@ from .data import Dataset
 from .errors import GrokfastError
 from .model import STAT_NAMES, init_params, torch_dtype
 
-# GPU block sizes of the tiled regime (p ≈ 100, width 512: the fewest register spills ptxas reports
-# for sm_90 without a GPU to time them; tests pass smaller ones to
-# exercise tiling) and the warps of the fused regime's program (8: fewest spills at width 128).
+# Block sizes of the tiled regime and warps of the fused regime's program, chosen by the register
+# spills ptxas reports for sm_90 (p ≈ 100 and width 512; paper-real) — untimed, no GPU was lent.
+# Tests pass smaller blocks to exercise tiling.
 DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=32, block_r=16, block_h=64, block_hh=32,
                       block_e=1024, fused_warps=8)
 MAX_P = 512
