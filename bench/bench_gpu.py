@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench_cpu import git_commit  # bench/ is on sys.path: run as a script or by pytest
 from grokfast import Config, make_dataset
 from grokfast.engine import stepper_class
 
@@ -154,14 +153,6 @@ def long_run(steps: int, budget_s: float, dry_run: bool) -> str:
             f"{wall / done * 1e6:.1f} µs/step including compilation, logging and evaluation); "
             f"memorized at {r.memorization_step}, grokked at {r.grok_step}, final test acc "
             f"{r.final.get('test_acc', float('nan')):.3f}")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def table(all_cases: dict, times: dict) -> str:

@@ -150,6 +150,13 @@ def _flat_tile(t, T1, D1, D, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
+def _tile_layer_total(part_ptr, m, T, T_SPLIT, in_w1, q, BLOCK_T: tl.constexpr):
+    """Total of slot q over the layer the current flat tile lies in (W1 if in_w1, else W2)."""
+    tot_1, tot_2 = _layer_totals(part_ptr, m, T, T_SPLIT, BLOCK_T)
+    return tl.sum(tl.where(tl.arange(0, BLOCK_Q) == q, tl.where(in_w1, tot_1, tot_2), 0.0), 0)
+
+
+@triton.jit
 def _update_orth_kernel(
     theta_ptr, grad_ptr, part_g_ptr, part_ptr, active_ptr,
     D, D1, TG, TG1, T, T1,
@@ -161,11 +168,9 @@ def _update_orth_kernel(
         DT: tl.constexpr = theta_ptr.dtype.element_ty
         base = m.to(tl.int64) * D
         offs, mask, in_w1 = _flat_tile(t, T1, D1, D, BLOCK_E)
-        q = tl.arange(0, BLOCK_Q)
-        tot_1, tot_2 = _layer_totals(part_g_ptr, m, TG, TG1, BLOCK_TG)
-        tot = tl.where(in_w1, tot_1, tot_2)
-        w2 = tl.sum(tl.where(q == Q_THETA2, tot, 0.0), 0).to(DT)
-        proj = _div(tl.sum(tl.where(q == Q_FILT_THETA, tot, 0.0), 0).to(DT), w2 + ORTHO_EPS)
+        w2 = _tile_layer_total(part_g_ptr, m, TG, TG1, in_w1, Q_THETA2, BLOCK_TG).to(DT)
+        wg = _tile_layer_total(part_g_ptr, m, TG, TG1, in_w1, Q_FILT_THETA, BLOCK_TG).to(DT)
+        proj = _div(wg, w2 + ORTHO_EPS)
         theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
         gf = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
         g_orth = tl.where(mask, gf - proj * theta, 0.0)
@@ -189,11 +194,8 @@ def _update_step_kernel(
         s = tl.load(step_ptr + m)
         base = m.to(tl.int64) * D
         offs, mask, in_w1 = _flat_tile(t, T1, D1, D, BLOCK_E)
-        q = tl.arange(0, BLOCK_Q)
-        g_1, g_2 = _layer_totals(part_g_ptr, m, TG, TG1, BLOCK_TG)
-        o_1, o_2 = _layer_totals(part_o_ptr, m, T, T1, BLOCK_T)
-        f2 = tl.sum(tl.where(q == Q_FILT2, tl.where(in_w1, g_1, g_2), 0.0), 0).to(DT)
-        o2 = tl.sum(tl.where(q == Q_ORTH2, tl.where(in_w1, o_1, o_2), 0.0), 0).to(DT)
+        f2 = _tile_layer_total(part_g_ptr, m, TG, TG1, in_w1, Q_FILT2, BLOCK_TG).to(DT)
+        o2 = _tile_layer_total(part_o_ptr, m, T, T1, in_w1, Q_ORTH2, BLOCK_T).to(DT)
         scale = _div(_sqrt(f2), _sqrt(o2) + ORTHO_EPS)
         theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
         g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0) * scale
