@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -391,7 +392,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
 
     def say(text: str) -> None:
         if bar is not None:
-            bar.write(text)
+            bar.write(text, file=sys.stderr)  # with the bar, not among the results on stdout
         log.info(text)
 
     def profiler(open_: bool) -> None:

@@ -58,17 +58,17 @@ def record_ranges():
 
 def profiler_start() -> bool:
     """cudaProfilerStart (after a synchronize) when CUDA is available; True if it was called."""
-    if not torch.cuda.is_available():
-        return False
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    return True
+    return _cuda_profiler("start")
 
 
 def profiler_stop() -> bool:
     """cudaProfilerStop (after a synchronize) when CUDA is available; True if it was called."""
+    return _cuda_profiler("stop")
+
+
+def _cuda_profiler(call: str) -> bool:
     if not torch.cuda.is_available():
         return False
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
+    torch.cuda.synchronize()  # the window holds exactly the steps between the two calls
+    getattr(torch.cuda.profiler, call)()
     return True

@@ -13,7 +13,6 @@ history written so far and the parameters of the last checkpoint, with ``interru
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +216,10 @@ def _streamed_here(history, d: Path) -> Optional[dict]:
     """{"launch": relative path, "index": i} when `history` streams into model directory d."""
     if not isinstance(history, LazyHistory):
         return None
-    found = find_launch(d)
+    try:
+        found = find_launch(d)
+    except GrokfastError:  # d is a batch's launch directory, not a model directory
+        return None
     if found is None or found[1] != history.index or \
             found[0].resolve() != history.launch.resolve():
         return None

@@ -1,7 +1,7 @@
 """Long runs: streaming history, checkpoints and bitwise resume, early stop, profiling, event log."""
 import importlib.util
-import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,6 +269,7 @@ def test_sigterm_saves_then_resume_is_bitwise(tmp_path, backend, uninterrupted):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
+    assert "step/s" not in stderr  # --quiet: no progress bar
     assert "stopped: signal" in stdout and f"saved to {out}" in stdout
     events = read_events(out)
     assert events[-1]["event"] == "interrupted" and events[-1]["signal"] == "SIGTERM"
@@ -383,6 +384,17 @@ def test_event_log(tmp_path):
     assert all(a["wall"] <= b["wall"] for a, b in zip(events, events[1:]))
     r = Result.load(tmp_path / "model_001")
     assert r.diverged and len(r.history["step"]) == 1  # step 0 kept, step 3 (non-finite) not
+
+
+def test_progress_bar_summarizes_a_batch(capsys):
+    c = Config(p=7, width=16, n_test=5, steps=150, log_every=3, eval_every=6,
+               activation="quadratic", loss_reduction="sum")
+    engine.run([c.replace(lr=1e-2), c.replace(lr=100.0)], backend="reference", progress=True)
+    err = capsys.readouterr().err
+    assert "2 models" in err and "150/150" in err and "step/s" in err  # steps/s and ETA: tqdm's
+    assert re.search(r"train \d\.\d\d–\d\.\d\d test \d\.\d\d–\d\.\d\d", err)  # ranges
+    assert "‖θ‖" in err and "grokked 0/2 active 1/2" in err
+    assert "model 1 (seed 0): diverged — non-finite train loss at step 3" in err
 
 
 def test_profile_window_and_ranges_on_cpu(tmp_path, monkeypatch):
