@@ -157,7 +157,8 @@ class TritonStepper:
         D = self.plan.D
 
         kw = dict(device=device)
-        self.idx = torch.cat([data.index_train, data.index_test]).to(torch.int32).contiguous().to(**kw)
+        idx = torch.cat([data.index_train, data.index_test])       # [N + N_test, 2] rows of W1
+        self.idx = idx.to(torch.int32).contiguous().to(**kw)
         self.labels = torch.cat([data.train_labels, data.test_labels]).to(torch.int32).to(**kw)
         self.table = segment_table(data.index_train, d_in).to(**kw)
 
@@ -165,7 +166,8 @@ class TritonStepper:
         targets = [math.sqrt(float(a.double().pow(2).sum() + b.double().pow(2).sum()))
                    for a, b in zip(W1, W2)]
         self.theta = torch.empty(2, M, D, dtype=dt, **kw)
-        self.theta[0] = torch.cat([torch.stack(W1).reshape(M, -1), torch.stack(W2).reshape(M, -1)], 1)
+        self.theta[0] = torch.cat([torch.stack(W1).reshape(M, -1),
+                                   torch.stack(W2).reshape(M, -1)], 1)
         self.theta[1] = self.theta[0]
         self.cur = 0
 

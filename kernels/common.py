@@ -34,7 +34,7 @@ HP_FILTER_LAMB = tl.constexpr(8)
 HP_WARMUP = tl.constexpr(9)          # warmup steps (0: none)
 HP_LR_DIVIDE = tl.constexpr(10)      # 1.0: divide lr by 1 + λ (Grokfast's "fair comparison" switch)
 HP_TARGET_NORM = tl.constexpr(11)    # fixed_norm: ‖θ_0‖
-HP_GRAD_SCALE = tl.constexpr(12)     # dL/d(sum of per-sample losses): 1/(n·p), 1/n or 1, in loss dtype
+HP_GRAD_SCALE = tl.constexpr(12)     # dL/dΣℓ_i: 1/(n·p), 1/n or 1, in the loss dtype
 N_HP = tl.constexpr(13)
 
 # partial-sum slots of part [M, T, N_Q] (float64)
@@ -176,7 +176,7 @@ def _layer_totals(part_ptr, m, T, T_SPLIT, BLOCK_T: tl.constexpr):
     t = tl.arange(0, BLOCK_T)
     q = tl.arange(0, BLOCK_Q)
     v = tl.load(part_ptr + (m.to(tl.int64) * T + t[:, None]) * N_Q + q[None, :],
-                mask=(t < T)[:, None] & (q < N_Q)[None, :], other=0.0)                 # [BLOCK_T, BLOCK_Q]
+                mask=(t < T)[:, None] & (q < N_Q)[None, :], other=0.0)  # [BLOCK_T, BLOCK_Q]
     return (tl.sum(tl.where((t < T_SPLIT)[:, None], v, 0.0), 0),
             tl.sum(tl.where((t >= T_SPLIT)[:, None], v, 0.0), 0))
 

@@ -58,13 +58,13 @@ def _rows_fwd_bwd_kernel(
             w1 = theta_ptr + m.to(tl.int64) * D
             w2 = w1 + (D - H * P)
 
-            logits = tl.zeros((BLOCK_N, BLOCK_P), DT)                                 # [BLOCK_N, BLOCK_P]
+            logits = tl.zeros((BLOCK_N, BLOCK_P), DT)  # [BLOCK_N, BLOCK_P]
             for h0 in range(0, H, BLOCK_H):
                 hc = h0 + tl.arange(0, BLOCK_H)
                 hm = hc < H
-                a = _activate(_first_layer(w1, i0, i1, rmask, hc, hm, H), ACT)        # [BLOCK_N, BLOCK_H]
+                a = _activate(_first_layer(w1, i0, i1, rmask, hc, hm, H), ACT)  # [BLOCK_N, BLOCK_H]
                 w2c = tl.load(w2 + hc[:, None] * P + cols[None, :],
-                              mask=hm[:, None] & cmask[None, :], other=0.0)           # [BLOCK_H, BLOCK_P]
+                              mask=hm[:, None] & cmask[None, :], other=0.0)  # [BLOCK_H, BLOCK_P]
                 logits = _dot(a, w2c, logits, PRECISION)
 
             onehot = cols[None, :] == labels[:, None]
@@ -80,18 +80,18 @@ def _rows_fwd_bwd_kernel(
                 m2 = rmask[:, None] & cmask[None, :]
                 # autograd adds the dense part and the one-hot part as two separate gradients
                 dl = (dense * gs - tl.where(onehot, (coef * gs)[:, None], 0.0)).to(DT)
-                dl = tl.where(m2, dl, 0.0)                                            # [BLOCK_N, BLOCK_P]
+                dl = tl.where(m2, dl, 0.0)  # [BLOCK_N, BLOCK_P]
                 dw2 = dw2_ptr + (m.to(tl.int64) * NB + b) * H * P
                 for h0 in range(0, H, BLOCK_H):
                     hc = h0 + tl.arange(0, BLOCK_H)
                     hm = hc < H
-                    z = _first_layer(w1, i0, i1, rmask, hc, hm, H)                    # [BLOCK_N, BLOCK_H]
+                    z = _first_layer(w1, i0, i1, rmask, hc, hm, H)  # [BLOCK_N, BLOCK_H]
                     w2c = tl.load(w2 + hc[:, None] * P + cols[None, :],
                                   mask=hm[:, None] & cmask[None, :], other=0.0)
                     dh = _dot(dl, tl.trans(w2c), tl.zeros((BLOCK_N, BLOCK_H), DT), PRECISION)
                     dz = _activate_backward(dh, z, ACT)
                     share = _dot(tl.trans(_activate(z, ACT)), dl, tl.zeros((BLOCK_H, BLOCK_P), DT),
-                                 PRECISION)                                           # [BLOCK_H, BLOCK_P]
+                                 PRECISION)  # [BLOCK_H, BLOCK_P]
                     tl.store(dw2 + hc[:, None] * P + cols[None, :], share,
                              mask=hm[:, None] & cmask[None, :])
                     tl.store(dz_ptr + (m.to(tl.int64) * N + rows[:, None]) * H + hc[None, :], dz,

@@ -222,7 +222,8 @@ def _update_rescale_kernel(
         n2_2 = tl.sum(tl.where(q == Q_NEW2, tot_2, 0.0), 0)
         norm = _sqrt(n2_1.to(DT) + n2_2.to(DT))
         # reference: target / norm, which torch evaluates as norm.reciprocal() * target
-        scale = _div(tl.full((), 1.0, DT), norm) * tl.load(hp_ptr + m * N_HP + HP_TARGET_NORM).to(DT)
+        target = tl.load(hp_ptr + m * N_HP + HP_TARGET_NORM).to(DT)
+        scale = _div(tl.full((), 1.0, DT), norm) * target
         theta = tl.load(theta_ptr + base + offs, mask=mask, other=0.0)
         new = tl.load(new_ptr + base + offs, mask=mask, other=0.0) * scale
         _finish_tile(theta, new, offs, mask, new_ptr + base, part_ptr, m, t, T, False)

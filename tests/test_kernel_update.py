@@ -69,9 +69,10 @@ class Case:
         launch(update_grad, self.plan, self.theta, self.new, self.grad, self.dz, self.dw2,
                self.table, self.state["ema"], self.state["window"], self.state["buf"],
                self.state["exp_avg"], self.state["exp_avg_sq"], self.part, self.hp, self.step,
-               self.active, n_train=len(self.d.train_labels), grad_filter=c.grad_filter, filter_window=c.filter_window,
-               filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
-               optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm)
+               self.active, n_train=len(self.d.train_labels), grad_filter=c.grad_filter,
+               filter_window=c.filter_window, filter_mean=c.filter_type == "mean",
+               filter_warmup=c.filter_warmup, optimizer=c.optimizer, orthograd=c.orthograd,
+               fixed_norm=c.fixed_norm)
 
     def totals(self, part, t1, q):
         """Per-layer totals of slot q of model 0, [2] float64."""
