@@ -83,17 +83,18 @@ def _gram_factor(H: torch.Tensor, lam: float) -> torch.Tensor:
     return L
 
 
-def _flow(W1, Z, Y, activation, lam, scatter):
-    """Eq. 20 given Z = X W1 and Xᵀ· as `scatter`; also returns B = A Y and H for the caller."""
-    H = activate(activation, Z)                                           # [..., n, width]
+def _flow(W1, X, Y, activation, lam):
+    """Eq. 20 at W1 [..., d_in, width] for dense X [n, d_in], Y [n, p]; also returns B = A Y and H."""
+    Z = X @ W1                                                            # [..., n, width]
+    H = activate(activation, Z)
     L = _gram_factor(H, lam)
     B = torch.cholesky_solve(Y.expand(*H.shape[:-2], *Y.shape[-2:]), L)   # A Y  [..., n, p]
     G = B @ (B.mT @ H)                                                    # A Y Yᵀ A H  [..., n, width]
     if activation == "relu":
-        G.masked_fill_(Z <= 0, 0.0)                                       # ⊙ σ'(Z), σ'(0) = 0
+        G = torch.ops.aten.threshold_backward(G, H, 0.0)                  # ⊙ σ'(Z): one fused pass
     else:
         G.mul_(activation_derivative(activation, Z))
-    return scatter(G) - W1, B, H
+    return X.mT @ G - W1, B, H
 
 
 def _check_dense(W1, X, Y, activation):
@@ -116,7 +117,7 @@ def predicted_dW1(W1: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, activation
     """
     _check_dense(W1, X, Y, activation)
     X, Y = X.to(W1), Y.to(W1)
-    dW1, _, _ = _flow(W1, X @ W1, Y, activation, float(lam), lambda G: X.mT @ G)
+    dW1, _, _ = _flow(W1, X, Y, activation, float(lam))
     return dW1
 
 
@@ -267,23 +268,19 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     if lam == 0 and config.width < config.n_train:
         _gram_factor(torch.zeros(config.n_train, config.width), 0.0)  # raises the width message
     eta = float(config.lr)
-    idx_train, idx_test = data.index_train.to(device), data.index_test.to(device)
     y_train, y_test = data.train_labels.to(device), data.test_labels.to(device)
     Y = data.Y_train.to(device=device, dtype=dtype)                          # [n, p]
     W1 = torch.stack([init_params(config.replace(seed=s))[0] for s in seeds]).to(device, dtype)
     W1_init = W1.detach().cpu().clone()
-    d_in = W1.shape[-2]
-
-    def scatter(G):
-        return scatter_rows(G, idx_train, d_in)
-
+    X = data.X_train.to(device=device, dtype=dtype)                          # [n, d_in]
+    X_test = data.X_test.to(device=device, dtype=dtype)
     record_at = sorted(set(range(0, steps + 1, log_every)) | {steps})
     rows: dict[str, list] = {}
 
     def record(s, B, H):
         W2 = H.mT @ B                                                         # [M, width, p]
         logits_train = H @ W2
-        logits_test = activate(config.activation, gather_rows(W1, idx_test)) @ W2
+        logits_test = activate(config.activation, X_test @ W1) @ W2
         row = dict(step=np.full(len(seeds), float(s)), time=np.full(len(seeds), s * eta))
         for split, logits, labels in (("train", logits_train, y_train), ("test", logits_test, y_test)):
             row[f"{split}_loss"] = np.array([float(data_loss(lg, labels, config)) for lg in logits])
@@ -310,7 +307,7 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     with torch.no_grad():
         for s in range(steps + 1):
             try:
-                dW1, B, H = _flow(W1, gather_rows(W1, idx_train), Y, config.activation, lam, scatter)
+                dW1, B, H = _flow(W1, X, Y, config.activation, lam)
             except GrokfastError as e:
                 if s == 0:
                     raise
