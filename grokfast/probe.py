@@ -28,7 +28,7 @@ from .config import Config
 from .data import Dataset, make_dataset
 from .errors import GrokfastError
 from .model import activate, data_loss
-from .theory import activation_derivative, gather_rows, scatter_rows
+from .theory import activation_derivative
 
 
 class FunctionJacobian:
@@ -56,13 +56,14 @@ class TwoLayerJacobian:
     """J of the training outputs F = σ(X W1) W2 ∈ R^{n×p} w.r.t. θ = (vec W1, vec W2), closed form.
 
     J(dW1, dW2) = ((X dW1) ⊙ σ'(Z)) W2 + H dW2;   Jᵀ C = (Xᵀ((C W2ᵀ) ⊙ σ'(Z)), Hᵀ C)
-    with Z = X W1, H = σ(Z); X W1 is the gather of W1's rows (grokfast.data). Flattening is row-major
-    (output (i, c) at i·p + c; θ = [W1.flatten(), W2.flatten()]).
+    with Z = X W1, H = σ(Z), X [n, d_in] the dense training inputs (Dataset.X_train): its products
+    cost n·d_in·width, the order of the H·W2 ones. Flattening is row-major (output (i, c) at i·p + c;
+    θ = [W1.flatten(), W2.flatten()]).
     """
 
-    def __init__(self, W1: torch.Tensor, W2: torch.Tensor, index: torch.Tensor, activation: str):
-        self.W1, self.W2, self.index = W1, W2, index
-        Z = gather_rows(W1, index)                                            # [n, width]
+    def __init__(self, W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, activation: str):
+        self.W1, self.W2, self.X = W1, W2, X
+        Z = X @ W1                                                            # [n, width]
         self.H, self.S = activate(activation, Z), activation_derivative(activation, Z)
         self.n, self.p = Z.shape[0], W2.shape[1]
         self.dim_in, self.dim_out = W1.numel() + W2.numel(), self.n * self.p
@@ -73,20 +74,16 @@ class TwoLayerJacobian:
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         dW1, dW2 = self.split(v)
-        return ((gather_rows(dW1, self.index) * self.S) @ self.W2 + self.H @ dW2).reshape(-1)
+        return (((self.X @ dW1) * self.S) @ self.W2 + self.H @ dW2).reshape(-1)
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         C = u.reshape(self.n, self.p)
-        gW1 = scatter_rows((C @ self.W2.T) * self.S, self.index, self.W1.shape[0])
+        gW1 = self.X.T @ ((C @ self.W2.T) * self.S)
         return torch.cat([gW1.reshape(-1), (self.H.T @ C).reshape(-1)])
 
     def _XXt(self) -> torch.Tensor:
-        """X Xᵀ [n, n] of the dense inputs (X_i = e_i0 + e_i1): shared rows of two samples."""
-        n, rows = self.n, torch.arange(self.n)
-        X = torch.zeros(n, self.W1.shape[0], dtype=self.H.dtype)
-        for col in (self.index[:, 0], self.index[:, 1]):
-            X.index_put_((rows, col), torch.ones(n, dtype=X.dtype), accumulate=True)
-        return X @ X.T
+        """X Xᵀ [n, n]: the number of input rows two samples share."""
+        return self.X @ self.X.T
 
     def gram(self) -> torch.Tensor:
         """JJᵀ [n·p, n·p]: δ_cc'(HHᵀ)_ij + (XXᵀ)_ij Σ_h S_ih W2_hc S_jh W2_hc' (the empirical NTK)."""
@@ -305,12 +302,12 @@ def two_layer_functions(config: Config, data: Dataset):
     """(loss_fn, grad_fn, make_jacobian) of the two-layer net on flat θ = [vec W1, vec W2] (float64):
     the training loss in the config's loss and reduction, its gradient Jᵀ ∂L/∂Ŷ (autograd through
     the loss only, the network's part in closed form), and the TwoLayerJacobian at θ."""
-    index, labels = data.index_train, data.train_labels
+    X, labels = data.X_train, data.train_labels
     shape1, shape2 = (config.d_in, config.width), (config.width, config.p)
     k = shape1[0] * shape1[1]
 
     def make_jacobian(th):
-        return TwoLayerJacobian(th[:k].reshape(shape1), th[k:].reshape(shape2), index,
+        return TwoLayerJacobian(th[:k].reshape(shape1), th[k:].reshape(shape2), X,
                                 config.activation)
 
     def loss_fn(th):

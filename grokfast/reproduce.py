@@ -15,9 +15,10 @@ writes into DIR (default runs/reproduce-paper-TIME):
 
 Seeds are drawn in one launch per experiment (batched). Every curve plots each seed transparent and
 their mean opaque. Full mode: 5 seeds, paper-sim 5000 Euler steps, paper-real 100k GD steps with a
-probe every 1000 steps plus log-spaced early ones; about 10 minutes on 2 CPU cores (measured: see
-the report's run-time table). --quick: 2 seeds, 3000 Euler steps, 50k GD steps, fewer probes; a few
-minutes. --sim-steps / --real-steps / --probe-every shrink it further (the CI test uses them).
+probe every 1000 steps plus log-spaced early ones: about 7 minutes of one CPU core (measured 7.4 min
+of CPU time; 18 min wall on a shared 2-core machine at load 4–6). --quick: 2 seeds, 3000 Euler
+steps, 50k GD steps, fewer probes: about 2 minutes (1.6 min of CPU measured). --sim-steps /
+--real-steps / --probe-every shrink it further (the CI test uses them).
 """
 from __future__ import annotations
 
@@ -106,11 +107,12 @@ def run_simulation(b: Budget):
     return simulate(config, seeds=range(b.sim_seeds), steps=b.sim_steps, log_every=b.sim_log_every)
 
 
-def run_euler_check(b: Budget, t_check: float = 0.04) -> dict:
-    """‖E‖ of paper-sim seed 0 at simulation time t_check with the paper's η and with η/10: how far
-    the explicit Euler step is from the flow during the stiff initial transient."""
+def run_euler_check(b: Budget) -> dict:
+    """‖E‖ of paper-sim seed 0 at simulation time t = η·min(40, sim_steps) with the paper's η and with
+    η/10: how far the explicit Euler step is from the flow during the stiff initial transient."""
     from .theory import simulate
     config = Config.preset("paper-sim")
+    t_check = config.lr * min(40, b.sim_steps)
     out = {}
     for eta in (config.lr, config.lr / 10):
         steps = max(1, round(t_check / eta))
@@ -533,7 +535,13 @@ def write_report(path, b: Budget, sim, real, shared, sums: dict, timings: dict, 
     peaks = [r["peak_cos"] for r in rl["rows"] if "peak_cos" in r]
     L += ["", f"Criterion: the cosine peaks between memorization (train acc 1) and grokking for "
           f"{sum(between)} of {len(between)} seeds; peak height "
-          f"{min(peaks, default=float('nan')):.3f}–{max(peaks, default=float('nan')):.3f}.", ""]
+          f"{min(peaks, default=float('nan')):.3f}–{max(peaks, default=float('nan')):.3f}."]
+    where = [f"seed {r['seed']}: peak at {r['peak_step']} = {r['peak_step'] / r['loss_step']:.1f}× the "
+             f"loss-memorization step and {r['peak_step'] / r['grok_step']:.2f}× the grok step"
+             for r in rl["rows"] if r.get("peak_step") and r["loss_step"] and r["grok_step"]]
+    if where:
+        L += ["Where the peak falls: " + "; ".join(where) + "."]
+    L += [""]
 
     L += ["## Beyond the paper", "", "### Trained and simulated test accuracy on one time axis", "",
           "![](shared_time.png)", ""]
@@ -615,8 +623,8 @@ def configure_parser(p) -> None:
     """Arguments of `grokfast reproduce` (called by grokfast.cli)."""
     p.add_argument("what", choices=["paper"], help="what to reproduce: paper (Fig. 5, Fig. 6 and more)")
     p.add_argument("--quick", action="store_true",
-                   help="2 seeds, 3000 Euler steps, 50k GD steps: a few minutes on 2 CPU cores "
-                        "(full mode: 5 seeds, 5000 / 100k steps, about 10 minutes)")
+                   help="2 seeds, 3000 Euler steps, 50k GD steps: about 2 minutes on a CPU "
+                        "(full mode: 5 seeds, 5000 / 100k steps, about 7 minutes of one core)")
     p.add_argument("--out", help="output directory (default runs/reproduce-paper-TIME)")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 for both experiments")
     p.add_argument("--sim-steps", type=int, metavar="N", help="Euler steps of paper-sim")

@@ -44,19 +44,6 @@ def _singular_ratio(dtype: torch.dtype) -> float:
     return math.sqrt(64 * torch.finfo(dtype).eps)
 
 
-def gather_rows(W1: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """X W1 for inputs given by their two W1 row indices: W1[..., i0, :] + W1[..., i1, :] → [..., n, width]."""
-    return W1.index_select(-2, index[:, 0]) + W1.index_select(-2, index[:, 1])
-
-
-def scatter_rows(G: torch.Tensor, index: torch.Tensor, d_in: int) -> torch.Tensor:
-    """Xᵀ G for the same inputs: G [..., n, width] summed into rows i0 and i1 → [..., d_in, width]."""
-    out = G.new_zeros(*G.shape[:-2], d_in, G.shape[-1])
-    out.index_add_(-2, index[:, 0], G)
-    out.index_add_(-2, index[:, 1], G)
-    return out
-
-
 def activation_derivative(name: str, z: torch.Tensor) -> torch.Tensor:
     """σ'(z): relu → 1[z > 0] (σ'(0) = 0), quadratic → 2z."""
     return (z > 0).to(z.dtype) if name == "relu" else 2 * z

@@ -13,7 +13,6 @@ from grokfast.model import init_params
 from grokfast.probe import (AlignmentProbe, FunctionJacobian, TwoLayerJacobian, alignment,
                             alignment_generic, lanczos_min_eigenvalue, sigma_min, tangent_projection,
                             two_layer_functions)
-from grokfast.theory import gather_rows
 from tolerances import assert_close
 
 
@@ -29,16 +28,18 @@ def small_net(p=5, width=64, seed=0):
     return config, data, W1, W2
 
 
-def outputs_fn(W1, W2, index):
-    k = W1.numel()
-    return lambda th: torch.relu(gather_rows(th[:k].reshape(W1.shape), index)) @ th[k:].reshape(W2.shape)
+def outputs_fn(W1, W2, data):
+    """σ(X W1) W2 of flat θ, written independently of TwoLayerJacobian (rows gathered, not X @ W1)."""
+    k, i0, i1 = W1.numel(), data.index_train[:, 0], data.index_train[:, 1]
+    return lambda th: (torch.relu(th[:k].reshape(W1.shape)[i0] + th[:k].reshape(W1.shape)[i1])
+                       @ th[k:].reshape(W2.shape))
 
 
 def test_closed_form_jacobian_matches_autograd():
     _, data, W1, W2 = small_net()
-    jac = TwoLayerJacobian(W1, W2, data.index_train, "relu")
+    jac = TwoLayerJacobian(W1, W2, data.X_train, "relu")
     theta = torch.cat([W1.reshape(-1), W2.reshape(-1)])
-    ref = FunctionJacobian(outputs_fn(W1, W2, data.index_train), theta)
+    ref = FunctionJacobian(outputs_fn(W1, W2, data), theta)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(jac.dim_in, generator=gen, dtype=torch.float64)
     u = torch.randn(jac.dim_out, generator=gen, dtype=torch.float64)
@@ -59,7 +60,7 @@ def test_closed_form_loss_gradient_matches_autograd(loss, reduction):
 @pytest.mark.parametrize("precondition", [True, False], ids=["pcg", "cg"])
 def test_tangent_projection_is_in_null_space_and_idempotent(precondition):
     _, data, W1, W2 = small_net()
-    jac = TwoLayerJacobian(W1, W2, data.index_train, "relu")
+    jac = TwoLayerJacobian(W1, W2, data.X_train, "relu")
     theta = torch.cat([W1.reshape(-1), W2.reshape(-1)])
     g, info = tangent_projection(jac, -theta, tol=1e-14, precondition=precondition)
     print("CG:", info)
@@ -67,15 +68,15 @@ def test_tangent_projection_is_in_null_space_and_idempotent(precondition):
     g2, _ = tangent_projection(jac, g, tol=1e-14, precondition=precondition)
     assert_close(g2, g, "projecting twice")
     # against the dense projector I − Jᵀ(JJᵀ)⁻¹J
-    J = torch.func.jacrev(outputs_fn(W1, W2, data.index_train))(theta).reshape(jac.dim_out, -1)
+    J = torch.func.jacrev(outputs_fn(W1, W2, data))(theta).reshape(jac.dim_out, -1)
     dense = -theta + J.T @ torch.linalg.solve(J @ J.T, J @ theta)
     assert_close(g, dense, "CG projection vs dense")
 
 
 def test_sigma_min_dense_and_lanczos_agree():
     _, data, W1, W2 = small_net()
-    jac = TwoLayerJacobian(W1, W2, data.index_train, "relu")
-    exact = torch.linalg.svdvals(torch.func.jacrev(outputs_fn(W1, W2, data.index_train))(
+    jac = TwoLayerJacobian(W1, W2, data.X_train, "relu")
+    exact = torch.linalg.svdvals(torch.func.jacrev(outputs_fn(W1, W2, data))(
         torch.cat([W1.reshape(-1), W2.reshape(-1)])).reshape(jac.dim_out, -1))[-1]
     assert_close(f64(sigma_min(jac)), exact, "σ_min from the dense Gram")
     # Lanczos run to the full dimension reproduces the spectrum's bottom

@@ -16,7 +16,7 @@ FIGURES = ("fig6_simulation.png", "fig6_fourier.png", "fig6_fourier_time.png", "
 
 def test_reproduce_paper_quick_writes_everything(tmp_path):
     out = tmp_path / "rep"
-    rc = main(["reproduce", "paper", "--quick", "--seeds", "2", "--sim-steps", "30",
+    rc = main(["reproduce", "paper", "--quick", "--seeds", "2", "--sim-steps", "10",
                "--real-steps", "300", "--probe-every", "100", "--out", str(out)])
     assert rc == 0
     for name in FIGURES:
@@ -29,7 +29,7 @@ def test_reproduce_paper_quick_writes_everything(tmp_path):
         assert heading.lower() in report.lower(), heading
 
     sim = SimResult.load(out / "sim")
-    assert sim.seeds == [0, 1] and sim.history["step"][0, -1] == 30
+    assert sim.seeds == [0, 1] and sim.history["step"][0, -1] == 10
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["sim"]["rows"]
     # the report's numbers are the runs' numbers
