@@ -469,7 +469,11 @@ def write_report(path, b: Budget, sim, real, shared, sums: dict, timings: dict, 
           f"momentum 0.9, no weight decay); g̃ = (I − J⁺J)(−θ) by conjugate gradient on JJᵀ; "
           f"probes every {b.probe_every} steps and at {list(b.probe_at)}.",
           f"- shared axis: Eq. 20 from paper-real's initialization, η = {b.shared_eta:g}; simulation "
-          f"time t ↦ t / (weight_decay·lr) GD steps (paper's L + λ‖θ‖², weight_decay = 2λ).", ""]
+          f"time t ↦ t / (weight_decay·lr) GD steps (paper's L + λ‖θ‖², weight_decay = 2λ).",
+          f"- seeds vary the initialization; the train/test split is the config's split_seed "
+          f"({sim.config.split_seed}) for every seed. Statistics are recorded every "
+          f"{sim.config.log_every} Euler steps and every {real[0].config.log_every} GD steps, which "
+          f"sets the resolution of every \"first step\" below.", ""]
     L += _table(["stage", "wall time [s]"], [[k, f"{v:.1f}"] for k, v in timings.items()])
     L += ["", f"Simulation: {timings.get('simulation (paper-sim)', float('nan')) / len(sim.seeds):.1f} s "
           f"per seed ({len(sim.seeds)} seeds batched).", ""]
