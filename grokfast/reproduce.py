@@ -15,10 +15,10 @@ writes into DIR (default runs/reproduce-paper-TIME):
 
 Seeds are drawn in one launch per experiment (batched). Every curve plots each seed transparent and
 their mean opaque. Full mode: 5 seeds, paper-sim 5000 Euler steps, paper-real 100k GD steps with a
-probe every 1000 steps plus log-spaced early ones: about 7 minutes of one CPU core (measured 7.4 min
-of CPU time; 18 min wall on a shared 2-core machine at load 4–6). --quick: 2 seeds, 3000 Euler
-steps, 50k GD steps, fewer probes: about 2 minutes (1.6 min of CPU measured). --sim-steps /
---real-steps / --probe-every shrink it further (the CI test uses them).
+probe every 1000 steps plus log-spaced early ones: about 5 minutes on 2 CPU cores (measured 4 min
+57 s on an idle 2-core Xeon; 18 min on the same machine shared with other jobs at load 4–6).
+--quick: 2 seeds, 3000 Euler steps, 50k GD steps, fewer probes: about 1.5 minutes (measured 85 s).
+--sim-steps / --real-steps / --probe-every shrink it further (the CI test uses them).
 """
 from __future__ import annotations
 
@@ -627,8 +627,8 @@ def configure_parser(p) -> None:
     """Arguments of `grokfast reproduce` (called by grokfast.cli)."""
     p.add_argument("what", choices=["paper"], help="what to reproduce: paper (Fig. 5, Fig. 6 and more)")
     p.add_argument("--quick", action="store_true",
-                   help="2 seeds, 3000 Euler steps, 50k GD steps: about 2 minutes on a CPU "
-                        "(full mode: 5 seeds, 5000 / 100k steps, about 7 minutes of one core)")
+                   help="2 seeds, 3000 Euler steps, 50k GD steps: about 1.5 minutes on 2 CPU "
+                        "cores (full mode: 5 seeds, 5000 / 100k steps, about 5 minutes)")
     p.add_argument("--out", help="output directory (default runs/reproduce-paper-TIME)")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 for both experiments")
     p.add_argument("--sim-steps", type=int, metavar="N", help="Euler steps of paper-sim")
