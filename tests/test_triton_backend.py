@@ -18,7 +18,7 @@ from grokfast import Config, GrokfastError, make_dataset
 from grokfast.model import STAT_NAMES, torch_dtype
 from grokfast.reference import ReferenceStepper
 from grokfast.triton_backend import TritonStepper, check_supported
-from tolerances import assert_close
+from tolerances import TF32_TOL, assert_close
 
 CPU = torch.device("cpu")
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU   # where the kernels run
@@ -244,11 +244,7 @@ def test_bad_stepper_options_are_rejected():
 
 
 # ---------------------------------------------------------------- GPU only
-# TF32 rounds every product's inputs to a 10-bit mantissa (relative 2⁻¹¹ ≈ 4.9e-4); the logits and
-# gradients of these tiny models are sums of ≤ 64 such products, and 20 steps of training at these
-# learning rates compound it to ~1e-3 relative. TF32_TOL allows 10× that. tf32x3 (3 TF32 products
-# per fp32 product) is within a few fp32 ulps, i.e. the float32 entry of TOL.
-TF32_TOL = dict(rtol=1e-2, atol=1e-4)
+# TF32_TOL lives in tests/tolerances.py beside the dtype table, with its justification.
 
 
 @needs_cuda
