@@ -30,7 +30,11 @@ check the end result), reductions go per model in two fixed stages (rows, then t
 one-stage full reduction splits across threads differently for M = 1, measured), and the GEMMs are
 `bmm` with one thread (the same single-threaded GEMM per matrix whatever M) or, with more threads,
 one multi-threaded `mm` per model (a threaded `bmm` runs its batch in parallel, one thread per GEMM,
-but a lone model multi-threaded: measured different bits at K = 2823).
+but a lone model multi-threaded: measured different bits at K = 2823). MKL also picks its kernel by
+the alignment of each matrix: every GEMM operand and output (θ, the gradient and the activation
+buffers) therefore keeps each model's block at a 64-byte multiple (ALIGN_BYTES, aligned_empty), the
+alignment a lone model gets. This needs no global MKL setting (MKL_CBWR), so it holds whoever
+initialised MKL first; tests/test_batch_invariance.py checks it under forced MKL code paths.
 
 Means, chosen by measurement on the 2-core Xeon (Sapphire Rapids, AVX-512) of this project's CI,
 torch 2.13 CPU, one thread, process CPU time per step (the box was shared: wall times were noisier;
@@ -80,6 +84,15 @@ INDEX_ADD_MIN_WORK = 2_000_000
 # ATen's parallel grain: per-model activations [N, width] below it make a "small" model (one
 # intra-op thread); all models' activations below it take the gather + add first layer.
 SMALL_ACTIVATIONS = 32768
+# Every model's block of a GEMM operand or output starts at a multiple of this many bytes from
+# the start of its buffer (whose allocation is itself 64-byte aligned), so each model's matrices sit
+# at the alignment a lone model's do. MKL's GEMM kernels pick their code path (and with it the
+# summation order) by the alignment of the matrices: measured on a 2-core AMD EPYC (AVX-512), a
+# bmm of 4 models of [59, 128] × [128, 11] gave other bits for models 1 and 3 (output at an 8-byte
+# offset) than for the same model alone, under MKL's AVX2 and AVX-512 code paths alike; with
+# 64-byte aligned blocks, bmm (one thread) and per-model mm (two) matched bitwise at every size
+# tried. No global MKL setting is needed, so it holds however torch was used before grokfast.
+ALIGN_BYTES = 64
 # Statistic names in the order of the rows collected per recorded step.
 _STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
 
@@ -128,6 +141,12 @@ class TorchStepper:
         self.dtype = dt = torch_dtype(c)
         M, d_in, w, p = len(configs), c.d_in, c.width, c.p
         self.M, self.d_in, self.width, self.p = M, d_in, w, p
+        # θ rows of width elements per model: d_in of W1, p of W2 (seen as [p, width]), then
+        # zero rows up to the alignment (see the parameters below)
+        rows, es = d_in + p, torch.empty((), dtype=dt).element_size()
+        while (rows * w * es) % ALIGN_BYTES:
+            rows += 1
+        self.rows, self.P, self.S = rows, d_in * w + w * p, rows * w
 
         # data: the two W1 rows each sample adds, labels, one-hot targets
         idx = data.index_train.to(dev)
@@ -176,11 +195,13 @@ class TorchStepper:
             self.row_grad = g
             self.onehot_g = torch.nn.functional.one_hot(self.labels, p).to(lt) * g
 
-        # parameters θ [M, P], P = d_in·width + width·p, and the gradient, flat with layer views
-        P1 = d_in * w
-        self.P = P = P1 + w * p
-        self.theta = torch.empty(M, P, dtype=dt, device=dev)
-        self.grad = torch.empty(M, P, dtype=dt, device=dev)
+        # parameters θ [M, S], the first P = d_in·width + width·p of each row used, and the
+        # gradient, flat with layer views. The row stride S pads P with whole width-rows of zeros
+        # to a multiple of ALIGN_BYTES, so that every model's block starts at the alignment a lone
+        # model's does (see aligned_empty); the padding stays 0 under every update.
+        P1, P, S = d_in * w, self.P, self.S
+        self.theta = torch.zeros(M, S, dtype=dt, device=dev)
+        self.grad = torch.zeros(M, S, dtype=dt, device=dev)
         self.W1, self.W2 = self.split(self.theta)
         self.G1, self.G2 = self.split(self.grad)
         targets = []
@@ -196,9 +217,9 @@ class TorchStepper:
         if self.gather:
             self.Z2 = torch.empty(M, 2 * N, w, dtype=dt, device=dev)     # W1[i0] | W1[i1]
             self.Z2a, self.Z2b = self.Z2[:, :N], self.Z2[:, N:]
-            self.Z = torch.empty(M, N, w, dtype=dt, device=dev)           # X W1
+        self.Z = aligned_empty(M, (N, w), dt, dev)                         # X W1
         if not self.relu:
-            self.H = torch.empty(M, N, w, dtype=dt, device=dev)           # σ(X W1) = Z²
+            self.H = aligned_empty(M, (N, w), dt, dev)                     # σ(X W1) = Z²
         self.W2t = self.W2.transpose(1, 2)
         # GEMMs out[m] = A[m] B[m]. With one thread, bmm runs the same single-threaded GEMM per
         # matrix whatever M. With more, bmm runs its batch in parallel, one thread per GEMM, but a
@@ -206,13 +227,13 @@ class TorchStepper:
         self.mm = torch.bmm if self.threads == 1 else self._mm_per_model
         self.orthograd, self.fixed_norm = c.orthograd, c.fixed_norm
         self.offset = 0
-        self.logits = torch.empty(M, N, p, dtype=dt, device=dev)
-        self.dlogits = torch.empty(M, N, p, dtype=dt, device=dev)
+        self.logits = aligned_empty(M, (N, p), dt, dev)
+        self.dlogits = aligned_empty(M, (N, p), dt, dev)
         if lt != dt:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
-        self.dH = torch.empty(M, N, w, dtype=dt, device=dev)
-        self.tmp = torch.empty(M, P, dtype=dt, device=dev)               # update scratch
-        self.tmp2 = torch.empty(M, P, dtype=dt, device=dev)
+        self.dH = aligned_empty(M, (N, w), dt, dev)
+        self.tmp = torch.zeros(M, S, dtype=dt, device=dev)               # update scratch
+        self.tmp2 = torch.zeros(M, S, dtype=dt, device=dev)
 
         # per-model scalars, [M, 1] in the working dtype (Python floats round to it as torch's
         # scalar arguments do)
@@ -231,30 +252,30 @@ class TorchStepper:
             self.nesterov = torch.tensor([ci.nesterov for ci in configs], device=dev)[:, None]
             self.any_nesterov = any(ci.nesterov for ci in configs)
             self.all_nesterov = all(ci.nesterov for ci in configs)
-            self.momentum_buffer = torch.zeros(M, P, dtype=dt, device=dev)
+            self.momentum_buffer = torch.zeros(M, S, dtype=dt, device=dev)
         elif opt in ("adam", "adamw"):
             self.one_minus_beta1 = col([1 - ci.betas[0] for ci in configs])
             self.beta2 = col([ci.betas[1] for ci in configs])
             self.one_minus_beta2 = col([1 - ci.betas[1] for ci in configs])
             self.eps = col([ci.eps for ci in configs])
-            self.exp_avg = torch.zeros(M, P, dtype=dt, device=dev)
-            self.exp_avg_sq = torch.zeros(M, P, dtype=dt, device=dev)
+            self.exp_avg = torch.zeros(M, S, dtype=dt, device=dev)
+            self.exp_avg_sq = torch.zeros(M, S, dtype=dt, device=dev)
         self.grad_filter = c.grad_filter
         if c.grad_filter == "ema":
             self.filter_alpha = col([ci.filter_alpha for ci in configs])
             self.filter_one_minus_alpha = col([1 - ci.filter_alpha for ci in configs])
             self.filter_lamb = col([ci.filter_lamb for ci in configs])
-            self.ema = torch.zeros(M, P, dtype=dt, device=dev)
+            self.ema = torch.zeros(M, S, dtype=dt, device=dev)
             self.filter_count = np.zeros(M, dtype=np.int64)    # filter calls per model
         elif c.grad_filter == "ma":
             self.filter_lamb = col([ci.filter_lamb for ci in configs])
             self.window = c.filter_window
             # ring of the last `window` raw gradients; slot `ring_pos` holds the oldest. Unfilled
             # slots are 0, so summing all slots from the oldest equals the reference's sum.
-            self.ring = torch.zeros(c.filter_window, M, P, dtype=dt, device=dev)
+            self.ring = torch.zeros(c.filter_window, M, S, dtype=dt, device=dev)
             self.ring_pos = 0
             self.filter_count = np.zeros(M, dtype=np.int64)
-            self.ma_total = torch.empty(M, P, dtype=dt, device=dev)
+            self.ma_total = torch.zeros(M, S, dtype=dt, device=dev)
         self._constant_schedule = None
 
     # ------------------------------------------------------------------ protocol
@@ -303,21 +324,22 @@ class TorchStepper:
         return out
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The W1-shaped [M, d_in, width] and W2-shaped [M, width, p] views of a flat [M, P]
-        tensor (θ, the gradient, or an optimizer / filter state)."""
+        """The W1-shaped [M, d_in, width] and W2-shaped [M, width, p] views of a flat [M, S]
+        (or [M, P]) tensor (θ, the gradient, or an optimizer / filter state)."""
         P1 = self.d_in * self.width
-        return flat[:, :P1].view(self.M, self.d_in, -1), flat[:, P1:].view(self.M, self.width, -1)
+        return (flat[:, :P1].view(self.M, self.d_in, -1),
+                flat[:, P1:self.P].view(self.M, self.width, -1))
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.W1.detach().cpu().clone(), self.W2.detach().cpu().clone()
 
     def state_dict(self) -> dict:
         """Parameters, optimizer and filter state, and the per-model step counts (CPU copies)."""
-        state = {"backend": self.backend, "theta": self.theta.cpu().clone(),
+        state = {"backend": self.backend, "theta": self.theta[:, :self.P].cpu().clone(),
                  "steps_taken": self.steps_taken.copy(),
                  "target_norm": self.target_norm.cpu().clone()}
         for name in self._state_tensor_names():
-            state[name] = getattr(self, name).cpu().clone()
+            state[name] = getattr(self, name)[..., :self.P].cpu().clone()
         if self.grad_filter != "none":
             state["filter_count"] = self.filter_count.copy()
         if self.grad_filter == "ma":
@@ -329,11 +351,11 @@ class TorchStepper:
             raise GrokfastError("this state was not saved by a torch-backend stepper of the same "
                                 "models and shapes; resume with the backend and configs it was "
                                 "saved with")
-        self.theta.copy_(state["theta"])
+        self.theta[:, :self.P].copy_(state["theta"])
         self.target_norm.copy_(state["target_norm"])
         self.steps_taken = np.array(state["steps_taken"], dtype=np.int64)
         for name in self._state_tensor_names():
-            getattr(self, name).copy_(state[name])
+            getattr(self, name)[..., :self.P].copy_(state[name])
         if self.grad_filter != "none":
             self.filter_count = np.array(state["filter_count"], dtype=np.int64)
         if self.grad_filter == "ma":
@@ -594,19 +616,22 @@ class TorchStepper:
     def _bags(self, index: torch.Tensor) -> torch.Tensor:
         """Rows of θ seen as [M·(d_in + p), width] (P is a multiple of width) that each sample of
         each model sums: [M·n, 2] for samples given by their W1 row indices [n, 2]."""
-        offsets = torch.arange(self.M, device=index.device) * (self.d_in + self.p)
+        offsets = torch.arange(self.M, device=index.device) * self.rows
         return (index[None] + offsets[:, None, None]).reshape(-1, 2)
 
     def _first_layer(self, bags: torch.Tensor) -> torch.Tensor:
-        """Z = X W1 = W1[a] + W1[b] for every model and sample: [M, n, width]."""
+        """Z = X W1 = W1[a] + W1[b] for every model and sample: [M, n, width] (aligned blocks)."""
         Z = torch.nn.functional.embedding_bag(bags, self.theta.view(-1, self.width), mode="sum")
-        return Z.view(self.M, -1, self.width)
+        Z = Z.view(self.M, -1, self.width)
+        out = self.Z if bags is self.bags else aligned_empty(self.M, Z.shape[1:], self.dtype,
+                                                             self.device)
+        return out.copy_(Z) if Z.stride(0) != out.stride(0) else Z
 
     def _forward(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the samples of `bags` (see _bags): [M, n, p]."""
         Z = self._first_layer(bags)
         H = Z.relu_() if self.relu else Z.mul_(Z)
-        out = torch.empty(self.M, H.shape[1], self.p, dtype=self.dtype, device=self.device)
+        out = aligned_empty(self.M, (H.shape[1], self.p), self.dtype, self.device)
         return self.mm(H, self.W2, out=out)
 
     # ------------------------------------------------------------------ housekeeping
@@ -659,3 +684,15 @@ class TorchStepper:
                 getattr(self, name).index_copy_(0, rows, saved)
         if self.grad_filter != "none":
             self.filter_count[frozen] = snap["filter_count"][frozen]
+
+
+def aligned_empty(M: int, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An uninitialised [M, *shape] tensor whose model blocks start every multiple of ALIGN_BYTES
+    (each block C-contiguous; the gaps between blocks are never read)."""
+    shape = tuple(int(n) for n in shape)
+    size = math.prod(shape)
+    per = ALIGN_BYTES // torch.empty((), dtype=dtype).element_size()
+    stride = -(-size // per) * per
+    strides = tuple(math.prod(shape[k + 1:]) for k in range(len(shape)))
+    flat = torch.empty(M * stride, dtype=dtype, device=device)
+    return flat.as_strided((M, *shape), (stride, *strides))
