@@ -60,6 +60,24 @@ bench/bench_cpu.py has the side-by-side table):
   is a beta API without a documented order.
 Statistics are computed only at recorded steps, from the same definitions as the reference
 (model.STAT_NAMES; the losses by model.data_loss itself).
+
+Many models (issue 12 of the tracker). Above, one model's step is ~40 ops of tiny GEMMs and
+elementwise work, and a batch of small models gained little from the model axis: MKL's bmm of
+[M, 59, 128] × [M, 128, 11] ran at ~26 GFLOP/s on one thread, and the second core sat idle
+(threads = 1 for small models, see above). Two changes, both chosen so a model's bits never depend
+on the batch:
+- kernel "numba" (kernels/cpu_grad.py): forward and backward as numba loops over each model, every
+  inner loop vectorized across the width, no GEMM library. Used where N·width·p ≤ NUMBA_MAX_WORK
+  (paper-real 8.3e4), decided per model size, never by M. In an A/B of the forward + backward
+  alone at 64 paper-real models (process CPU time, one thread, a loaded machine): 37.5 µs vs
+  53.6 µs per model-step (float32) and 52.6 vs 85.1 (float64) for the MKL path. It sums in
+  another order than MKL (the reference): per-step agreement is ~1e-7 (float32) / ~1e-16
+  (float64) relative; kernel "mkl" keeps the GEMM path (and its near-bitwise agreement with the
+  reference on one CPU).
+- threads over models (ShardedStepper): a launch of M ≥ 2·MIN_MODELS_PER_SHARD small models is cut
+  into one contiguous shard per intra-op thread, each a TorchStepper with one thread, stepped at
+  once in a thread pool (torch's ops and the numba kernels release the GIL).
+bench/bench_many_models.py measures both against the torch.func.vmap loop (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -79,6 +97,13 @@ from .reference import step_lr
 
 DW1_METHODS = ("auto", "dense", "index_add")
 FIRST_LAYER_METHODS = ("auto", "gather", "embedding_bag")
+KERNELS = ("auto", "numba", "mkl")
+# The numba forward/backward (kernels/cpu_grad.py) replaces the MKL GEMMs up to this much work per
+# model-step, N·width·p multiply–adds per GEMM (paper-real: 8.3e4; gromov: 1.4e8, MKL's).
+NUMBA_MAX_WORK = 2_000_000
+# Threads over models: a launch of small models is cut into contiguous shards of at least this
+# many models, one per thread (see ShardedStepper).
+MIN_MODELS_PER_SHARD = 8
 # dW1 by index_add_ once d_in·N·width passes this (measured crossover, see the module docstring).
 INDEX_ADD_MIN_WORK = 2_000_000
 # ATen's parallel grain: per-model activations [N, width] below it make a "small" model (one
@@ -106,13 +131,22 @@ class TorchStepper:
     docstring) and can be forced: dw1 "dense" (count-matrix GEMM) or "index_add" (fixed-order
     segmented sum); first_layer "gather" (index_select + add) or "embedding_bag"; threads, the
     intra-op threads while stepping (default: 1 for small models, else torch.get_num_threads();
-    the caller's setting is restored afterwards).
+    the caller's setting is restored afterwards); kernel "numba" (kernels/cpu_grad.py) or "mkl"
+    (the GEMMs above); shards, the threads over models (default: shard_count; a launch cut into
+    several shards is a ShardedStepper, which TorchStepper(...) then returns).
     """
 
     backend = "torch"
 
+    def __new__(cls, configs: Sequence[Config], data: Dataset, device, *, shards=None, **kw):
+        n = shard_count(list(configs), device, shards, kw.get("threads"))
+        if n > 1:
+            return ShardedStepper(list(configs), data, device, n, **kw)
+        return super().__new__(cls)
+
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *, dw1: str = "auto",
-                 first_layer: str = "auto", threads: Optional[int] = None):
+                 first_layer: str = "auto", threads: Optional[int] = None, kernel: str = "auto",
+                 shards: Optional[int] = None):
         from .engine import check_batch
 
         configs = list(configs)
@@ -128,7 +162,8 @@ class TorchStepper:
             raise GrokfastError("the dataset does not belong to this config: build it with "
                                 "grokfast.make_dataset(config)")
         for name, value, valid in (("dw1", dw1, DW1_METHODS),
-                                   ("first_layer", first_layer, FIRST_LAYER_METHODS)):
+                                   ("first_layer", first_layer, FIRST_LAYER_METHODS),
+                                   ("kernel", kernel, KERNELS)):
             if value not in valid:
                 choices = ", ".join(map(repr, valid))
                 raise GrokfastError(f"{name}={value!r}: choose one of {choices}")
@@ -181,6 +216,21 @@ class TorchStepper:
             X = data.inputs(data.train_pairs, dtype=dt).to(dev) * dw1_factor
             self.Xt = X.T.expand(M, d_in, N)
         self.dw1_alpha = dw1_factor
+        # forward / backward: the numba loops or MKL's GEMMs, chosen by per-model size only (never
+        # by M, so that a model computes the same bits alone and in any batch)
+        self.cpu_grad = None
+        if kernel == "auto":
+            kernel = ("numba" if dev.type == "cpu" and N * w * p <= NUMBA_MAX_WORK
+                      and _cpu_grad() is not None else "mkl")
+        if kernel == "numba":
+            if dev.type != "cpu":
+                raise GrokfastError("kernel='numba' is the CPU path; on CUDA use the triton "
+                                    "backend (or kernel='mkl')")
+            self.cpu_grad = _cpu_grad()
+            if self.cpu_grad is None:
+                raise GrokfastError("kernel='numba' needs the numba package: pip install numba "
+                                    "(or use kernel='mkl')")
+        self.kernel = kernel
 
         # loss-gradient constants
         lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
@@ -229,6 +279,18 @@ class TorchStepper:
         self.offset = 0
         self.logits = aligned_empty(M, (N, p), dt, dev)
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
+        if self.cpu_grad is not None:
+            # numpy views of contiguous buffers for kernels/cpu_grad.py (alignment plays no part)
+            self.logits = torch.empty(M, N, p, dtype=dt)
+            self.dlogits = torch.empty(M, N, p, dtype=dt)
+            self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(),
+                           i0=self.i0.numpy(), i1=self.i1.numpy(),
+                           zero=np.zeros((), dtype=self.theta.numpy().dtype)[()],
+                           Z=np.empty((M, N, w), self.theta.numpy().dtype),
+                           logits=self.logits.numpy(), dlogits=self.dlogits.numpy())
+            for name, shape in (("H", (M, N, w)), ("dH", (M, N, w)), ("w2t", (M, p, w)),
+                                ("g2t", (M, p, w))):
+                self.nb[name] = np.empty(shape, self.nb["Z"].dtype)
         if lt != dt:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
         self.dH = aligned_empty(M, (N, w), dt, dev)
@@ -365,6 +427,15 @@ class TorchStepper:
     def _step(self, s: int, record: bool, sched) -> Optional[torch.Tensor]:
         """One full-batch update of every model; the statistics row [n_stats, M] if recorded."""
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
+        if self.cpu_grad is not None:
+            nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
+            self.cpu_grad.forward(nb["theta"], nb["i0"], nb["i1"], P1, quadratic, nb["zero"],
+                                  nb["Z"], nb["H"], nb["w2t"], nb["logits"])
+            logits = self.logits
+            self._loss_grad(logits)
+            self.cpu_grad.backward(nb["i0"], nb["i1"], P1, quadratic, nb["dlogits"], nb["Z"],
+                                   nb["H"], nb["w2t"], nb["g2t"], nb["dH"], nb["grad"])
+            return self._update(s, record, sched, logits)
         # forward: Z = X W1 is a gather, W1[a] + W1[b] (bitwise the dense product: one rounding)
         if self.gather:
             torch.index_select(W1, 1, self.i01, out=self.Z2)
@@ -392,6 +463,11 @@ class TorchStepper:
             G1.zero_()
             G1.index_add_(1, self.i0, dZ, alpha=self.dw1_alpha)
             G1.index_add_(1, self.i1, dZ, alpha=self.dw1_alpha)
+        return self._update(s, record, sched, logits)
+
+    def _update(self, s: int, record: bool, sched, logits) -> Optional[torch.Tensor]:
+        """Statistics (when recorded) and the update of θ from the gradient in self.grad."""
+        W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
         row = None
         if record:
             row = self._stats_before(s, logits)
@@ -696,3 +772,127 @@ def aligned_empty(M: int, shape, dtype: torch.dtype, device) -> torch.Tensor:
     strides = tuple(math.prod(shape[k + 1:]) for k in range(len(shape)))
     flat = torch.empty(M * stride, dtype=dtype, device=device)
     return flat.as_strided((M, *shape), (stride, *strides))
+
+
+def _cpu_grad():
+    """kernels/cpu_grad.py, or None where numba is not installed."""
+    try:
+        from .kernels import cpu_grad
+    except ImportError:
+        return None
+    return cpu_grad
+
+
+def shard_count(configs: Sequence[Config], device, shards: Optional[int],
+                threads: Optional[int]) -> int:
+    """How many threads over models a launch uses: `shards` if given, else one shard per intra-op
+    thread for small models on the CPU (≥ MIN_MODELS_PER_SHARD models each), else 1."""
+    M = len(configs)
+    if shards is not None:
+        if not isinstance(shards, int) or not 1 <= shards <= max(M, 1):
+            raise GrokfastError(f"shards={shards!r} must be an integer from 1 to the number of "
+                                f"models ({M}), or None for the size-based default")
+        return shards
+    if not configs or torch.device(device).type != "cpu" or threads not in (None, 1):
+        return 1
+    c = configs[0]
+    if c.n_train * c.width >= SMALL_ACTIVATIONS:
+        return 1
+    return max(1, min(torch.get_num_threads(), M // MIN_MODELS_PER_SHARD))
+
+
+class ShardedStepper:
+    """The torch backend over contiguous shards of the models, one thread per shard.
+
+    For a launch of many small models: each shard is a TorchStepper (one intra-op thread, its own
+    buffers) and all shards advance at once in a thread pool (torch ops and the numba kernels run
+    without the GIL). A model's bits are those of the same model in any other batch, alone
+    included (batch invariance), so sharding never changes a result. State dicts use the
+    unsharded layout (MA windows stored oldest first), so a checkpoint resumes with any sharding.
+    """
+
+    backend = "torch"
+
+    def __init__(self, configs: Sequence[Config], data: Dataset, device, n_shards: int, **kw):
+        from concurrent.futures import ThreadPoolExecutor
+
+        M = len(configs)
+        self.bounds = [round(k * M / n_shards) for k in range(n_shards + 1)]
+        self.shards = [TorchStepper(configs[a:b], data, device, shards=1, threads=1, **kw)
+                       for a, b in zip(self.bounds, self.bounds[1:])]
+        self.M, self.configs = M, list(configs)
+        self.pool = ThreadPoolExecutor(n_shards, thread_name_prefix="grokfast-shard")
+
+    @property
+    def n_models(self) -> int:
+        return self.M
+
+    @property
+    def preferred_chunk(self) -> int:
+        return self.shards[0].preferred_chunk
+
+    def _each(self, fn, *per_shard) -> list:
+        """fn(shard, *args_k) for every shard k at once; waits for all (even on an error)."""
+        from concurrent.futures import wait
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)  # every shard's GEMMs single-threaded, as a lone model's are
+        futures = []
+        try:
+            futures = [self.pool.submit(fn, sh, *(a[k] for a in per_shard))
+                       for k, sh in enumerate(self.shards)]
+            wait(futures)
+            return [f.result() for f in futures]
+        finally:
+            # a Ctrl-C while waiting: every shard still finishes its chunk, so no shard's state
+            # is left half-stepped and the launch stays consistent for a checkpoint
+            while not all(f.done() for f in futures):
+                try:
+                    wait(futures)
+                except KeyboardInterrupt:
+                    pass
+            torch.set_num_threads(old)
+
+    def _cut(self, x, dim: int = 0) -> list:
+        return [x.narrow(dim, a, b - a) if torch.is_tensor(x) else x[a:b]
+                for a, b in zip(self.bounds, self.bounds[1:])]
+
+    def advance(self, step0: int, n_steps: int, active: np.ndarray) -> dict:
+        parts = self._each(lambda sh, act: sh.advance(step0, n_steps, act),
+                           self._cut(np.asarray(active, dtype=bool)))
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        W1s, W2s = zip(*(sh.params() for sh in self.shards))
+        return torch.cat(W1s), torch.cat(W2s)
+
+    def state_dict(self) -> dict:
+        states = [sh.state_dict() for sh in self.shards]
+        for st in states:
+            if "ring_pos" in st:  # oldest first: a shard with no active model did not rotate
+                st["ring"] = st["ring"].roll(-st["ring_pos"], dims=0)
+                st["ring_pos"] = 0
+        merged = {}
+        for key, value in states[0].items():
+            if torch.is_tensor(value):
+                merged[key] = torch.cat([st[key] for st in states], dim=1 if key == "ring" else 0)
+            elif isinstance(value, np.ndarray):
+                merged[key] = np.concatenate([st[key] for st in states])
+            else:
+                merged[key] = value
+        return merged
+
+    def load_state_dict(self, state: dict) -> None:
+        theta = state.get("theta")
+        if state.get("backend") != self.backend or theta is None or theta.shape[0] != self.M:
+            raise GrokfastError("this state was not saved by a torch-backend stepper of the same "
+                                "models and shapes; resume with the backend and configs it was "
+                                "saved with")
+        for k, sh in enumerate(self.shards):
+            part = {}
+            for key, value in state.items():
+                if torch.is_tensor(value) or isinstance(value, np.ndarray):
+                    part[key] = self._cut(value, dim=1 if key == "ring" else 0)[k]
+                else:
+                    part[key] = value
+            sh.load_state_dict(part)
