@@ -130,11 +130,22 @@ def test_agrees_with_reference_across_tiles():
     compare_runs(c, ref, rows_ref, tri, rows_tri)
 
 
+def engine_config(device: torch.device = DEVICE) -> Config:
+    """The engine-history test's config, on the device the kernels run on: backend="triton" refuses
+    device="cpu" on a GPU machine (the interpreter accepts it, which is why a CPU run can't tell)."""
+    return Config(**{**TINY, "log_every": 2, "eval_every": 6, "optimizer": "adamw", "lr": 0.01,
+                     "weight_decay": 0.5, "device": device.type})
+
+
+def test_engine_config_is_on_the_kernels_device():
+    assert engine_config(torch.device("cuda")).device == "cuda"
+    assert engine_config().device == DEVICE.type
+
+
 def test_engine_history_matches_reference():
     """grokfast.train(backend="triton") is a drop-in: same Result fields, NaN between evaluations."""
-    c = Config(**{**TINY, "log_every": 2, "eval_every": 6, "optimizer": "adamw", "lr": 0.01,
-                  "weight_decay": 0.5})
-    r_ref = grokfast.reference.train(c)
+    c = engine_config()
+    r_ref = grokfast.reference.train(c.replace(device="cpu"))
     r_tri = grokfast.train(c, backend="triton")
     assert r_tri.backend == "triton"
     assert list(r_tri.history["step"]) == list(range(0, STEPS, 2))
