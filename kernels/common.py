@@ -14,6 +14,16 @@ small arrays those kernels exchange.
 * Float rounding follows torch's eager CPU kernels where the order is visible (scalar casts to the
   working dtype, lerp's two branches, addcdiv, the EMA/MA operation order of grokfast/filters.py);
   square roots and divisions are IEEE-rounded (sqrt_rn / div_rn in float32) so a GPU agrees too.
+* Tile products: tl.dot (float32: IEEE, TF32 or 3×TF32 as asked; float64: IEEE, with
+  out_dtype=float64, which Triton 3.6 requires for a float64 accumulator — its default float32
+  out_dtype rejects one, on the GPU and in the interpreter alike). The fused kernel's float64
+  products compiled for a GPU run instead as _dot_fma, an explicit loop over the inner dimension in
+  ascending order (one multiply-add per element and k): with its whole-model tiles, a float64
+  tl.dot spills ~44 KB per thread on sm_90, the loop ~4–10 KB (tests/test_kernel_compile.py's
+  report). The interpreter keeps tl.dot there (the loop costs ~K interpreted ops per product);
+  tests force the loop through FMA_IN_INTERPRETER.
+* Loops whose trip count is a runtime value are `while` loops: Triton 3.6's interpreter cannot use
+  a runtime scalar as a `range` bound (its scalars are 1-element arrays, not Python ints).
 """
 import os
 
@@ -65,6 +75,7 @@ FILTER_EMA = tl.constexpr(1)
 FILTER_MA = tl.constexpr(2)
 
 ORTHO_EPS = tl.constexpr(1e-30)      # ⊥Grad's ε (grokfast.filters.orthograd_)
+FMA = tl.constexpr("fma")            # the PRECISION of float64 tile products compiled for a GPU
 
 
 @triton.jit
@@ -87,11 +98,29 @@ def _div(a, b):
 
 @triton.jit
 def _dot(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b; PRECISION "ieee" | "tf32" | "tf32x3" (float64 is always IEEE)."""
-    if a.dtype == tl.float64:
-        return tl.dot(a, b, acc, input_precision="ieee")
+    """acc + a @ b; PRECISION "ieee" | "tf32" | "tf32x3" (tl.dot; float64 is always IEEE) or "fma"
+    (_dot_fma: the fused kernel's float64 products compiled for a GPU, see fused_precision)."""
+    if PRECISION == FMA:
+        return _dot_fma(a, b, acc)
+    elif a.dtype == tl.float64:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _dot_fma(a, b, acc):
+    """acc + a @ b without tl.dot: acc += a[:, k] ⊗ b[k, :] for k = 0, 1, … in order, one rounded
+    multiply-add per element and k (as a sequential float64 GEMM). Column k of a and row k of b are
+    picked out of the register tiles by a masked sum (one nonzero term: exact).
+    a [M, K], b [K, N], acc [M, N]."""
+    K: tl.constexpr = a.shape[1]
+    ka = tl.arange(0, K)
+    for k in range(K):
+        a_k = tl.sum(tl.where(ka[None, :] == k, a, 0.0), 1)     # [M]
+        b_k = tl.sum(tl.where(ka[:, None] == k, b, 0.0), 0)     # [N]
+        acc = tl.fma(a_k[:, None], b_k[None, :], acc)
+    return acc
 
 
 @triton.jit
@@ -268,9 +297,11 @@ def _grokfast_filter(g, offs, mask, s, hp, ema_ptr, win_ptr, D, WINDOW,
             apply = count > 0
         if apply:
             total = tl.zeros_like(g)
-            for k in range(count - 1):  # older gradients, oldest first; the current one last
+            k = 0
+            while k < count - 1:  # older gradients, oldest first; the current one last
                 slot = (s - count + 1 + k) % WINDOW
                 total += tl.load(win_ptr + slot.to(tl.int64) * D + offs, mask=mask, other=0.0)
+                k += 1
             total += g
             if FILTER_MEAN:
                 total = _div(total, count.to(dt))
@@ -337,6 +368,15 @@ _CODES = {
     "grad_filter": {"none": 0, "ema": 1, "ma": 2},
 }
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+FMA_IN_INTERPRETER = False  # tests: run _dot_fma (the GPU's fused float64 products) on the CPU
+
+
+def fused_precision(precision: str, dtype: torch.dtype) -> str:
+    """The fused kernel's PRECISION constexpr: "fma" for float64 compiled for a GPU (or forced in
+    the interpreter by FMA_IN_INTERPRETER), else the configured precision."""
+    if dtype == torch.float64 and (FMA_IN_INTERPRETER or not interpreting()):
+        return "fma"
+    return precision
 
 
 def launch_error(msg: str):

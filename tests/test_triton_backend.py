@@ -120,6 +120,18 @@ def test_agrees_with_reference(name, regime):
     compare_runs(c, *run_both(c, regime))
 
 
+def test_fused_float64_products_without_tl_dot_agree_with_reference(monkeypatch):
+    """The fused kernel's float64 run as a GPU compiles it: every product through common._dot_fma
+    (fixed-order multiply-adds instead of a float64 tl.dot), forced in the interpreter."""
+    from grokfast.kernels import common
+    monkeypatch.setattr(common, "FMA_IN_INTERPRETER", True)
+    assert common.fused_precision("ieee", torch.float64) == "fma"
+    assert common.fused_precision("ieee", torch.float32) == "ieee"
+    c = Config(**{**TINY, **VARIANTS["adam-ema-orthograd-ce"], "activation": "quadratic",
+                  "steps": 6})  # the loop costs ~K interpreted ops per product: few steps
+    compare_runs(c, *run_both(c, "fused"))
+
+
 def test_agrees_with_reference_across_tiles():
     """Ragged sample blocks, hidden slices and parameter tiles: every cross-tile reduction."""
     c = Config(**{**TINY, "p": 7, "width": 24, "n_test": 6, "optimizer": "adam", "lr": 0.02,
