@@ -19,7 +19,8 @@
 # Everything printed is also written to $OUT/gpu_check.md (OUT defaults to bench/); the exit status
 # is the number of failed steps (2 when grokfast cannot be made importable). Environment: PYTHON
 # (default python3), LONG_STEPS (default 10⁶), LONG_BUDGET_S (default 45: the long run stops there
-# and reports its rate and projection). Time limits: 180 s for the tests, 150 s for the benchmarks.
+# and reports its rate and projection), GPU_CHECK_VENV (where the throwaway venv goes, default
+# $TMPDIR/grokfast-gpu-check-venv). Time limits: 180 s for the tests, 150 s for the benchmarks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -62,7 +63,7 @@ make_importable() {
         say "grokfast: importable with $PY as it is (nothing installed)"
         return 0
     fi
-    local venv="${TMPDIR:-/tmp}/grokfast-gpu-check-venv" log
+    local venv="${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/grokfast-gpu-check-venv}" log
     log=$(mktemp)
     rm -rf "$venv"
     # --without-pip: pip (and torch, triton, pytest) come from $PY's site directories, which a .pth
