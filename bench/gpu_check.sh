@@ -92,6 +92,7 @@ if ((DRY)); then
     TESTS=(tests/test_kernel_compile.py "tests/test_triton_backend.py::test_engine_history_matches_reference"
            "tests/test_triton_backend.py::test_tf32_within_documented_tolerance")
     BENCH=(bench/bench_gpu.py --dry-run --long 30)
+    TESTS_LIMIT_S=480  # no GPU budget here; a 2-core CPU compiles every kernel for sm_90 (~1–2 min)
 else
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
         --format=csv,noheader 2>&1 | tee -a "$REPORT"
