@@ -104,7 +104,7 @@ make_importable || exit 2
 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$REPORT"
 
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
-    step "GPU correctness tests" "$TESTS_LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs "${TESTS[@]}"
+    step "GPU correctness tests" "$TESTS_LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP "${TESTS[@]}"
 else
     say ""
     say "## GPU correctness tests"

@@ -22,8 +22,10 @@ small arrays those kernels exchange.
   tl.dot spills ~44 KB per thread on sm_90, the loop ~4–10 KB (tests/test_kernel_compile.py's
   report). The interpreter keeps tl.dot there (the loop costs ~K interpreted ops per product);
   tests force the loop through FMA_IN_INTERPRETER.
-* Loops whose trip count is a runtime value are `while` loops: Triton 3.6's interpreter cannot use
-  a runtime scalar as a `range` bound (its scalars are 1-element arrays, not Python ints).
+* Loops with a runtime trip count stay `range` loops (a `while` costs the fused kernel ~7 KB/thread
+  more spills on sm_90). Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound
+  (it calls int() on a 1-element array, which NumPy 2 rejects); under the interpreter this module
+  patches in Triton 3.9's own fix (squeeze first): _interpreter_scalar_index below.
 """
 import os
 
@@ -297,11 +299,9 @@ def _grokfast_filter(g, offs, mask, s, hp, ema_ptr, win_ptr, D, WINDOW,
             apply = count > 0
         if apply:
             total = tl.zeros_like(g)
-            k = 0
-            while k < count - 1:  # older gradients, oldest first; the current one last
+            for k in range(count - 1):  # older gradients, oldest first; the current one last
                 slot = (s - count + 1 + k) % WINDOW
                 total += tl.load(win_ptr + slot.to(tl.int64) * D + offs, mask=mask, other=0.0)
-                k += 1
             total += g
             if FILTER_MEAN:
                 total = _div(total, count.to(dt))
@@ -438,3 +438,25 @@ def check_precision(precision: str, dtype: torch.dtype, device: torch.device) ->
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _interpreter_scalar_index() -> None:
+    """Triton 3.6's interpreter converts a runtime scalar (a 1-element array) to an int with
+    int(array), an error on NumPy 2 ("only 0-dimensional arrays can be converted to Python scalars"),
+    so `range(N)` over a kernel argument fails there; Triton 3.9 uses int(array.squeeze()). Install
+    the 3.9 behaviour (same result) in any interpreter that has the hook. Interpreter only."""
+    from triton.runtime import interpreter
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_grokfast_index", False):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._grokfast_index = True
+    interpreter._patch_lang_tensor = patched
+
+
+if interpreting():
+    _interpreter_scalar_index()

@@ -20,9 +20,6 @@ Math: mse ℓ = Σ_j (ŷ_j − y_j)²; cross_entropy ℓ = logsumexp(ŷ) − ŷ_
 ℓ = log Σ_j s(ŷ_j) − log s(ŷ_c). With LOSS_F64 the loss and dL/dŶ are computed from float64
 logits and dL/dŶ is rounded to the working dtype once (as autograd through `.double()`).
 
-The width H is a compile-time constant (the hidden-slice loops have a constant trip count: no
-runtime loop bound, which Triton 3.6's interpreter cannot take; one variant per width).
-
 Limits: BLOCK_N, BLOCK_H ≥ 16 and BLOCK_P = next power of two ≥ max(p, 16) (tl.dot needs every
 side ≥ 16 on a GPU); p ≤ 512. Deterministic: no atomics, one writer per output element.
 """
@@ -38,7 +35,7 @@ from .common import (HP_GRAD_SCALE, N_HP, _activate, _activate_backward, _correc
 @triton.jit
 def _rows_fwd_bwd_kernel(
     theta_ptr, idx_ptr, label_ptr, dz_ptr, dw2_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
-    N, N_TEST, H: tl.constexpr, P, D, NB, NB_ALL, EVAL_EVERY,
+    N, N_TEST, H, P, D, NB, NB_ALL, EVAL_EVERY,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACT: tl.constexpr,
     LOSS: tl.constexpr, LOSS_F64: tl.constexpr, PRECISION: tl.constexpr,
 ):

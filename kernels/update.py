@@ -25,9 +25,7 @@ partials Σ(θ_{s+1} − θ_s)² and Σ(θ_{s+1} − θ_s)·θ_s. Per-layer tota
 program that needs them, in fixed order (common._layer_totals): deterministic, no atomics, and model
 m's numbers do not depend on M.
 
-The table width MAXDEG and the number of sample blocks NB are compile-time constants (constant
-loop trip counts; fixed for a dataset). Limits: block sizes are powers of two; no tl.dot here
-(∇W2's products are in rows.py).
+Limits: block sizes are powers of two; no tl.dot here (∇W2's products are in rows.py).
 """
 import torch
 import triton
@@ -79,7 +77,7 @@ def _grad_tile_update(g, offs, mask, m, t, T, s, hp, theta_ptr, new_ptr, grad_pt
 def _update_grad_kernel(
     theta_ptr, new_ptr, grad_ptr, dz_ptr, dw2_ptr, table_ptr,
     ema_ptr, win_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr, part_ptr, hp_ptr, step_ptr, active_ptr,
-    N, NB: tl.constexpr, D_IN, H, P, D, MAXDEG: tl.constexpr, WINDOW, T, T1, NTH,
+    N, NB, D_IN, H, P, D, MAXDEG, WINDOW, T, T1, NTH,
     BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HH: tl.constexpr, BLOCK_P: tl.constexpr,
     FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr, FILTER_WARMUP: tl.constexpr,
     OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr,
@@ -111,7 +109,7 @@ def _update_grad_kernel(
 
 
 @triton.jit
-def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG: tl.constexpr, DT: tl.constexpr,
+def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG, DT: tl.constexpr,
                   BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
     """∇W1 on tile t (rows × columns of W1) as a fixed-order segmented sum of dZ rows; dz points at
     this model's [N, H]. Returns (g, flat offsets, mask), all [BLOCK_R, BLOCK_H]."""
@@ -128,7 +126,7 @@ def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG: tl.constexpr, DT: tl.c
 
 
 @triton.jit
-def _w2_grad_tile(dw2, u, NB: tl.constexpr, D_IN, H, P, DT: tl.constexpr, BLOCK_HH: tl.constexpr,
+def _w2_grad_tile(dw2, u, NB, D_IN, H, P, DT: tl.constexpr, BLOCK_HH: tl.constexpr,
                   BLOCK_P: tl.constexpr):
     """∇W2 on rows [u·BLOCK_HH, (u+1)·BLOCK_HH) of W2: the per-block shares σ(Z_b)ᵀ dŶ_b of rows.py
     (dw2 points at this model's [NB, H, P]) summed in block order b = 0, 1, …, NB − 1. Returns

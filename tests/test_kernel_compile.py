@@ -82,7 +82,8 @@ def _compile_all() -> list:
     out, seen = [], set()
     for changes, precision in CASES:
         changes = dict(changes)
-        c = Config.preset(changes.pop("preset"), **changes)
+        preset = changes.pop("preset")
+        c = Config.preset(preset, **changes)
         launches.clear()
         data = make_dataset(c)
         for regime in ("tiled", "fused"):
@@ -101,7 +102,7 @@ def _compile_all() -> list:
                 continue
             seen.add(key)
             log = io.StringIO()
-            row = dict(kernel=fn.__name__, case=repr(changes), dtype=str(c.dtype),
+            row = dict(kernel=fn.__name__, case=f"{preset} {changes}", dtype=str(c.dtype),
                        precision=kwargs.get("PRECISION", "-"), warps=options.get("num_warps", 4))
             try:
                 with contextlib.redirect_stdout(log):
