@@ -13,8 +13,10 @@ width 512 (p = 97, ordered, concat, 30 % train so N = 2823, x², MSE, AdamW) one
 with 64 seeds in one launch against 64 sequential reference runs (the reference's one-model time
 × 64, measured in the same run). Providers: "reference" (grokfast.reference: autograd +
 torch.optim on the GPU, the loop a researcher writes), "torch" (grokfast's torch backend on the
-GPU), "triton" (regime chosen by size: fused for paper-real, tiled + CUDA graphs for width 512).
-Each case uses its preset's log/eval intervals, so the statistics a real run records are included.
+GPU), "triton" (regime chosen by size: fused for paper-real, tiled + CUDA graphs for width 512;
+IEEE float32 products, the default) and "triton-tf32" (the same with precision="tf32", GPU only).
+Each case uses its preset's log/eval intervals, so the statistics a real run records are included;
+every config carries the device the benchmark runs on (device="cuda" on a GPU).
 
 Reported per case and provider: median time per step and spread over the repeats, model-steps/s,
 the ratio to the reference measured in the same run, and the achieved GFLOP/s of the three GEMMs
@@ -30,14 +32,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 import torch
+
+try:
+    import pytest
+except ImportError:  # the script needs no pytest; only the pytest cases below do
+    pytest = None
 
 from bench_cpu import git_commit  # bench/ is on sys.path: run as a script or by pytest
 from grokfast import Config, make_dataset
 from grokfast.engine import stepper_class
 
-PROVIDERS = ("reference", "torch", "triton")
+PROVIDERS = ("reference", "torch", "triton", "triton-tf32")
 FP32_PEAK_GFLOPS = 67_000.0   # H100/H200 SXM non-tensor fp32, vendor datasheet
 WARMUP_STEPS = 20
 
@@ -55,27 +61,45 @@ class Case:
         return 6 * c.n_train * c.width * c.p * self.models
 
 
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def cases(dry_run: bool = False) -> dict:
+    """The benchmark cases, their configs on device() (backend="triton" refuses a "cpu" config on a
+    GPU machine)."""
+    dev = device().type
     if dry_run:  # the same logic on models small enough for the CPU interpreter
-        tiny = Config(p=5, width=16, n_test=5, log_every=1, eval_every=2)
+        tiny = Config(p=5, width=16, n_test=5, log_every=1, eval_every=2, device=dev)
         return {"paper-real": Case(tiny, 1, 2), "gromov-512": Case(tiny.replace(width=32), 1, 2),
                 "paper-real-64-seeds": Case(tiny, 3, 2)}
-    paper = Config.preset("paper-real")
-    gromov = Config.preset("gromov", train_frac=0.3)
+    paper = Config.preset("paper-real", device=dev)
+    gromov = Config.preset("gromov", train_frac=0.3, device=dev)
     return {"paper-real": Case(paper, 1, 2000), "gromov-512": Case(gromov, 1, 200),
             "paper-real-64-seeds": Case(paper, 64, 2000)}
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def long_config(steps: int, dry_run: bool) -> Config:
+    """The config of the timed long run: paper-real (tiny in a dry run) on device()."""
+    if dry_run:
+        return Config(p=5, width=16, n_test=5, steps=steps, log_every=1, eval_every=1,
+                      device=device().type)
+    return Config.preset("paper-real", steps=steps, device=device().type)
+
+
+def provider_config(case: Case, provider: str) -> Config:
+    """The case's config as `provider` runs it (triton-tf32: precision="tf32")."""
+    return case.config.replace(precision="tf32") if provider == "triton-tf32" else case.config
 
 
 def setup(case: Case, provider: str, steps: int = 0):
     """A warmed-up stepper of `provider`; returns the timed function (one call runs `steps`, by
     default case.steps, steps of every model and waits for the GPU)."""
     models = case.reference_models if provider == "reference" else case.models
-    configs = [case.config.replace(seed=s) for s in range(models)]
-    stepper = stepper_class(provider, "cuda")(configs, make_dataset(case.config), device())
+    config = provider_config(case, provider)
+    configs = [config.replace(seed=s) for s in range(models)]
+    backend = "triton" if provider.startswith("triton") else provider
+    stepper = stepper_class(backend, config.device)(configs, make_dataset(config), device())
     active = np.ones(models, bool)
     steps = steps or case.steps
     warm = min(WARMUP_STEPS, steps)
@@ -93,19 +117,20 @@ def setup(case: Case, provider: str, steps: int = 0):
     return run
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA GPU: Triton kernels do not run on the CPU (bench/gpu_check.sh)")
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("name", list(cases()))
-def test_gpu_throughput(benchmark, name, provider):
-    case = cases()[name]
-    run = setup(case, provider, steps=case.config.log_every if benchmark.disabled else 0)
-    rows = benchmark.pedantic(run, rounds=3, iterations=1)
-    assert np.isfinite(rows["train_loss"]).any()
-    if not benchmark.disabled:
-        per_step = benchmark.stats.stats.median / case.steps
-        models = case.reference_models if provider == "reference" else case.models
-        benchmark.extra_info["model_steps_per_s"] = models / per_step
+if pytest is not None:
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: Triton kernels do "
+                        "not run on the CPU (bench/gpu_check.sh)")
+    @pytest.mark.parametrize("provider", PROVIDERS)
+    @pytest.mark.parametrize("name", list(cases()))
+    def test_gpu_throughput(benchmark, name, provider):
+        case = cases()[name]
+        run = setup(case, provider, steps=case.config.log_every if benchmark.disabled else 0)
+        rows = benchmark.pedantic(run, rounds=3, iterations=1)
+        assert np.isfinite(rows["train_loss"]).any()
+        if not benchmark.disabled:
+            per_step = benchmark.stats.stats.median / case.steps
+            models = case.reference_models if provider == "reference" else case.models
+            benchmark.extra_info["model_steps_per_s"] = models / per_step
 
 
 # ---------------------------------------------------------------- script: the results table
@@ -121,6 +146,9 @@ def measure(all_cases: dict, repeats: int) -> dict:
     times, runs = {}, {}
     for name, case in all_cases.items():
         for prov in PROVIDERS:
+            if prov == "triton-tf32" and device().type != "cuda":
+                times[name, prov] = "skipped: TF32 products need a GPU"
+                continue
             try:
                 runs[name, prov] = setup(case, prov)
                 times[name, prov] = []
@@ -139,9 +167,7 @@ def long_run(steps: int, budget_s: float, dry_run: bool) -> str:
     """One paper-real run of `steps` steps through grokfast.train (backend triton), timed; it stops
     after budget_s seconds (reporting its rate and the projected time of all `steps`)."""
     import grokfast
-    c = Config.preset("paper-real", steps=steps)
-    if dry_run:
-        c = Config(p=5, width=16, n_test=5, steps=steps, log_every=1, eval_every=1)
+    c = long_config(steps, dry_run)
     t0 = time.perf_counter()
     r = grokfast.train(c, backend="triton", max_time=budget_s)
     wall = time.perf_counter() - t0
@@ -168,7 +194,8 @@ def table(all_cases: dict, times: dict) -> str:
         for prov in PROVIDERS:
             t = times[name, prov]
             if isinstance(t, str):
-                lines.append(f"| {name} | {prov} | {case.models} | failed: {t} | | | | | |")
+                what = t if t.startswith("skipped") else f"failed: {t}"
+                lines.append(f"| {name} | {prov} | {case.models} | {what} | | | | | |")
                 continue
             t = np.asarray(t)
             med = float(np.median(t))
@@ -186,7 +213,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long", type=int, default=0, help="steps of the timed paper-real run")
-    parser.add_argument("--long-budget", type=float, default=150.0,
+    parser.add_argument("--long-budget", type=float, default=45.0,
                         help="seconds after which the long run stops and reports its projection")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny models, any machine (CPU: Triton's interpreter): checks the logic")

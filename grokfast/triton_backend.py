@@ -46,7 +46,7 @@ from .model import STAT_NAMES, init_params, torch_dtype
 # Block sizes of the tiled regime and warps of the fused regime's program, chosen by the register
 # spills ptxas reports for sm_90 (p ≈ 100 and width 512; paper-real) — untimed, no GPU was lent.
 # Tests pass smaller blocks to exercise tiling.
-DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=32, block_r=16, block_h=64, block_hh=32,
+DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=32, block_r=16, block_h=64, block_hh=8,
                       block_e=1024, fused_warps=8)
 MAX_P = 512
 GRAPH_MIN_STEPS = 8

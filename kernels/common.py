@@ -14,6 +14,18 @@ small arrays those kernels exchange.
 * Float rounding follows torch's eager CPU kernels where the order is visible (scalar casts to the
   working dtype, lerp's two branches, addcdiv, the EMA/MA operation order of grokfast/filters.py);
   square roots and divisions are IEEE-rounded (sqrt_rn / div_rn in float32) so a GPU agrees too.
+* Tile products: tl.dot (float32: IEEE, TF32 or 3×TF32 as asked; float64: IEEE, with
+  out_dtype=float64, which Triton 3.6 requires for a float64 accumulator — its default float32
+  out_dtype rejects one, on the GPU and in the interpreter alike). The fused kernel's float64
+  products compiled for a GPU run instead as _dot_fma, an explicit loop over the inner dimension in
+  ascending order (one multiply-add per element and k): with its whole-model tiles, a float64
+  tl.dot spills ~44 KB per thread on sm_90, the loop ~4–10 KB (tests/test_kernel_compile.py's
+  report). The interpreter keeps tl.dot there (the loop costs ~K interpreted ops per product);
+  tests force the loop through FMA_IN_INTERPRETER.
+* Loops with a runtime trip count stay `range` loops (a `while` costs the fused kernel ~7 KB/thread
+  more spills on sm_90). Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound
+  (it calls int() on a 1-element array, which NumPy 2 rejects); under the interpreter this module
+  patches in Triton 3.9's own fix (squeeze first): _interpreter_scalar_index below.
 """
 import os
 
@@ -65,6 +77,7 @@ FILTER_EMA = tl.constexpr(1)
 FILTER_MA = tl.constexpr(2)
 
 ORTHO_EPS = tl.constexpr(1e-30)      # ⊥Grad's ε (grokfast.filters.orthograd_)
+FMA = tl.constexpr("fma")            # the PRECISION of float64 tile products compiled for a GPU
 
 
 @triton.jit
@@ -87,11 +100,29 @@ def _div(a, b):
 
 @triton.jit
 def _dot(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b; PRECISION "ieee" | "tf32" | "tf32x3" (float64 is always IEEE)."""
-    if a.dtype == tl.float64:
-        return tl.dot(a, b, acc, input_precision="ieee")
+    """acc + a @ b; PRECISION "ieee" | "tf32" | "tf32x3" (tl.dot; float64 is always IEEE) or "fma"
+    (_dot_fma: the fused kernel's float64 products compiled for a GPU, see fused_precision)."""
+    if PRECISION == FMA:
+        return _dot_fma(a, b, acc)
+    elif a.dtype == tl.float64:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _dot_fma(a, b, acc):
+    """acc + a @ b without tl.dot: acc += a[:, k] ⊗ b[k, :] for k = 0, 1, … in order, one rounded
+    multiply-add per element and k (as a sequential float64 GEMM). Column k of a and row k of b are
+    picked out of the register tiles by a masked sum (one nonzero term: exact).
+    a [M, K], b [K, N], acc [M, N]."""
+    K: tl.constexpr = a.shape[1]
+    ka = tl.arange(0, K)
+    for k in range(K):
+        a_k = tl.sum(tl.where(ka[None, :] == k, a, 0.0), 1)     # [M]
+        b_k = tl.sum(tl.where(ka[:, None] == k, b, 0.0), 0)     # [N]
+        acc = tl.fma(a_k[:, None], b_k[None, :], acc)
+    return acc
 
 
 @triton.jit
@@ -337,6 +368,15 @@ _CODES = {
     "grad_filter": {"none": 0, "ema": 1, "ma": 2},
 }
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+FMA_IN_INTERPRETER = False  # tests: run _dot_fma (the GPU's fused float64 products) on the CPU
+
+
+def fused_precision(precision: str, dtype: torch.dtype) -> str:
+    """The fused kernel's PRECISION constexpr: "fma" for float64 compiled for a GPU (or forced in
+    the interpreter by FMA_IN_INTERPRETER), else the configured precision."""
+    if dtype == torch.float64 and (FMA_IN_INTERPRETER or not interpreting()):
+        return "fma"
+    return precision
 
 
 def launch_error(msg: str):
@@ -398,3 +438,25 @@ def check_precision(precision: str, dtype: torch.dtype, device: torch.device) ->
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _interpreter_scalar_index() -> None:
+    """Triton 3.6's interpreter converts a runtime scalar (a 1-element array) to an int with
+    int(array), an error on NumPy 2 ("only 0-dimensional arrays can be converted to Python scalars"),
+    so `range(N)` over a kernel argument fails there; Triton 3.9 uses int(array.squeeze()). Install
+    the 3.9 behaviour (same result) in any interpreter that has the hook. Interpreter only."""
+    from triton.runtime import interpreter
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_grokfast_index", False):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._grokfast_index = True
+    interpreter._patch_lang_tensor = patched
+
+
+if interpreting():
+    _interpreter_scalar_index()

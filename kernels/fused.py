@@ -27,8 +27,9 @@ import triton.language as tl
 
 from .common import (FILTER_MA, HP_GRAD_SCALE, HP_TARGET_NORM, N_HP, ORTHO_EPS, _activate,
                      _activate_backward, _correct_and_margin, _div, _dot, _first_layer,
-                     _grokfast_filter, _optimizer_step, _row_loss, _sqrt, _store_stats_row,
-                     check_precision, check_tensors, code_of, dot_block, launch_error)
+                     _grokfast_filter, _optimizer_step, _row_loss, _sqrt, _store_stats_row, FMA,
+                     check_precision, check_tensors, code_of, dot_block, fused_precision,
+                     launch_error)
 
 MAX_TILE = 128 * 128
 NUM_WARPS = 8
@@ -42,7 +43,7 @@ def _orthograd(g, theta):
     return g_orth * _div(_sqrt(tl.sum(g * g)), _sqrt(tl.sum(g_orth * g_orth)) + ORTHO_EPS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N_STEPS", "FIRST", "ROWS"])  # chunk lengths vary: one variant
 def _fused_steps_kernel(
     theta_ptr, idx_ptr, label_ptr, ema_ptr, win_ptr, buf_ptr, exp_avg_ptr, exp_avg_sq_ptr,
     hp_ptr, step_ptr, active_ptr, stats_ptr,
@@ -92,7 +93,7 @@ def _fused_steps_kernel(
         t_onehot = j[None, :] == tlabels[:, None]
 
         s = tl.load(step_ptr + m)
-        for _ in range(N_STEPS):
+        for _ in range(N_STEPS):  # a `while` here costs ~7 KB/thread more spills on sm_90
             th1 = tl.load(w1 + offs1, mask=mask1, other=0.0)
             th2 = tl.load(theta_ptr + base + offs2, mask=mask2, other=0.0)
             a = _activate(_first_layer(w1, i0, i1, rmask, h, hm, H), ACT)   # [BLOCK_N, BLOCK_H]
@@ -120,7 +121,10 @@ def _fused_steps_kernel(
             g2 = _dot(tl.trans(_activate(z, ACT)), dl, tl.zeros((BLOCK_H, BLOCK_P), DT), PRECISION)
             dh = _dot(dl, tl.trans(th2), tl.zeros((BLOCK_N, BLOCK_H), DT), PRECISION)
             dz = _activate_backward(dh, z, ACT)
-            g1 = _dot(xt, dz, tl.zeros((BLOCK_R, BLOCK_H), DT), "ieee")      # one-hot: always exact
+            if PRECISION == FMA:
+                g1 = _dot(xt, dz, tl.zeros((BLOCK_R, BLOCK_H), DT), FMA)
+            else:  # one-hot: exact in IEEE products
+                g1 = _dot(xt, dz, tl.zeros((BLOCK_R, BLOCK_H), DT), "ieee")
 
             t2_1 = tl.sum(th1 * th1)
             t2_2 = tl.sum(th2 * th2)
@@ -217,5 +221,6 @@ def fused_steps(theta, idx, labels, ema, window, buf, exp_avg, exp_avg_sq, hp, s
         loss_div, test_loss_div, n_steps, first, stats.shape[1],
         **blocks, ACT=code_of("activation", activation), LOSS=code_of("loss", loss),
         LOSS_F64=loss_f64, FILTER=fcode, FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup,
-        OPT=ocode, ORTH=orthograd, FIXED=fixed_norm, PRECISION=precision,
+        OPT=ocode, ORTH=orthograd, FIXED=fixed_norm,
+        PRECISION=fused_precision(precision, theta.dtype),
         N_STAT=stats.shape[2], num_warps=num_warps)

@@ -32,7 +32,9 @@ STAT_COLUMNS = (
 N_STATS = len(STAT_COLUMNS)
 
 
-@triton.jit(do_not_specialize=["ROW"])
+# ROW and K (the chunk's step count) vary with the chunk length: without do_not_specialize a new
+# length (208 after 200) may need a new variant, which cannot compile during CUDA-graph capture
+@triton.jit(do_not_specialize=["ROW", "K"])
 def _stats_kernel(
     part_rows_ptr, part_g_ptr, part_u_ptr, step_ptr, active_ptr, stats_ptr,
     NB, NB_ALL, TG, TG1, TU, TU1, N, N_TEST, LOSS_DIV, TEST_LOSS_DIV, EVAL_EVERY, ROW, K,

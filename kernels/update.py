@@ -11,7 +11,8 @@ partial sums of its own tile into part [M, T, N_Q] float64):
 * ``_update_grad_kernel`` (tiles: BLOCK_R×BLOCK_H pieces of W1, then BLOCK_HH-row pieces of W2):
   g = ∇L. For W1 a segmented sum in fixed order: dW1[r] = Σ_k dZ[table[r, k]] over the training
   rows that use input symbol r (a row twice when a = b, as X = 2·e_a); for W2 the sum, in block
-  order, of the per-block shares σ(Z_b)ᵀ dŶ_b that rows.py computed. Then partial
+  order, of the per-block shares σ(Z_b)ᵀ dŶ_b that rows.py computed (8 shares loaded at
+  once, then added in order: the adds stay sequential, the L2 loads overlap). Then partial
   Σθ², Σg², Σg·θ, the Grokfast filter (EMA/MA) and — unless ⊥Grad needs the global ⟨θ, g_f⟩ first —
   the optimizer step.
 * ``_update_orth_kernel`` (⊥Grad, flat tiles): g_⊥ = g_f − (⟨θ, g_f⟩ / (⟨θ, θ⟩ + ε))·θ per layer.
@@ -128,15 +129,29 @@ def _w1_grad_tile(dz, table_ptr, t, NTH, D_IN, H, MAXDEG, DT: tl.constexpr,
 def _w2_grad_tile(dw2, u, NB, D_IN, H, P, DT: tl.constexpr, BLOCK_HH: tl.constexpr,
                   BLOCK_P: tl.constexpr):
     """∇W2 on rows [u·BLOCK_HH, (u+1)·BLOCK_HH) of W2: the per-block shares σ(Z_b)ᵀ dŶ_b of rows.py
-    (dw2 points at this model's [NB, H, P]) summed in block order. Returns (g, flat offsets, mask),
-    all [BLOCK_HH, BLOCK_P]."""
+    (dw2 points at this model's [NB, H, P]) summed in block order b = 0, 1, …, NB − 1. Returns
+    (g, flat offsets, mask), all [BLOCK_HH, BLOCK_P]."""
     hh = u * BLOCK_HH + tl.arange(0, BLOCK_HH)
     j = tl.arange(0, BLOCK_P)
     mask = (hh < H)[:, None] & (j < P)[None, :]
     offs = hh[:, None] * P + j[None, :]
+    share = dw2 + offs                                      # share b of this tile: share + b·H·P
+    HP = H * P
     g = tl.zeros((BLOCK_HH, BLOCK_P), DT)
-    for b in range(NB):
-        g += tl.load(dw2 + b * H * P + offs, mask=mask, other=0.0)
+    # 8 independent loads in flight, then added left to right: the same sequential
+    # order as one load per block, without waiting on L2 once per block
+    for b in range(0, NB - NB % 8, 8):
+        s0 = tl.load(share + b * HP, mask=mask, other=0.0)
+        s1 = tl.load(share + (b + 1) * HP, mask=mask, other=0.0)
+        s2 = tl.load(share + (b + 2) * HP, mask=mask, other=0.0)
+        s3 = tl.load(share + (b + 3) * HP, mask=mask, other=0.0)
+        s4 = tl.load(share + (b + 4) * HP, mask=mask, other=0.0)
+        s5 = tl.load(share + (b + 5) * HP, mask=mask, other=0.0)
+        s6 = tl.load(share + (b + 6) * HP, mask=mask, other=0.0)
+        s7 = tl.load(share + (b + 7) * HP, mask=mask, other=0.0)
+        g = g + s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+    for b in range(NB - NB % 8, NB):
+        g += tl.load(share + b * HP, mask=mask, other=0.0)
     return g, D_IN * H + offs, mask
 
 
@@ -233,7 +248,7 @@ class UpdatePlan:
     """Tile counts and block sizes of the update kernels for one problem shape (host side)."""
 
     def __init__(self, *, d_in: int, width: int, p: int, block_r: int = 16, block_h: int = 64,
-                 block_hh: int = 32, block_e: int = 1024):
+                 block_hh: int = 8, block_e: int = 1024):
         for name, v in (("block_r", block_r), ("block_h", block_h), ("block_hh", block_hh),
                         ("block_e", block_e)):
             if v < 1 or v & (v - 1):

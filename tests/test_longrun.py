@@ -397,6 +397,27 @@ def test_progress_bar_summarizes_a_batch(capsys):
     assert "model 1 (seed 0): diverged — non-finite train loss at step 3" in err
 
 
+def test_nvtx_ranges_without_the_nvtx_package_go_through_torch_cuda_nvtx(monkeypatch):
+    """The GPU machine has no nvtx package: a CUDA build of torch still emits every range."""
+    calls = []
+    monkeypatch.setattr(profiling, "_nvtx", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch._C, "_nvtx", object(), raising=False)  # a CUDA build of torch
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda msg: calls.append(("push", msg)))
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: calls.append(("pop",)))
+    factory, backend = profiling._range_factory()
+    assert backend == "torch.cuda.nvtx"
+    monkeypatch.setattr(profiling, "_RANGE", factory)
+    with profiling.nvtx_range("step"):
+        calls.append("inside")
+    assert calls == [("push", "step"), "inside", ("pop",)]
+    monkeypatch.delattr(torch._C, "_nvtx")  # a CPU-only build without the package: no-ops
+    assert profiling._range_factory() == (None, "off")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("GROKFAST_NVTX", "1")
+    assert profiling._range_factory() == (None, "off")
+
+
 def test_profile_window_and_ranges_on_cpu(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # take the CUDA path, on a CPU

@@ -120,6 +120,18 @@ def test_agrees_with_reference(name, regime):
     compare_runs(c, *run_both(c, regime))
 
 
+def test_fused_float64_products_without_tl_dot_agree_with_reference(monkeypatch):
+    """The fused kernel's float64 run as a GPU compiles it: every product through common._dot_fma
+    (fixed-order multiply-adds instead of a float64 tl.dot), forced in the interpreter."""
+    from grokfast.kernels import common
+    monkeypatch.setattr(common, "FMA_IN_INTERPRETER", True)
+    assert common.fused_precision("ieee", torch.float64) == "fma"
+    assert common.fused_precision("ieee", torch.float32) == "ieee"
+    c = Config(**{**TINY, **VARIANTS["adam-ema-orthograd-ce"], "activation": "quadratic",
+                  "steps": 6})  # the loop costs ~K interpreted ops per product: few steps
+    compare_runs(c, *run_both(c, "fused"))
+
+
 def test_agrees_with_reference_across_tiles():
     """Ragged sample blocks, hidden slices and parameter tiles: every cross-tile reduction."""
     c = Config(**{**TINY, "p": 7, "width": 24, "n_test": 6, "optimizer": "adam", "lr": 0.02,
@@ -130,11 +142,22 @@ def test_agrees_with_reference_across_tiles():
     compare_runs(c, ref, rows_ref, tri, rows_tri)
 
 
+def engine_config(device: torch.device = DEVICE) -> Config:
+    """The engine-history test's config, on the device the kernels run on: backend="triton" refuses
+    device="cpu" on a GPU machine (the interpreter accepts it, which is why a CPU run can't tell)."""
+    return Config(**{**TINY, "log_every": 2, "eval_every": 6, "optimizer": "adamw", "lr": 0.01,
+                     "weight_decay": 0.5, "device": device.type})
+
+
+def test_engine_config_is_on_the_kernels_device():
+    assert engine_config(torch.device("cuda")).device == "cuda"
+    assert engine_config().device == DEVICE.type
+
+
 def test_engine_history_matches_reference():
     """grokfast.train(backend="triton") is a drop-in: same Result fields, NaN between evaluations."""
-    c = Config(**{**TINY, "log_every": 2, "eval_every": 6, "optimizer": "adamw", "lr": 0.01,
-                  "weight_decay": 0.5})
-    r_ref = grokfast.reference.train(c)
+    c = engine_config()
+    r_ref = grokfast.reference.train(c.replace(device="cpu"))
     r_tri = grokfast.train(c, backend="triton")
     assert r_tri.backend == "triton"
     assert list(r_tri.history["step"]) == list(range(0, STEPS, 2))
