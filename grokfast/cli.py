@@ -138,8 +138,11 @@ def cmd_sweep(args) -> int:
         options = {k: v for k, v in options.items() if v is not None and
                    not (k == "backend" and v == "auto")}
         print(f"grokfast sweep: resuming {args.resume}", flush=True)
-        result = sweep(None, out=args.resume, resume=True, progress=not args.quiet,
-                       handle_signals=True, phase_rules=rules, **ray, **options)
+        try:
+            result = sweep(None, out=args.resume, resume=True, progress=not args.quiet,
+                           handle_signals=True, phase_rules=rules, **ray, **options)
+        except KeyboardInterrupt:
+            return _sweep_stopped(args.resume)
     else:
         config = _config_from_args(args)
         grid = dict(parse_grid_arg(g) for g in args.grid or [])
@@ -161,10 +164,13 @@ def cmd_sweep(args) -> int:
             for l in launches:
                 print(f"{l.name}: rows {l.rows[0]}–{l.rows[-1]}, {l.n_models} models")
             return 0
-        result = sweep(config, grid=grid, seeds=seeds, out=out, progress=not args.quiet,
-                       max_models_per_launch=args.max_models_per_launch,
-                       launch_memory=launch_memory, handle_signals=True, phase_rules=rules,
-                       **stop, **ray, **options)
+        try:
+            result = sweep(config, grid=grid, seeds=seeds, out=out, progress=not args.quiet,
+                           max_models_per_launch=args.max_models_per_launch,
+                           launch_memory=launch_memory, handle_signals=True, phase_rules=rules,
+                           **stop, **ray, **options)
+        except KeyboardInterrupt:
+            return _sweep_stopped(out)
     print(result.summary(rules))
     figures = sorted(p.name for p in result.dir.glob("*.png"))
     print(f"results: {result.dir / 'results.csv'}" + (f"; figures: {', '.join(figures)}"
@@ -176,6 +182,13 @@ def cmd_sweep(args) -> int:
     if any(r["stop_reason"] in RESUMABLE_STOPS for r in result.table) or not result.complete:
         print(f"stopped early: `grokfast sweep --resume {result.dir}` finishes it")
     return 0
+
+
+def _sweep_stopped(out) -> int:
+    print(f"stopped at once (second interrupt): {out} keeps its finished launches and the last "
+          f"complete checkpoint of the running one; `grokfast sweep --resume {out}` finishes it",
+          file=sys.stderr)
+    return 130
 
 
 def cmd_show(args) -> int:
