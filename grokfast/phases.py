@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -130,7 +131,8 @@ def summary_lines(result, rules: Optional[PhaseRules] = None) -> list[str]:
     st, b = result.status, result.base
     done = st.get("launches_done", "?")
     rate = st.get("model_steps_per_s")
-    lines = [f"{result.dir}: sweep {st.get('status', 'unknown')}, {len(result.plan)} launches "
+    n = len(result.plan)
+    lines = [f"{result.dir}: sweep {st.get('status', 'unknown')}, {n} launch{'es' if n > 1 else ''} "
              f"({done} done), {len(result.table)} of {result.n_models} models in results.csv"
              + (f", {st['wall_time']:.1f} s, {rate:,.0f} model-steps/s" if rate else ""),
              f"base: p={b.p} {b.operation} {b.pairs} {b.encoding}, width {b.width} {b.activation}, "
@@ -202,8 +204,7 @@ def plot_phase_diagram(result, a: str, b: str, path, rules: PhaseRules) -> None:
     lo, hi = (min(medians), max(medians)) if medians else (1.0, 10.0)
     norm = LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10)
     cmap = plt.get_cmap("viridis")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(5.0 + 1.6 * len(vb), 1.5 + 0.55 * len(va)
-                                                   + 1.5), squeeze=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.0 + 2.0 * len(vb), 3.2 + 0.6 * len(va)))
     img = np.ones((len(va), len(vb), 3))
     phase_img = np.ones((len(va), len(vb), 3))
     for (i, j), s in stats.items():
@@ -223,8 +224,8 @@ def plot_phase_diagram(result, a: str, b: str, path, rules: PhaseRules) -> None:
         ax1.text(j, i, f"{_fmt_step(s['median'])}\n{s['grokked']}/{s['n']}", ha="center",
                  va="center", fontsize=8, color="white" if dark else "black")
         spread = f"\n×{s['spread']:.2g}" if math.isfinite(s["spread"]) else ""
-        ax2.text(j, i, f"{s['phase'][:4]}\n{s['grokked']}/{s['n']}{spread}", ha="center",
-                 va="center", fontsize=8)
+        ax2.text(j, i, f"{s['phase']}\n{s['grokked']}/{s['n']}{spread}", ha="center",
+                 va="center", fontsize=7)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax1, label="median grok step (grey: not grokked)")
     ax1.set_title("median grok step, grokked/seeds", fontsize=9)
@@ -233,8 +234,8 @@ def plot_phase_diagram(result, a: str, b: str, path, rules: PhaseRules) -> None:
                loc="upper left", bbox_to_anchor=(1.01, 1.0))
     others = [x for x in result.axes if x not in (a, b) and len(result.axes[x]) > 1]
     pooled = f" (pooled over {', '.join(others)})" if others else ""
-    fig.suptitle(f"{a} × {b}{pooled}, seeds {_seed_text(result.seeds)}\n{rules.describe()}",
-                 fontsize=8)
+    fig.suptitle(f"{a} × {b}{pooled}, seeds {_seed_text(result.seeds)}\n"
+                 + "\n".join(textwrap.wrap(rules.describe(), 120)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -652,7 +652,7 @@ def configure_parser(p) -> None:
     p.add_argument("--quick", action="store_true",
                    help="paper: 2 seeds, 3000 Euler steps, 50k GD steps: about 1.5 minutes on 2 "
                         "CPU cores (full mode: 5 seeds, 5000 / 100k steps, about 5 minutes); "
-                        "scaling: λη over 4× with 12k steps (grokfast.scaling)")
+                        "scaling: λη over 4× with 16k steps (grokfast.scaling)")
     p.add_argument("--out", help="output directory (default runs/reproduce-WHAT-TIME)")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 (paper: both experiments)")
     p.add_argument("--sim-steps", type=int, metavar="N", help="Euler steps of paper-sim")
