@@ -9,7 +9,9 @@ Each launch is one Ray task running `sweep.run_launch` on some node, with its re
 
 Ray packs tasks onto the nodes by those numbers. Results stream back as tasks finish (`ray.wait`)
 and `on_done(launch, rows)` is called for each, as the local executor does; the sweep keeps its
-table in plan order. Nothing crosses the network but the launch (its configs) and its table rows:
+table in plan order. The rows are bitwise those of a local sweep run with the same torch threads
+(models wider than the torch backend's "small" ones step on all their threads, and their float32
+statistics depend on how many). Nothing crosses the network but the launch (its configs) and its table rows:
 every task reads and writes its launch directory inside the sweep directory itself, so that
 directory must be on storage that every node mounts at the same path (the driver resolves it to an
 absolute path). Workers import grokfast from their own Python environment: install the same
