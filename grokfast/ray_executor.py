@@ -56,17 +56,15 @@ def import_ray():
     return ray
 
 
-def _check_resource(name: str, value, allow_fraction: bool) -> None:
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and value > 0 and (allow_fraction or float(value).is_integer())
-    if ok and allow_fraction and value > 1:
-        ok = float(value).is_integer()
-    if not ok:
-        what = ("a positive integer, or a fraction below 1 to share a GPU between launches"
-                if allow_fraction else "a positive integer")
-        raise GrokfastError(f"{name}={value!r} must be {what}")
+def _check_resources(cpus, gpus) -> None:
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if cpus is not None and not (number(cpus) and cpus >= 1 and float(cpus).is_integer()):
+        raise GrokfastError(f"cpus_per_launch={cpus!r} must be a positive integer")
+    if gpus is not None and not (number(gpus) and 0 < gpus <= 1):
+        raise GrokfastError(f"gpus_per_launch={gpus!r} must be 1, or a fraction to share a GPU "
+                            f"between launches (0.5: two per GPU); a launch runs on one device")
 
 
 class RayExecutor:
@@ -78,8 +76,8 @@ class RayExecutor:
     (RAY_ADDRESS, else a cluster started on this machine, else a local instance). When this
     process has already called ray.init, that connection is used (address must then be None).
     cpus_per_launch: CPUs each launch declares and its torch threads (default 1).
-    gpus_per_launch: GPUs each launch declares; default 1 when the launch's configs are on CUDA,
-    else none. Declared for CPU configs, the tasks are placed one per GPU but train on the CPU
+    gpus_per_launch: the share of a GPU each launch declares (1, or 0.5 for two launches per
+    GPU, ...); default 1 when the launch's configs are on CUDA, else none. Declared for CPU configs, the tasks are placed one per GPU but train on the CPU
     (a placement check without GPUs).
     max_retries: Ray's retries of a task whose worker or node died (each resumes the launch).
     init_options: extra ray.init keywords for a local instance (num_cpus, num_gpus, ...).
@@ -95,8 +93,7 @@ class RayExecutor:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise GrokfastError(f"ray address {address!r}: use 'local', 'auto', HOST:PORT or "
                                 f"ray://HOST:PORT")
-        _check_resource("cpus_per_launch", cpus_per_launch, allow_fraction=False)
-        _check_resource("gpus_per_launch", gpus_per_launch, allow_fraction=True)
+        _check_resources(cpus_per_launch, gpus_per_launch)
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise GrokfastError(f"max_retries={max_retries!r} must be an integer ≥ 0")
         if init_options is not None and address not in (None, "local"):

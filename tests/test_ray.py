@@ -37,10 +37,10 @@ except ImportError:
 needs_ray = pytest.mark.skipif(ray is None, reason='needs Ray: pip install "grokfast[ray]"')
 
 # paper-real at p = 11, 2 models per launch: about 7000 steps/s per launch on one core here, so a
-# launch of LONG takes a few seconds: long enough to kill mid-way after a checkpoint.
-LONG = Config.preset("paper-real").replace(steps=12_000)
+# launch of LONG takes a second or more: long enough to kill mid-way after a checkpoint.
+LONG = Config.preset("paper-real").replace(steps=8000)
 LONG_GRID = {"weight_decay": [1e-4, 2e-4, 4e-4]}  # with 2 models per launch: 3 launches
-LONG_SETS = ["steps=12000"]
+LONG_SETS = ["steps=8000"]
 
 
 def same_sweeps(got: SweepResult, want: SweepResult) -> None:
@@ -52,6 +52,14 @@ def same_sweeps(got: SweepResult, want: SweepResult) -> None:
         assert_bitwise(a.params, b.params, f"row {i} params")
         for k in grokfast.STAT_NAMES:
             assert_bitwise(np.asarray(a.history[k]), np.asarray(b.history[k]), f"row {i} {k}")
+
+
+@pytest.fixture(scope="module")
+def long_local(tmp_path_factory):
+    """The LONG sweep (3 launches) through the local executor, uninterrupted."""
+    return grokfast.sweep(LONG, grid=LONG_GRID, seeds=[0, 1], max_models_per_launch=2,
+                          out=tmp_path_factory.mktemp("long") / "local", backend="torch",
+                          figures=False)
 
 
 def attempts(sweep_dir, launch: str, event: str = "started") -> list:
@@ -98,12 +106,12 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("kwargs, words", [
     (dict(cpus_per_launch=0), "cpus_per_launch=0 must be a positive integer"),
     (dict(cpus_per_launch=1.5), "cpus_per_launch=1.5 must be a positive integer"),
-    (dict(gpus_per_launch=1.5), "gpus_per_launch=1.5 must be a positive integer, or a fraction"),
-    (dict(gpus_per_launch=-1), "gpus_per_launch=-1"),
+    (dict(gpus_per_launch=2), "gpus_per_launch=2 must be 1, or a fraction"),
+    (dict(gpus_per_launch=0), "gpus_per_launch=0 must be 1"),
     (dict(address=""), "use 'local', 'auto', HOST:PORT"),
     (dict(max_retries=-1), "max_retries=-1"),
     (dict(address="auto", init_options={"num_cpus": 2}), "init_options start a local"),
-], ids=["cpus0", "cpus-frac", "gpus-1.5", "gpus-neg", "address-empty", "retries", "init-auto"])
+], ids=["cpus0", "cpus-frac", "gpus-2", "gpus-0", "address-empty", "retries", "init-auto"])
 def test_bad_arguments_are_refused_before_ray_is_imported(kwargs, words, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(GrokfastError, match=words):
@@ -127,7 +135,7 @@ def _end_group(proc) -> None:
 
 
 @needs_ray
-def test_driver_killed_then_resume_runs_only_what_is_missing(tmp_path):
+def test_driver_killed_then_resume_runs_only_what_is_missing(tmp_path, long_local):
     out = tmp_path / "killed"
     sets = [a for s in LONG_SETS for a in ("--set", s)]
     proc = _cli_sweep(*sets, "--grid", "weight_decay=1e-4,2e-4,4e-4", "--seeds", "0:2",
@@ -160,9 +168,7 @@ def test_driver_killed_then_resume_runs_only_what_is_missing(tmp_path):
         assert len(attempts(out, name)) == 1 and len(attempts(out, name, "finished")) == 1
     assert len(attempts(out, "launch_002")) == 2  # killed, then resumed from its checkpoint
     assert [e["event"] for e in read_events(out / "launch_002")].count("resumed") == 1
-    whole = grokfast.sweep(LONG, grid=LONG_GRID, seeds=[0, 1], out=tmp_path / "whole",
-                           max_models_per_launch=2, backend="torch", figures=False)
-    same_sweeps(SweepResult.load(out), whole)
+    same_sweeps(SweepResult.load(out), long_local)
 
 
 @needs_ray
@@ -199,7 +205,8 @@ def test_a_ray_sweep_equals_the_local_sweep_bitwise(cluster, tmp_path):
         assert start["threads"] == 1 and start["pid"] == end["pid"] != os.getpid()
 
 
-def test_a_worker_killed_mid_launch_is_retried_and_resumes_from_its_checkpoint(cluster, tmp_path):
+def test_a_worker_killed_mid_launch_is_retried_and_resumes_from_its_checkpoint(cluster, tmp_path,
+                                                                              long_local):
     out = tmp_path / "ray"
     killer = kill_worker_when_checkpointed(out, "launch_001")
     got = grokfast.sweep(LONG, grid=LONG_GRID, seeds=[0, 1], out=out, executor="ray",
@@ -213,13 +220,11 @@ def test_a_worker_killed_mid_launch_is_retried_and_resumes_from_its_checkpoint(c
     events = read_events(out / "launch_001")
     (resumed,) = [e for e in events if e["event"] == "resumed"]
     assert resumed["step"] > 0  # from the checkpoint, not from scratch
-    whole = grokfast.sweep(LONG, grid=LONG_GRID, seeds=[0, 1], out=tmp_path / "whole",
-                           max_models_per_launch=2, backend="torch", figures=False)
-    same_sweeps(got, whole)
+    same_sweeps(got, long_local)
 
 
 def test_one_launch_per_declared_gpu_runs_concurrently(cluster, tmp_path):
-    base = LONG.replace(steps=9000)
+    base = LONG.replace(steps=5000)
     launches = plan(base, {"weight_decay": [1e-4, 2e-4, 3e-4, 4e-4]}, [0],
                     max_models_per_launch=1)
     assert len(launches) == 4 and base.device == "cpu"
@@ -227,7 +232,7 @@ def test_one_launch_per_declared_gpu_runs_concurrently(cluster, tmp_path):
     RayExecutor(gpus_per_launch=1).run(launches, tmp_path, SweepOptions(backend="torch"),
                                        lambda launch, rows: finished.setdefault(launch.name, rows))
     assert sorted(finished) == [l.name for l in launches]
-    assert all(r["error"] is None and r["steps_done"] == 9000 for rows in finished.values()
+    assert all(r["error"] is None and r["steps_done"] == 5000 for rows in finished.values()
                for r in rows)
     starts = [attempts(tmp_path, l.name)[0] for l in launches]
     ends = [attempts(tmp_path, l.name, "finished")[0] for l in launches]
