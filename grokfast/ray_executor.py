@@ -42,6 +42,7 @@ from .errors import GrokfastError
 
 INSTALL_HINT = 'pip install "grokfast[ray]"'
 RECORD_DIR = "ray"
+log = logging.getLogger("grokfast")
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -134,21 +135,25 @@ class RayExecutor:
         return dict(num_cpus=self.cpus_per_launch, num_gpus=gpus)
 
     def _check_feasible(self, launches) -> None:
-        """GrokfastError when no node of the cluster could ever run a launch (it would wait
-        forever)."""
+        """When no node of the cluster can run a launch: GrokfastError on the local instance this
+        executor started (nothing will ever join it), else a warning (an autoscaler may still add
+        such nodes; meanwhile Ray reports the task as waiting for resources)."""
         nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
         for launch in launches:
             need = self._resources(launch)
-            if not any(r.get("CPU", 0) >= need["num_cpus"] and r.get("GPU", 0) >= need["num_gpus"]
-                       for r in nodes):
-                have = ", ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU"
-                                 for r in nodes) or "no node"
-                hint = ("configs on CUDA need a GPU per launch: start the nodes with GPUs, or "
-                        "--set device=cpu" if need["num_gpus"] else
-                        "lower --cpus-per-launch")
-                raise GrokfastError(
-                    f"{launch.name} needs {need['num_cpus']:g} CPU and {need['num_gpus']:g} GPU, "
-                    f"more than any node of the Ray cluster has ({have}): {hint}")
+            if any(r.get("CPU", 0) >= need["num_cpus"] and r.get("GPU", 0) >= need["num_gpus"]
+                   for r in nodes):
+                continue
+            have = ", ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU"
+                             for r in nodes) or "no node"
+            hint = ("configs on CUDA need a GPU per launch: add nodes with GPUs, or --set "
+                    "device=cpu" if need["num_gpus"] else "lower --cpus-per-launch")
+            message = (f"{launch.name} needs {need['num_cpus']:g} CPU and {need['num_gpus']:g} "
+                       f"GPU, more than any node of the Ray cluster has ({have}): {hint}")
+            if self.address == "local":
+                raise GrokfastError(message)
+            log.warning("%s; the launches wait until the cluster has such a node", message)
+            return
 
     # ------------------------------------------------------------------------------ run
     def run(self, launches: Sequence, sweep_dir, options, on_done: Callable[[object, list], None]

@@ -6,6 +6,7 @@ declared GPU without GPUs, errors recorded per launch, and the boundary errors.
 Ray is an optional extra: without it only the tests of the missing-Ray error run (.ci/run installs
 "grokfast[ray]" and sets GROKFAST_REQUIRE_RAY, where a missing Ray fails instead of skipping).
 """
+import logging
 import os
 import signal
 import subprocess
@@ -179,6 +180,16 @@ def test_ray_address_auto_without_a_cluster_says_how_to_start_one(tmp_path, monk
         RayExecutor("auto").run(launches, tmp_path, SweepOptions(), lambda launch, rows: None)
 
 
+@needs_ray
+def test_a_launch_no_local_node_can_run_is_refused_before_it_waits_forever(tmp_path):
+    launches = plan(TINY, {}, [0])
+    with pytest.raises(GrokfastError, match=r"needs 64 CPU and 0 GPU, more than any node of the "
+                                            r"Ray cluster has \(2 CPU / 0 GPU\): lower --cpus"):
+        RayExecutor("local", cpus_per_launch=64, init_options=dict(num_cpus=2)).run(
+            launches, tmp_path, SweepOptions(), lambda launch, rows: None)
+    assert not ray.is_initialized()  # the instance it started is stopped
+
+
 # ------------------------------------------------------------------------ on one Ray instance
 @pytest.fixture(scope="module")
 def cluster():
@@ -270,9 +281,18 @@ def test_joining_a_running_instance_with_another_address_is_refused(cluster, tmp
     launches = plan(TINY, {}, [0])
     with pytest.raises(GrokfastError, match="already initialized"):
         RayExecutor("local").run(launches, tmp_path, SweepOptions(), lambda launch, rows: None)
-    with pytest.raises(GrokfastError, match="more than any node"):
-        RayExecutor(cpus_per_launch=64).run(launches, tmp_path, SweepOptions(),
-                                            lambda launch, rows: None)
+
+
+def test_on_a_joined_cluster_a_launch_no_node_can_run_warns_and_waits(cluster, tmp_path, caplog):
+    launches = plan(TINY, {}, [0])
+    finished = {}
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="grokfast"):
+        RayExecutor(cpus_per_launch=64, should_stop=lambda: time.monotonic() > t0 + 2).run(
+            launches, tmp_path, SweepOptions(), lambda l, rows: finished.setdefault(l.name, rows))
+    assert "more than any node of the Ray cluster has (4 CPU / 4 GPU)" in caplog.text
+    assert "wait until the cluster has such a node" in caplog.text
+    assert not finished and not attempts(tmp_path, launches[0].name)  # waited, never ran
 
 
 def test_a_stop_request_ends_running_launches_at_a_checkpoint_and_starts_no_other(cluster,
