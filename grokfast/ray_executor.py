@@ -160,9 +160,9 @@ class RayExecutor:
             ) -> None:
         """Run `launches` as Ray tasks; on_done(launch, rows) as each finishes (any order).
 
-        options.max_time is the sweep's budget: a launch gets the time left when its task starts,
-        and a task that starts after it is spent does not run (the launch stays pending, for
-        --resume)."""
+        options.max_time is the sweep's budget, counted from this call (a worker's start-up is
+        part of it): a launch gets the time left when its task starts, and a task that starts after
+        it is spent does not run (the launch stays pending, for --resume)."""
         from .sweep import failed_rows
 
         if not launches:

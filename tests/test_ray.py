@@ -253,12 +253,14 @@ def test_one_launch_per_declared_gpu_runs_concurrently(cluster, tmp_path):
 
 
 def test_failures_are_recorded_per_launch_and_the_others_finish(cluster, tmp_path):
-    # a launch on CUDA (placed on a declared GPU) raises inside run_launch: no CUDA here
-    got = grokfast.sweep(TINY, grid={"device": ["cpu", "cuda"]}, seeds=[0], out=tmp_path / "s",
+    # a launch on CUDA (placed on a declared GPU) raises inside run_launch: no CUDA here. Its
+    # cuda:1 became cuda:0, the one GPU the task sees through its CUDA_VISIBLE_DEVICES.
+    got = grokfast.sweep(TINY, grid={"device": ["cpu", "cuda:1"]}, seeds=[0], out=tmp_path / "s",
                          executor="ray", backend="torch", figures=False)
     cpu, gpu = got.table
     assert cpu["error"] is None and cpu["steps_done"] == TINY.steps
-    assert gpu["stop_reason"] == "error" and "CUDA is not available" in gpu["error"]
+    assert gpu["stop_reason"] == "error"
+    assert "device='cuda:0' but CUDA is not available" in gpu["error"]
     assert attempts(got.dir, gpu["launch"])[0]["cuda_visible_devices"] in ("0", "1", "2", "3")
     assert (got.dir / gpu["launch"] / "error.txt").is_file()
 
@@ -313,3 +315,23 @@ def test_a_stop_request_ends_running_launches_at_a_checkpoint_and_starts_no_othe
         assert events[-1]["event"] == "interrupted" and events[-2]["event"] == "checkpoint"
         assert attempts(tmp_path, name)[0]["threads"] == 2
     assert not (tmp_path / "launch_002").exists() and not attempts(tmp_path, "launch_002")
+
+
+def test_the_time_budget_stops_running_launches_and_starts_no_other(cluster, tmp_path):
+    # 2 CPUs per launch on 4 declared: launches 0 and 1 run until max_time, then 2 finds it spent.
+    # The budget counts from the driver's call: a fresh worker importing torch takes seconds of it
+    # on this busy machine, and a task that starts after it does not run.
+    base = LONG.replace(steps=100_000)
+    launches = plan(base, LONG_GRID, [0, 1], max_models_per_launch=2)
+    finished = {}
+    t0 = time.monotonic()
+    RayExecutor(cpus_per_launch=2).run(
+        launches, tmp_path, SweepOptions(backend="torch", max_time=8.0),
+        lambda launch, rows: finished.setdefault(launch.name, rows))
+    assert time.monotonic() - t0 < 30
+    assert finished and set(finished) <= {"launch_000", "launch_001"}
+    for name, rows in finished.items():
+        assert [(r["stop_reason"], 0 < r["steps_done"] < base.steps) for r in rows] == [
+            ("max_time", True)] * 2, rows
+        assert checkpointed(tmp_path / name)  # resumable
+    assert not attempts(tmp_path, "launch_002") and not (tmp_path / "launch_002").exists()
