@@ -40,9 +40,10 @@ from typing import Callable, Optional, Sequence
 
 from .errors import GrokfastError
 
+log = logging.getLogger("grokfast")
+
 INSTALL_HINT = 'pip install "grokfast[ray]"'
 RECORD_DIR = "ray"
-log = logging.getLogger("grokfast")
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -78,8 +79,9 @@ class RayExecutor:
     process has already called ray.init, that connection is used (address must then be None).
     cpus_per_launch: CPUs each launch declares and its torch threads (default 1).
     gpus_per_launch: the share of a GPU each launch declares (1, or 0.5 for two launches per
-    GPU, ...); default 1 when the launch's configs are on CUDA, else none. Declared for CPU configs, the tasks are placed one per GPU but train on the CPU
-    (a placement check without GPUs).
+    GPU, ...); default 1 when the launch's configs are on CUDA, else none. Declared for CPU
+    configs, the tasks are placed one per GPU but train on the CPU (a placement check without
+    GPUs).
     max_retries: Ray's retries of a task whose worker or node died (each resumes the launch).
     init_options: extra ray.init keywords for a local instance (num_cpus, num_gpus, ...).
     should_stop(): polled while launches run (the sweep's Ctrl-C handler); once true, every task is
@@ -125,8 +127,11 @@ class RayExecutor:
         try:
             ray.init(**kwargs)
         except ConnectionError as e:
+            auth = ("" if self.address in (None, "auto") else
+                    "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its "
+                    "token (~/.ray/auth_token or RAY_AUTH_TOKEN) here")
             raise GrokfastError(f"cannot reach a Ray cluster at {self.address!r} ({e}); start one "
-                                f"with `ray start --head` or use --ray local") from None
+                                f"with `ray start --head`, or use --ray local{auth}") from None
         return True
 
     def _resources(self, launch) -> dict:

@@ -8,11 +8,15 @@ Ray is an optional extra: without it only the tests of the missing-Ray error run
 """
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +192,42 @@ def test_a_launch_no_local_node_can_run_is_refused_before_it_waits_forever(tmp_p
         RayExecutor("local", cpus_per_launch=64, init_options=dict(num_cpus=2)).run(
             launches, tmp_path, SweepOptions(), lambda launch, rows: None)
     assert not ray.is_initialized()  # the instance it started is stopped
+
+
+@needs_ray
+def test_a_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
+    # RAY_TMPDIR: this cluster's files, and the address file `--ray auto` reads, stay private
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live there
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             "--block"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(ray_tmp, "ray", "ray_current_cluster").is_file():
+            assert head.poll() is None and time.monotonic() < deadline, "ray start failed"
+            time.sleep(0.1)
+        out = tmp_path / "s"
+        p = subprocess.run([sys.executable, "-m", "grokfast", "sweep", "--set", "steps=2000",
+                            "--grid", "weight_decay=1e-4,2e-4", "--max-models-per-launch", "1",
+                            "--backend", "torch", "--quiet", "--out", str(out), "--ray", "auto"],
+                           env=env, capture_output=True, text=True, timeout=240)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert head.poll() is None  # the driver joined the cluster and left it running
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        finally:
+            _end_group(head)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    got = SweepResult.load(out)
+    assert got.complete and [r["error"] for r in got.table] == [None, None]
+    assert [len(attempts(out, l.name, "finished")) for l in got.plan] == [1, 1]
 
 
 # ------------------------------------------------------------------------ on one Ray instance
