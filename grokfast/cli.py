@@ -117,7 +117,7 @@ def cmd_sweep(args) -> int:
                    checkpoint_every=args.checkpoint_every,
                    checkpoint_seconds=args.checkpoint_seconds)
     executor = "ray" if args.ray is not None else "local"
-    ray = dict(executor=executor, ray_address=None if args.ray in (None, "auto") else args.ray,
+    ray = dict(executor=executor, ray_address=args.ray,
                cpus_per_launch=args.cpus_per_launch)
     if args.cpus_per_launch is not None and executor != "ray":
         raise GrokfastError("--cpus-per-launch applies to Ray launches: add --ray [ADDRESS]")
@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "within R × the memorization step is comprehension, later is grokking "
                    "(default 10)")
     w.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run the launches "
-                   "on a Ray cluster (default address: auto); needs pip install \"grokfast[ray]\"")
+                   "as Ray tasks: --ray alone or auto joins this machine's cluster, local starts one, "
+                   "HOST:PORT another; needs pip install \"grokfast[ray]\"")
     w.add_argument("--cpus-per-launch", type=int, metavar="N", help="CPUs Ray reserves per launch")
     w.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     w.add_argument("--quiet", action="store_true", help="no progress bar")

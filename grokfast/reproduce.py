@@ -663,6 +663,8 @@ def configure_parser(p) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="scaling: GD steps at most per model")
     p.add_argument("--weight-decays", metavar="A,B,…", help="scaling: the weight decays swept")
     p.add_argument("--lrs", metavar="A,B,…", help="scaling: the learning rates swept")
+    p.add_argument("--report-only", action="store_true", help="scaling: rewrite summary, figures "
+                   "and report of the finished run in --out (no training)")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -676,7 +678,7 @@ def cmd_reproduce(args) -> int:
         from .scaling import cmd_scaling
         return cmd_scaling(args)
     unused = [f"--{n.replace('_', '-')}" for n in ("steps", "weight_decays", "lrs")
-              if getattr(args, n) is not None]
+              if getattr(args, n) is not None] + (["--report-only"] if args.report_only else [])
     if unused:
         raise GrokfastError(f"{', '.join(unused)}: options of `reproduce scaling`")
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-paper-{time.strftime('%Y%m%d-%H%M%S')}"

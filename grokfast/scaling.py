@@ -11,6 +11,7 @@ and grok_step × weight_decay × lr collapses to T* for every (weight decay, lr)
 
     grokfast reproduce scaling [--quick] [--out DIR] [--seeds N] [--steps N]
                                [--weight-decays A,B,…] [--lrs A,B,…] [--backend B]
+    grokfast reproduce scaling --report-only --out DIR   # the analysis again, no training
 
 sweeps paper-real over weight_decay × lr × seeds with stop_at="grok" (DIR/sweep, one launch per
 (weight_decay, lr), its seeds batched), trains the same models again one launch each
@@ -234,29 +235,59 @@ def _computed(table: Sequence[dict]) -> int:
 def reproduce_scaling(out, quick: bool = False, seeds: Optional[int] = None,
                       steps: Optional[int] = None, weight_decays=None, lrs=None,
                       backend: str = "auto", alone: bool = True, log=print) -> Path:
-    """Run the sweep (and the one-launch-each comparison), write figures, summary.json, report.md."""
+    """Run the sweep (and the one-launch-each comparison), then write_analysis."""
     from .sweep import sweep
     b = make_budget(quick, seeds, steps, weight_decays, lrs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(b)
     grid = {"weight_decay": list(b.weight_decays), "lr": list(b.lrs)}
-    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok",
-                  figures=True)
+    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok")
     log(f"[scaling] sweep: weight_decay {list(b.weight_decays)} × lr {list(b.lrs)} × {b.seeds} "
         f"seeds, {b.steps} steps, stop_at grok …")
     swept = sweep(base, out=out / "sweep", max_models_per_launch=b.seeds, **common)
-    t_sweep = swept.status["wall_time"]  # training and tables; not the figures
-    log(f"[scaling] sweep: {t_sweep:.1f} s")
+    log(f"[scaling] sweep: {swept.status['wall_time']:.1f} s")
+    if alone:
+        log("[scaling] the same models, one launch each …")
+        lone = sweep(base, out=out / "alone", max_models_per_launch=1, figures=False, **common)
+        log(f"[scaling] one launch each: {lone.status['wall_time']:.1f} s")
+    s = write_analysis(out, b)
+    log(f"[scaling] exponent {s['fit']['slope']:.3f} [{s['fit']['lo']:.3f}, {s['fit']['hi']:.3f}] "
+        f"(theory −1); wrote {out / 'report.md'}")
+    return out
+
+
+def budget_of(out) -> ScalingBudget:
+    """The budget a finished `reproduce scaling` directory ran with (from its sweep's plan)."""
+    from .sweep import SweepResult
+    out = Path(out)
+    swept = SweepResult.load(out / "sweep")
+    mode = "rederived"
+    if (out / "summary.json").is_file():
+        mode = json.loads((out / "summary.json").read_text())["budget"]["mode"]
+    return ScalingBudget(weight_decays=tuple(swept.axes["weight_decay"]),
+                         lrs=tuple(swept.axes["lr"]), seeds=len(swept.seeds),
+                         steps=swept.base.steps, log_every=swept.base.log_every, mode=mode)
+
+
+def write_analysis(out, b: Optional[ScalingBudget] = None) -> dict:
+    """Summary, figures and report of the runs in out/sweep (and out/alone, if there): the timings
+    are the sweeps' own wall times (status.json: training and tables, not figures)."""
+    from .sweep import SweepResult
+    out = Path(out)
+    b = b or budget_of(out)
+    swept = SweepResult.load(out / "sweep")
+    if not swept.complete:
+        raise GrokfastError(f"{out / 'sweep'} is not finished: `grokfast sweep --resume "
+                            f"{out / 'sweep'}` first")
+    t_sweep = swept.status["wall_time"]
     timing = dict(sweep_wall=t_sweep, sweep_model_steps=sum(r["steps_done"] for r in swept.table),
                   sweep_computed=_computed(swept.table), sweep_rate=_rate(swept.table, t_sweep),
                   launches=len(swept.plan))
     same = None
-    if alone:
-        log("[scaling] the same models, one launch each …")
-        lone = sweep(base, out=out / "alone", max_models_per_launch=1, **{**common, "figures": False})
+    if (out / "alone" / "plan.json").is_file():
+        lone = SweepResult.load(out / "alone")
         t_alone = lone.status["wall_time"]
-        log(f"[scaling] one launch each: {t_alone:.1f} s")
         timing.update(alone_wall=t_alone, alone_rate=_rate(lone.table, t_alone),
                       alone_launches=len(lone.plan))
         timing["speedup"] = timing["sweep_rate"] / timing["alone_rate"]
@@ -266,10 +297,8 @@ def reproduce_scaling(out, quick: bool = False, seeds: Optional[int] = None,
     plot_grok_step(swept.table, s, out / "scaling_grok_step.png")
     plot_collapse(swept.table, s, out / "scaling_collapse.png")
     (out / "summary.json").write_text(json.dumps(s, indent=2, default=_json_default))
-    write_report(out / "report.md", b, s, base)
-    log(f"[scaling] exponent {s['fit']['slope']:.3f} [{s['fit']['lo']:.3f}, {s['fit']['hi']:.3f}] "
-        f"(theory −1); wrote {out / 'report.md'}")
-    return out
+    write_report(out / "report.md", b, s, swept.base)
+    return s
 
 
 def compare_tables(a: Sequence[dict], b: Sequence[dict]) -> dict:
@@ -324,17 +353,20 @@ class _Figure:
         if c["grokked"] < c["n"]:
             t = self.ax.get_xaxis_transform()
             color = self.color(c["lr"])
-            self.ax.scatter(x, 0.97, marker="^", transform=t, s=30, facecolors="none", color=color)
-            self.ax.text(x, 0.91, f"{c['n'] - c['grokked']}/{c['n']}", transform=t, fontsize=7,
-                         ha="center", color=color)
+            k = self.lrs.index(c["lr"])  # one row per lr: cells of equal λη do not overlap
+            self.ax.scatter(x, 0.97 - 0.1 * k, marker="^", transform=t, s=30, facecolors="none",
+                            color=color)
+            self.ax.text(x, 0.92 - 0.1 * k, f"{c['n'] - c['grokked']}/{c['n']}", transform=t,
+                         fontsize=7, ha="center", va="top", color=color)
 
-    def finish(self, path, title: str, **legend) -> None:
+    def finish(self, path, title: str, xs: Sequence[float]) -> None:
+        self.ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)  # cells without a grokked model included
         for lr in self.lrs:
             self.ax.scatter([], [], color=self.color(lr), label=f"lr = {lr:g}")
         for wd in self.wds:
             self.ax.scatter([], [], marker=self.mk[wd], color="gray", label=f"weight decay {wd:g}")
         self.ax.set_title(title, fontsize=8)
-        self.ax.legend(fontsize=7, **legend)
+        self.ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         self.fig.tight_layout()
         self.fig.savefig(path, dpi=110)
         self.plt.close(self.fig)
@@ -342,7 +374,7 @@ class _Figure:
 
 def plot_grok_step(table, s: dict, path) -> None:
     """Grok step against 1/(λη): every grokked model, cell medians, the fit and slope 1."""
-    F = _Figure(table, (6.8, 4.8))
+    F = _Figure(table, (8.6, 4.8))
     ax = F.ax
     F.seeds(lambda le: 1 / le, lambda g, le: g)
     for c in s["cells"]:
@@ -356,17 +388,19 @@ def plot_grok_step(table, s: dict, path) -> None:
     if math.isfinite(f["slope"]):
         ax.plot(xs, f["prefactor"] * xs ** (-f["slope"]), "k-", lw=1,
                 label=f"fit: exponent {f['slope']:.2f} [{f['lo']:.2f}, {f['hi']:.2f}]")
-        ax.plot(xs, f["collapse_median"] * xs, "k--", lw=1,
-                label=f"theory: grok step = T*/(λη), T* = {f['collapse_median']:.2f}")
+    ref = s["collapse_reference"]
+    if ref:
+        ax.plot(xs, ref * xs, "k--", lw=1,
+                label=f"theory: grok step = T*/(λη), T* = {ref:.2f} (smallest-λη median)")
     ax.set(xscale="log", yscale="log", xlabel="1 / (weight_decay · lr)",
            ylabel="grok step (test acc ≥ 0.99)")
     F.finish(path, "paper-real: time to grok against 1/(λη); dots: seeds, large: cell medians; "
-                   "▲ never grokked/seeds", loc="lower right")
+                   "▲ never grokked/seeds", [1 / c["lam_eta"] for c in s["cells"]])
 
 
 def plot_collapse(table, s: dict, path) -> None:
     """grok step × λη against λη: the flow time to grok, flat where the law holds."""
-    F = _Figure(table, (6.8, 4.6))
+    F = _Figure(table, (8.6, 4.6))
     ax = F.ax
     F.seeds(lambda le: le, lambda g, le: g * le)
     for c in s["cells"]:
@@ -385,7 +419,7 @@ def plot_collapse(table, s: dict, path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="λη = weight_decay · lr",
            ylabel="grok step × λη (flow time to grok)")
     F.finish(path, "collapse: flat where grok step ∝ 1/(λη); medians with interquartile bars; "
-                   "▲ never grokked/seeds")
+                   "▲ never grokked/seeds", [c["lam_eta"] for c in s["cells"]])
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -436,7 +470,16 @@ def write_report(path, b: ScalingBudget, s: dict, base: Config) -> None:
     L += [f"| lr {float(k):g} fixed, over weight decay (λ alone) | {_interval(v)} |"
           for k, v in s["fit_by_lr"].items()]
     L += ["", "The theory predicts −1 in every row: the flow time depends on λ and η only through "
-          "λη. A fixed weight decay varies η alone, a fixed lr varies λ alone.", ""]
+          "λη. A fixed weight decay varies η alone, a fixed lr varies λ alone. The row \"cells "
+          "where the law holds\" is selected by the collapse itself, so it is a description, not "
+          "a test; the tests are the other rows, the equal-λη pairs and the local exponents "
+          "below.", ""]
+    local = local_exponents(s["cells"], b)
+    if local:
+        L += ["Local exponents of the median grok step between neighbouring weight decays (lr "
+              "fixed; λ alone) and neighbouring learning rates (weight decay fixed; η alone):", "",
+              "| varied | fixed | from → to | exponent |", "|---|---|---|---|"]
+        L += [f"| {v} | {fx} | {a:g} → {c:g} | {e:.2f} |" for v, fx, a, c, e in local] + [""]
     if f["per_seed"]:
         vals = list(f["per_seed"].values())
         L += [f"Per-seed exponents: {', '.join(f'{k}: {v:.3f}' for k, v in f['per_seed'].items())} "
@@ -479,6 +522,23 @@ def write_report(path, b: ScalingBudget, s: dict, base: Config) -> None:
               f"tables, without the figures).",
               f"- the two tables agree (all columns but launch and wall time): {agree}."]
     Path(path).write_text("\n".join(L) + "\n")
+
+
+def local_exponents(cells: Sequence[dict], b: ScalingBudget) -> list:
+    """(varied, fixed, a, b, log(median_b / median_a) / log(b / a)) between neighbouring values of
+    one axis, the other fixed, where both cell medians exist."""
+    med = {(c["weight_decay"], c["lr"]): c["median"] for c in cells}
+    out = []
+    for name, values, others, key in (("weight decay", b.weight_decays, b.lrs,
+                                       lambda v, o: (v, o)),
+                                      ("lr", b.lrs, b.weight_decays, lambda v, o: (o, v))):
+        other = "lr" if name == "weight decay" else "weight decay"
+        for o in others:
+            for v0, v1 in zip(values, values[1:]):
+                m0, m1 = med.get(key(v0, o), math.nan), med.get(key(v1, o), math.nan)
+                if math.isfinite(m0) and math.isfinite(m1):
+                    out.append((name, f"{other} {o:g}", v0, v1, math.log(m1 / m0) / math.log(v1 / v0)))
+    return out
 
 
 def _pair(c: dict) -> str:
@@ -576,6 +636,12 @@ def cmd_scaling(args) -> int:
         except ValueError:
             raise GrokfastError(f"--{name} {text!r}: give numbers separated by commas") from None
 
+    if args.report_only:
+        if not args.out:
+            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
+        s = write_analysis(out)
+        print(f"[scaling] exponent {s['fit']['slope']:.3f}; wrote {out / 'report.md'}")
+        return 0
     reproduce_scaling(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
                       weight_decays=floats(args.weight_decays, "weight-decays"),
                       lrs=floats(args.lrs, "lrs"), backend=args.backend)

@@ -636,6 +636,10 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
     seeds = check_seeds(seeds, config)
     launches = plan(config, axes, seeds, max_models_per_launch=max_models_per_launch,
                     launch_memory=launch_memory)
+    runner = None
+    if executor == "ray":  # before anything is written: a missing Ray fails cleanly
+        from .ray_executor import RayExecutor
+        runner = RayExecutor(address=ray_address, cpus_per_launch=cpus_per_launch)
     if resume:
         _check_same_plan(sweep_dir, launches)
     else:
@@ -678,10 +682,9 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
     try:
         if stop is not None:
             stop.__enter__()
-        if executor == "ray":
-            from .ray_executor import RayExecutor
-            runner = RayExecutor(address=ray_address, cpus_per_launch=cpus_per_launch)
-        else:
+        if runner is not None and stop is not None:
+            runner.should_stop = lambda: stop.requested
+        if runner is None:
             runner = LocalExecutor(on_chunk=bar.chunk if bar is not None else None,
                                    should_stop=(lambda: stop.requested) if stop else None)
         runner.run(pending, sweep_dir, opts, on_done)

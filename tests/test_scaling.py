@@ -82,3 +82,6 @@ def test_reproduce_scaling_end_to_end(tmp_path):
         assert f"{summary['fit']['slope']:.3f}" in report
     with open(out / "sweep" / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 4
+    (out / "report.md").unlink()  # the analysis again from the saved runs, no training
+    assert main(["reproduce", "scaling", "--report-only", "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == report

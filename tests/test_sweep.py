@@ -316,3 +316,27 @@ def kill_base():
     for s in KILL_SETS:
         base = base.with_setting(s)
     return base
+
+
+def test_a_diverging_model_is_a_row_not_a_failure(tmp_path):
+    base = Config(p=7, width=16, n_test=5, activation="quadratic", loss_reduction="sum",
+                  steps=400, log_every=2, eval_every=2)
+    res = grokfast.sweep(base, grid={"lr": [1e-3, 1.0]}, seeds=[0], out=tmp_path / "s",
+                         backend="torch", figures=False)
+    calm, wild = res.table
+    assert wild["diverged"] is True and wild["stop_reason"] == "diverged" and wild["error"] is None
+    assert 0 < wild["steps_done"] < 400
+    assert calm["diverged"] is False and calm["steps_done"] == 400 and calm["final_train_loss"] > 0
+    assert res.result(1).diverged  # its history up to the divergence is kept
+    assert len(res.result(1).history["step"]) > 0
+
+
+def test_dry_run_prints_the_plan(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", "--set", "steps=10", "--grid", "width=16,32", "--grid",
+                     "lr=0.5,1", "--seeds", "0:3", "--max-models-per-launch", "4",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 models in 4 launches (4, 2, 4, 2 models)" in out
+    assert "launch_003: rows 9–11, 3 models" not in out and "launch_003: rows 10–11, 2 models" in out
+    assert not (tmp_path / "runs").exists()
