@@ -222,6 +222,9 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         self.signal = signal.Signals(signum).name
+        outer = getattr(self._old.get(signum), "__self__", None)
+        if isinstance(outer, _StopRequest) and not outer.requested:
+            outer._handle(signum, frame)  # an enclosing request (a sweep's) hears it too
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

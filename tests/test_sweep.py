@@ -340,3 +340,21 @@ def test_dry_run_prints_the_plan(tmp_path, monkeypatch, capsys):
     assert "12 models in 4 launches (4, 2, 4, 2 models)" in out
     assert "launch_003: rows 9–11, 3 models" not in out and "launch_003: rows 10–11, 2 models" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_signal_caught_inside_a_launch_reaches_the_sweep():
+    """A Ctrl-C that the launch's own handler takes (say in its last chunk, so that the launch
+    still finishes) must stop the sweep before its next launch."""
+    import os
+    from grokfast.engine import _StopRequest
+    outer = _StopRequest().__enter__()
+    try:
+        inner = _StopRequest().__enter__()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        finally:
+            inner.__exit__()
+        assert inner.requested and outer.requested and outer.signal == "SIGTERM"
+    finally:
+        outer.__exit__()
