@@ -329,8 +329,8 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
     max_steps / max_time end this call at that step / after that many seconds; the run directory
     then resumes like an interrupted run. profile_steps=(A, B): cudaProfilerStart before step A,
     cudaProfilerStop after step B−1 (chunks cut at A and B; without CUDA a logged no-op).
-    on_chunk: called after every chunk with the model-steps it ran (steps × models stepped); the
-    sweep's progress bar counts them. curves=False: no curves.png per model (sweeps).
+    on_chunk: called after every chunk as on_chunk(steps, models stepped) (the sweep's progress
+    bar). curves=False: no curves.png per model (sweeps).
     """
     from .checkpoint import load_checkpoint, set_rng_state
 
@@ -463,7 +463,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
                     if bar is not None:
                         _update_bar(bar, n, rows, prog)
                     if on_chunk is not None:
-                        on_chunk(n * stepped)
+                        on_chunk(n, stepped)
                 if window and profiling_open and prog.step >= window[1]:
                     profiler(False)
                 if prog.step >= steps or not prog.active.any():

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -401,12 +402,12 @@ def _train_launch(launch: Launch, d: Path, options: SweepOptions, on_chunk) -> l
 
 
 def run_launch(launch: Launch, sweep_dir, options: SweepOptions, *,
-               on_chunk: Optional[Callable[[int], None]] = None) -> list[dict]:
+               on_chunk: Optional[Callable[[int, int], None]] = None) -> list[dict]:
     """Run one launch in sweep_dir/launch.name and return its table rows (one dict per model, keys
     the results.csv columns): the saved rows if it already finished, a bitwise resume if it holds a
     checkpoint, else a fresh run. Deterministic: the same rows (but wall_time) wherever it runs.
     An exception is recorded (error.txt, rows with stop_reason "error" and the `error` column) and
-    not raised. on_chunk(model_steps) is called after every chunk (progress bars)."""
+    not raised. on_chunk(steps, models stepped) is called after every chunk (progress bars)."""
     d = Path(sweep_dir) / launch.name
     try:
         with _threads(options.threads):
@@ -448,12 +449,13 @@ def failed_rows(launch: Launch, error: str) -> list[dict]:
 class LocalExecutor:
     """Runs launches one after another in this process.
 
-    on_chunk(model_steps): progress hook passed to run_launch. should_stop(): checked between
+    on_chunk(launch, steps, models stepped): progress hook, after every chunk of a launch.
+    should_stop(): checked between
     launches (the sweep's Ctrl-C handler). With options.max_time, the sweep's budget: each launch
     gets the time left, and none starts once it is spent. A launch stopped by a signal or the time
     budget ends the run (the rest stays pending, for --resume)."""
 
-    def __init__(self, on_chunk: Optional[Callable[[int], None]] = None,
+    def __init__(self, on_chunk: Optional[Callable[[Launch, int, int], None]] = None,
                  should_stop: Optional[Callable[[], bool]] = None):
         self.on_chunk = on_chunk
         self.should_stop = should_stop
@@ -470,7 +472,8 @@ class LocalExecutor:
                 if left <= 0:
                     return
                 opts = dataclasses.replace(options, max_time=left)
-            rows = run_launch(launch, sweep_dir, opts, on_chunk=self.on_chunk)
+            hook = None if self.on_chunk is None else functools.partial(self.on_chunk, launch)
+            rows = run_launch(launch, sweep_dir, opts, on_chunk=hook)
             on_done(launch, rows)
             if any(r["stop_reason"] in RESUMABLE_STOPS for r in rows):
                 return
@@ -538,30 +541,42 @@ class _Table:
 
 # ---------------------------------------------------------------------------------------- progress
 class _SweepBar:
-    """One bar for the whole sweep: model-steps (rate and ETA by tqdm), models done."""
+    """One bar for the whole sweep. It fills with the planned work, steps × models of every
+    launch (a launch is busy with all its models until it ends; one that ends early, its models
+    stopped, fills the rest at once), so its rate and ETA are the machine's; the postfix adds the
+    model-steps of models still training per second, models done and grokked."""
 
     def __init__(self, launches: Sequence[Launch], done: Sequence[Launch]):
         from tqdm.auto import tqdm
-        total = sum(l.model_steps for l in launches)
         self.n_models = sum(l.n_models for l in launches)
         self.models_done = sum(l.n_models for l in done)
-        self.counted = 0
-        self.bar = tqdm(total=total, initial=sum(l.model_steps for l in done), unit="model-step",
-                        unit_scale=True, dynamic_ncols=True, smoothing=0.1, desc="sweep")
+        self.filled: dict[int, int] = {}
+        self.trained = 0
         self.grokked = 0
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=sum(l.model_steps for l in launches),
+                        initial=sum(l.model_steps for l in done), unit="model-step",
+                        unit_scale=True, dynamic_ncols=True, smoothing=0.1, desc="sweep")
         self._postfix()
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"models {self.models_done}/{self.n_models} done, grokked "
+        rate = self.trained / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"training {rate:,.0f} model-steps/s, models "
+                                 f"{self.models_done}/{self.n_models} done, grokked "
                                  f"{self.grokked}", refresh=False)
 
-    def chunk(self, model_steps: int) -> None:
-        self.counted += model_steps
-        self.bar.update(model_steps)
+    def chunk(self, launch: Launch, steps: int, stepped: int) -> None:
+        self.trained += steps * stepped
+        n = steps * launch.n_models
+        self.filled[launch.index] = self.filled.get(launch.index, 0) + n
+        self._postfix()
+        self.bar.update(n)
 
     def launch_done(self, launch: Launch, rows: Sequence[dict]) -> None:
-        self.bar.update(max(0, launch.model_steps - self.counted))  # early stops, resumed part
-        self.counted = 0
+        filled = self.filled.pop(launch.index, 0)
+        if any(r["stop_reason"] in RESUMABLE_STOPS for r in rows):
+            return  # stopped early: its rest is still to run (--resume)
+        self.bar.update(max(0, launch.model_steps - filled))
         self.models_done += launch.n_models
         self.grokked += sum(r["grok_step"] is not None for r in rows)
         self._postfix()
