@@ -40,6 +40,7 @@ import io
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 import traceback
@@ -58,6 +59,7 @@ PLAN_FILE = "plan.json"
 STATUS_FILE = "status.json"
 RESULTS_FILE = "results.csv"
 ERROR_FILE = "error.txt"
+LOCK_FILE = "sweep.lock"
 SWEEP_FORMAT = "grokfast-sweep/1"
 # Default memory budget of one launch: the model axis is cut so that model_bytes × models ≤ this.
 DEFAULT_LAUNCH_MEMORY = 2 << 30
@@ -662,6 +664,39 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
         write_plan(sweep_dir, config, axes, seeds, opts, launches, max_models_per_launch,
                    launch_memory)
 
+    with _sweep_lock(sweep_dir):
+        return _run_sweep(sweep_dir, launches, axes, opts, runner, progress, figures, phase_rules)
+
+
+@contextmanager
+def _sweep_lock(sweep_dir: Path):
+    """An exclusive lock on DIR/sweep.lock while a sweep runs there (released when the process
+    ends, even by SIGKILL): a second `grokfast sweep --resume DIR` at the same time is refused."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    f = open(sweep_dir / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise GrokfastError(f"{sweep_dir} is being run by {holder}: wait for it to end (or stop "
+                                f"it) before resuming") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _run_sweep(sweep_dir: Path, launches: list, axes: dict, opts: SweepOptions, runner,
+               progress: bool, figures: bool, phase_rules):
     table = _Table(sweep_dir, launches, axes)
     done, pending = [], []
     for launch in launches:

@@ -158,6 +158,17 @@ def test_resume_of_a_finished_sweep_changes_nothing(swept):
     assert read_events(swept.dir / "launch_000") == events  # nothing ran again
 
 
+def test_a_sweep_running_elsewhere_is_not_resumed_twice(swept):
+    import fcntl
+    with open(swept.dir / "sweep.lock", "w") as held:  # as a running `grokfast sweep` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242\n")
+        held.flush()
+        with pytest.raises(GrokfastError, match="being run by pid 4242"):
+            grokfast.sweep(None, out=swept.dir, resume=True, figures=False)
+    assert grokfast.sweep(None, out=swept.dir, resume=True, figures=False).table == swept.table
+
+
 def test_show_summarizes_a_sweep(swept, capsys):
     assert cli.main(["show", str(swept.dir)]) == 0
     out = capsys.readouterr().out
