@@ -20,6 +20,11 @@ so that a busy machine slows both alike:
 Ray's start-up, measured separately in the same run: `ray.init(address="local")`, the first round
 trip of a task that imports grokfast and torch on a fresh worker (what the first launch pays), and
 `ray.shutdown()`. The two tables must agree row for row but wall_time (checked every repeat).
+
+The machine's parallel capacity, measured once in the same run, says what running launches at
+once can win at all: one process per CPU training 4 paper-real models for 20 000 steps on one
+thread (about a launch), all at once, against one such process alone. On a shared machine the
+other users' load takes its share of it.
 """
 from __future__ import annotations
 
@@ -82,6 +87,33 @@ def startup_seconds() -> dict:
     return dict(init=t1 - t0, first_task=t2 - t1, shutdown=t3 - t2)
 
 
+_LAUNCH_ALONE = """
+import time, torch, grokfast
+torch.set_num_threads(1)
+cfg = grokfast.Config.preset("paper-real").replace(steps=20000)
+t = time.perf_counter(); grokfast.train(cfg, seeds=range(4), backend="torch")
+print(time.perf_counter() - t)
+"""
+
+
+def parallel_capacity() -> dict:
+    """Seconds of one launch-sized training alone, and of os.cpu_count() of them at once (the
+    slowest), each in its own process; speedup = n × alone / together."""
+    def start():
+        return subprocess.Popen([sys.executable, "-c", _LAUNCH_ALONE], stdout=subprocess.PIPE,
+                                text=True)
+
+    def seconds(proc) -> float:
+        out, _ = proc.communicate()
+        assert proc.returncode == 0
+        return float(out.strip().splitlines()[-1])
+
+    n = os.cpu_count()
+    alone = seconds(start())
+    together = max(seconds(p) for p in [start() for _ in range(n)])
+    return dict(n=n, alone=alone, together=together, speedup=n * alone / together)
+
+
 def _table(result) -> list:
     return [{k: v for k, v in r.items() if k != "wall_time"} for r in result.table]
 
@@ -102,7 +134,7 @@ def measure(repeats: int, steps: int) -> dict:
                 tables[provider] = _table(res)
             assert tables["local"] == tables["ray"], "the Ray sweep's table differs from local"
             startup.append(startup_seconds())
-    return dict(times=times, startup=startup)
+    return dict(times=times, startup=startup, capacity=parallel_capacity())
 
 
 def _span(v) -> str:
@@ -141,6 +173,10 @@ def report(m: dict, steps: int, repeats: int) -> str:
         lines.append(f"| {what} | {_span([s[k] for s in m['startup']])} |")
     total = [sum(s.values()) for s in m["startup"]]
     lines.append(f"| total | {_span(total)} |")
+    c = m["capacity"]
+    lines += ["", f"Parallel capacity: a launch-sized training took {c['alone']:.2f} s alone and "
+              f"{c['together']:.2f} s with {c['n']} at once (one per CPU): {c['speedup']:.2f}× "
+              f"the work per second of one process."]
     return "\n".join(lines)
 
 
