@@ -1,4 +1,5 @@
-"""Command line: `grokfast train`, `grokfast show` (also `python -m grokfast`).
+"""Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast reproduce`
+(also `python -m grokfast`).
 
 Bad input prints one line `error: ...` (no traceback) and exits with status 2.
 """
@@ -107,11 +108,98 @@ def _parse_seeds(text: str) -> list[int]:
         raise GrokfastError(f"--seeds {text!r}: write a range A:B (B excluded) or a list 0,1,2") from None
 
 
+def cmd_sweep(args) -> int:
+    """Run (or --resume) a sweep into --out; exit 0, 1 if a launch failed with an error, 130 if
+    a signal stopped it (resumable), 2 on bad input. Divergence is a result, not a failure."""
+    from .sweep import RESUMABLE_STOPS, parse_grid_arg, plan, sweep
+
+    options = dict(backend=args.backend, max_time=args.max_time,
+                   checkpoint_every=args.checkpoint_every,
+                   checkpoint_seconds=args.checkpoint_seconds)
+    executor = "ray" if args.ray is not None else "local"
+    ray = dict(executor=executor, ray_address=args.ray,
+               cpus_per_launch=args.cpus_per_launch)
+    if args.cpus_per_launch is not None and executor != "ray":
+        raise GrokfastError("--cpus-per-launch applies to Ray launches: add --ray [ADDRESS]")
+    rules = None
+    if args.comprehension_ratio is not None:
+        from .phases import PhaseRules
+        rules = PhaseRules(comprehension_ratio=args.comprehension_ratio)
+    launch_memory = None if args.launch_memory is None else args.launch_memory * 2 ** 30
+    if args.resume:
+        if args.preset or args.set or args.grid or args.seeds or args.out and \
+                Path(args.out).resolve() != Path(args.resume).resolve():
+            raise GrokfastError("--resume DIR continues the saved sweep: drop --preset, --set, "
+                                "--grid, --seeds and --out")
+        for name in ("stop_at", "stop_patience"):
+            if getattr(args, name) is not None:
+                raise GrokfastError(f"--resume keeps the sweep's --{name.replace('_', '-')}: "
+                                    f"drop it")
+        options = {k: v for k, v in options.items() if v is not None and
+                   not (k == "backend" and v == "auto")}
+        print(f"grokfast sweep: resuming {args.resume}", flush=True)
+        try:
+            result = sweep(None, out=args.resume, resume=True, progress=not args.quiet,
+                           handle_signals=True, phase_rules=rules, **ray, **options)
+        except KeyboardInterrupt:
+            return _sweep_stopped(args.resume)
+    else:
+        config = _config_from_args(args)
+        grid = dict(parse_grid_arg(g) for g in args.grid or [])
+        if len(grid) != len(args.grid or []):
+            raise GrokfastError("--grid names a field twice: give each field one --grid")
+        seeds = _parse_seeds(args.seeds) if args.seeds else None
+        preset = args.preset or "paper-real"
+        out = Path(args.out) if args.out else Path("runs") / f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stop = dict(stop_at=args.stop_at, stop_patience=args.stop_patience)
+        launches = plan(config, grid, seeds, max_models_per_launch=args.max_models_per_launch,
+                        launch_memory=launch_memory)
+        n = sum(l.n_models for l in launches)
+        print(f"grokfast sweep: preset {preset}, "
+              + (", ".join(f"{k} × {len(v)}" for k, v in grid.items()) or "no grid")
+              + f", seeds × {len(seeds) if seeds else 1} = {n} models in {len(launches)} launch"
+              + ("es" if len(launches) > 1 else "") + f" ({', '.join(str(l.n_models) for l in launches)}"
+              f" models), {config.steps} steps, backend {args.backend} → {out}", flush=True)
+        if args.dry_run:
+            for l in launches:
+                print(f"{l.name}: rows {l.rows[0]}–{l.rows[-1]}, {l.n_models} models")
+            return 0
+        try:
+            result = sweep(config, grid=grid, seeds=seeds, out=out, progress=not args.quiet,
+                           max_models_per_launch=args.max_models_per_launch,
+                           launch_memory=launch_memory, handle_signals=True, phase_rules=rules,
+                           **stop, **ray, **options)
+        except KeyboardInterrupt:
+            return _sweep_stopped(out)
+    print(result.summary(rules))
+    figures = sorted(p.name for p in result.dir.glob("*.png"))
+    print(f"results: {result.dir / 'results.csv'}" + (f"; figures: {', '.join(figures)}"
+                                                      if figures else ""))
+    if any(r["error"] for r in result.table):
+        return 1
+    if any(r["stop_reason"] == "signal" for r in result.table):
+        return 130
+    if any(r["stop_reason"] in RESUMABLE_STOPS for r in result.table) or not result.complete:
+        print(f"stopped early: `grokfast sweep --resume {result.dir}` finishes it")
+    return 0
+
+
+def _sweep_stopped(out) -> int:
+    print(f"stopped at once (second interrupt): {out} keeps its finished launches and the last "
+          f"complete checkpoint of the running one; `grokfast sweep --resume {out}` finishes it",
+          file=sys.stderr)
+    return 130
+
+
 def cmd_show(args) -> int:
     from .history import RUN_FILE, read_events, read_run
     from .result import Result
 
     d = Path(args.dir)
+    if (d / "plan.json").is_file():
+        from .sweep import SweepResult
+        print(SweepResult.load(d).summary())
+        return 0
     dirs = sorted(p for p in d.glob("model_*") if p.is_dir()) if not (d / "config.json").exists() else [d]
     if not dirs:
         raise GrokfastError(f"{d} holds no saved run (no config.json): pass a directory written by "
@@ -154,7 +242,44 @@ def build_parser() -> argparse.ArgumentParser:
                    "A … B−1, for nsys profile --capture-range=cudaProfilerApi")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
-    s = sub.add_parser("show", help="summarize a saved run directory")
+    w = sub.add_parser("sweep", help="train every combination of --grid values × --seeds, "
+                       "packed into launches; results.csv and figures")
+    w.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default paper-real)")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a fixed field")
+    w.add_argument("--grid", action="append", metavar="KEY=VALUES",
+                   help="a swept field: KEY=v1,v2,…, KEY=logspace:A:B:N, KEY=linspace:A:B:N or "
+                        "KEY=range:A:B (repeat for more axes; any field but seed)")
+    w.add_argument("--seeds", help="seeds of every grid point: A:B or 0,1,2 (default: the "
+                                   "config's seed)")
+    w.add_argument("--backend", default="auto", help="auto | triton | torch | reference")
+    w.add_argument("--out", help="sweep directory (default runs/sweep-PRESET-TIME)")
+    w.add_argument("--resume", metavar="DIR", help="finish the sweep in DIR: finished launches "
+                   "kept, the interrupted one resumed bitwise, the rest run")
+    w.add_argument("--stop-at", choices=["grok", "none"], help="grok: stop each model once it "
+                   "has grokked")
+    w.add_argument("--stop-patience", type=int, metavar="K", help="evaluations ≥ grok_threshold "
+                   "in a row that --stop-at grok waits for (default 3)")
+    w.add_argument("--max-time", type=float, metavar="S", help="stop the sweep after S seconds "
+                   "(resumable)")
+    w.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint each launch "
+                   "every N steps")
+    w.add_argument("--checkpoint-seconds", type=float, metavar="S", help="checkpoint each launch "
+                   "every S seconds (default 300)")
+    w.add_argument("--max-models-per-launch", type=int, metavar="N", help="cap on the models of "
+                   "one launch (besides the memory cap)")
+    w.add_argument("--launch-memory", type=float, metavar="GIB", help="memory budget of one "
+                   "launch in GiB (default 2): models per launch = budget / estimated bytes per model")
+    w.add_argument("--comprehension-ratio", type=float, metavar="R", help="phase rule: grokked "
+                   "within R × the memorization step is comprehension, later is grokking "
+                   "(default 10)")
+    w.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run the launches "
+                   "as Ray tasks: --ray alone or auto joins this machine's cluster, local starts one, "
+                   "HOST:PORT another; needs pip install \"grokfast[ray]\"")
+    w.add_argument("--cpus-per-launch", type=int, metavar="N", help="CPUs Ray reserves per launch")
+    w.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=cmd_sweep)
+    s = sub.add_parser("show", help="summarize a saved run or sweep directory")
     s.add_argument("dir")
     s.set_defaults(func=cmd_show)
     from .reproduce import configure_parser

@@ -222,6 +222,9 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         self.signal = signal.Signals(signum).name
+        outer = getattr(self._old.get(signum), "__self__", None)
+        if isinstance(outer, _StopRequest) and not outer.requested:
+            outer._handle(signum, frame)  # an enclosing request (a sweep's) hears it too
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -300,7 +303,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
         checkpoint_every: Optional[int] = None, checkpoint_seconds: Optional[float] = None,
         stop_at: Optional[str] = None, stop_patience: Optional[int] = None,
         max_steps: Optional[int] = None, max_time: Optional[float] = None,
-        profile_steps=None) -> list[Result]:
+        profile_steps=None, on_chunk=None, curves: bool = True) -> list[Result]:
     """The training loop over a batch of configs sharing SHARED_FIELDS; one Result per config.
 
     observers: objects with ``pause_steps(steps) -> iterable of int`` (steps s at which the loop must
@@ -326,6 +329,8 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
     max_steps / max_time end this call at that step / after that many seconds; the run directory
     then resumes like an interrupted run. profile_steps=(A, B): cudaProfilerStart before step A,
     cudaProfilerStop after step B−1 (chunks cut at A and B; without CUDA a logged no-op).
+    on_chunk: called after every chunk as on_chunk(steps, models stepped) (the sweep's progress
+    bar). curves=False: no curves.png per model (sweeps).
     """
     from .checkpoint import load_checkpoint, set_rng_state
 
@@ -436,6 +441,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
                 if window:
                     cuts += [w for w in window if w > step]
                 n = min(cuts) - step
+                stepped = int(prog.active.sum())
                 with nvtx_range("step"):
                     rows = stepper.advance(step, n, prog.active.copy())
                 with nvtx_range("evaluation"):
@@ -456,6 +462,8 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
                                 f" — {fields_.get('message') or fields_.get('reason')}")
                     if bar is not None:
                         _update_bar(bar, n, rows, prog)
+                    if on_chunk is not None:
+                        on_chunk(n, stepped)
                 if window and profiling_open and prog.step >= window[1]:
                     profiler(False)
                 if prog.step >= steps or not prog.active.any():
@@ -522,7 +530,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
                                           "grok_step": prog.grok_step[i]}))
     if rundir:
         for r, m in zip(results, rundir.models):
-            r.save(rundir.launch / m)
+            r.save(rundir.launch / m, curves=curves)
         done = [int(s) for s in prog.steps_done]
         if interrupted:
             rundir.event("interrupted", prog.step, elapsed, reason=reason, steps_done=done,

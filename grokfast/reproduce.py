@@ -562,7 +562,29 @@ def write_report(path, b: Budget, sim, real, shared, sums: dict, timings: dict, 
     rows = [[str(r["seed"]), _f(r.get("dist_end"), "{:.4f}"), _f(r.get("sigma_min_end"), "{:.4f}")]
             for r in rl["rows"]]
     L += _table(["seed", "‖θ − θ'‖ at the last probe", "σ_min(J) at the last probe"], rows)
+    L += [""] + scaling_section(Path(path).parent)
     Path(path).write_text("\n".join(L) + "\n")
+
+
+def scaling_section(out: Path) -> list:
+    """The report's pointer to `grokfast reproduce scaling` (the time scale 1/(λη) of Eq. 20),
+    quoting its exponent when its report sits in out/scaling."""
+    import json
+    L = ["### Time to grok against λη", "",
+         "Eq. 20 runs in time t = weight_decay · lr · steps, so the theory predicts grok step ∝ "
+         "1/(λη) (exponent −1). `grokfast reproduce scaling` tests it on paper-real over weight "
+         "decay × lr × seeds: the fitted exponent with its interval over seeds, the collapse "
+         "grok step × λη, and where the law breaks."]
+    summary = out / "scaling" / "summary.json"
+    if summary.is_file():
+        f = json.loads(summary.read_text())["fit"]
+        L += ["", f"Measured ([scaling/report.md](scaling/report.md)): exponent {f['slope']:.3f} "
+              f"(95 % interval over seeds {f['lo']:.3f} … {f['hi']:.3f}) against the theory's −1."]
+    else:
+        L += ["", f"Not run yet for this directory: `grokfast reproduce scaling --out "
+              f"{out / 'scaling'}` writes [scaling/report.md](scaling/report.md) (the link "
+              f"then works; rerunning `reproduce paper` quotes its exponent here)."]
+    return L
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -625,21 +647,40 @@ def _json_default(v):
 
 def configure_parser(p) -> None:
     """Arguments of `grokfast reproduce` (called by grokfast.cli)."""
-    p.add_argument("what", choices=["paper"], help="what to reproduce: paper (Fig. 5, Fig. 6 and more)")
+    p.add_argument("what", choices=["paper", "scaling"], help="what to reproduce: paper (Fig. 5, "
+                   "Fig. 6 and more) or scaling (grok step against λη, grokfast.scaling)")
     p.add_argument("--quick", action="store_true",
-                   help="2 seeds, 3000 Euler steps, 50k GD steps: about 1.5 minutes on 2 CPU "
-                        "cores (full mode: 5 seeds, 5000 / 100k steps, about 5 minutes)")
-    p.add_argument("--out", help="output directory (default runs/reproduce-paper-TIME)")
-    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 for both experiments")
+                   help="paper: 2 seeds, 3000 Euler steps, 50k GD steps: about 1.5 minutes on 2 "
+                        "CPU cores (full mode: 5 seeds, 5000 / 100k steps, about 5 minutes); "
+                        "scaling: λη over 4× with 16k steps (grokfast.scaling)")
+    p.add_argument("--out", help="output directory (default runs/reproduce-WHAT-TIME)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 (paper: both experiments)")
     p.add_argument("--sim-steps", type=int, metavar="N", help="Euler steps of paper-sim")
     p.add_argument("--real-steps", type=int, metavar="N", help="GD steps of paper-real")
     p.add_argument("--probe-every", type=int, metavar="N", help="probe every N GD steps")
     p.add_argument("--backend", default="auto", help="training backend: auto | triton | torch | "
                                                      "reference")
+    p.add_argument("--steps", type=int, metavar="N", help="scaling: GD steps at most per model")
+    p.add_argument("--weight-decays", metavar="A,B,…", help="scaling: the weight decays swept")
+    p.add_argument("--lrs", metavar="A,B,…", help="scaling: the learning rates swept")
+    p.add_argument("--report-only", action="store_true", help="scaling: rewrite summary, figures "
+                   "and report of the finished run in --out (no training)")
     p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_reproduce(args) -> int:
+    if args.what == "scaling":
+        unused = [f"--{n.replace('_', '-')}" for n in ("sim_steps", "real_steps", "probe_every")
+                  if getattr(args, n) is not None]
+        if unused:
+            raise GrokfastError(f"{', '.join(unused)}: options of `reproduce paper`; scaling takes "
+                                f"--steps, --seeds, --weight-decays, --lrs")
+        from .scaling import cmd_scaling
+        return cmd_scaling(args)
+    unused = [f"--{n.replace('_', '-')}" for n in ("steps", "weight_decays", "lrs")
+              if getattr(args, n) is not None] + (["--report-only"] if args.report_only else [])
+    if unused:
+        raise GrokfastError(f"{', '.join(unused)}: options of `reproduce scaling`")
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-paper-{time.strftime('%Y%m%d-%H%M%S')}"
     reproduce_paper(out, quick=args.quick, seeds=args.seeds, sim_steps=args.sim_steps,
                     real_steps=args.real_steps, probe_every=args.probe_every, backend=args.backend)

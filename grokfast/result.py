@@ -104,9 +104,10 @@ class Result:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ files
-    def save(self, directory) -> Path:
+    def save(self, directory, curves: bool = True) -> Path:
         """Write the run to `directory` (see the module docstring); a history streamed into this
-        same directory stays where it is, any other history is written whole to history.npz."""
+        same directory stays where it is, any other history is written whole to history.npz.
+        curves=False skips curves.png (a sweep's models: ~0.5 s of matplotlib each)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
@@ -121,6 +122,8 @@ class Result:
                     memorization_step=self.memorization_step, grok_step=self.grok_step,
                     stop_reason=self.stop_reason, history=history_ref or "history.npz")
         atomic_json(d / "result.json", meta)
+        if not curves:
+            return d
         try:
             plot_curves(self, d / "curves.png")
         except Exception as e:  # a plot must never lose a run

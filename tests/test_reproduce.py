@@ -56,3 +56,13 @@ def test_budgets():
         make_budget(probe_every=5)
     with pytest.raises(GrokfastError):
         make_budget(seeds=0)
+
+
+def test_paper_report_links_the_scaling_report(tmp_path):
+    from grokfast.reproduce import scaling_section
+    assert "grokfast reproduce scaling --out" in "\n".join(scaling_section(tmp_path))
+    (tmp_path / "scaling").mkdir()
+    (tmp_path / "scaling" / "summary.json").write_text(json.dumps(
+        {"fit": {"slope": -0.98, "lo": -1.05, "hi": -0.91}}))
+    text = "\n".join(scaling_section(tmp_path))
+    assert "[scaling/report.md](scaling/report.md)" in text and "-0.980" in text
