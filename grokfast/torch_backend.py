@@ -281,8 +281,9 @@ class TorchStepper:
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
         if self.cpu_grad is not None:
             # numpy views of contiguous buffers for kernels/cpu_grad.py (alignment plays no part)
-            self.logits = torch.empty(M, N, p, dtype=dt)
-            self.dlogits = torch.empty(M, N, p, dtype=dt)
+            self.logits = torch.zeros(M, N, p, dtype=dt)   # rows of models not stepped stay
+            self.dlogits = torch.zeros(M, N, p, dtype=dt)  # finite (see advance)
+            self.stepping = np.arange(M, dtype=np.int64)
             self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(),
                            i0=self.i0.numpy(), i1=self.i1.numpy(),
                            zero=np.zeros((), dtype=self.theta.numpy().dtype)[()],
@@ -362,6 +363,9 @@ class TorchStepper:
         if not active.any() or n_steps <= 0:
             return out
         snapshot = self._snapshot(~active) if not active.all() else None
+        # the numba kernels compute the active models only (an inactive model's update is
+        # discarded by the snapshot anyway); the MKL path computes every model
+        self.stepping = np.flatnonzero(active).astype(np.int64)
         rows = []
         try:
             with self._threads(), torch.no_grad():
@@ -429,12 +433,13 @@ class TorchStepper:
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
         if self.cpu_grad is not None:
             nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
-            self.cpu_grad.forward(nb["theta"], nb["i0"], nb["i1"], P1, quadratic, nb["zero"],
-                                  nb["Z"], nb["H"], nb["w2t"], nb["logits"])
+            self.cpu_grad.forward(self.stepping, nb["theta"], nb["i0"], nb["i1"], P1, quadratic,
+                                  nb["zero"], nb["Z"], nb["H"], nb["w2t"], nb["logits"])
             logits = self.logits
             self._loss_grad(logits)
-            self.cpu_grad.backward(nb["i0"], nb["i1"], P1, quadratic, nb["dlogits"], nb["Z"],
-                                   nb["H"], nb["w2t"], nb["g2t"], nb["dH"], nb["grad"])
+            self.cpu_grad.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
+                                   nb["dlogits"], nb["Z"], nb["H"], nb["w2t"], nb["g2t"],
+                                   nb["dH"], nb["grad"])
             return self._update(s, record, sched, logits)
         # forward: Z = X W1 is a gather, W1[a] + W1[b] (bitwise the dense product: one rounding)
         if self.gather:

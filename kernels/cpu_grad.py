@@ -37,11 +37,12 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _forward_kernel(theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits):
-    """One call runs models 0 … M−1 in turn; model m owns Z[m], H[m], w2t[m], logits[m]."""
-    M, N, w = Z.shape
+def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits):
+    """One call runs the models listed in `models` in turn; model m owns Z[m], H[m], w2t[m] and
+    logits[m]."""
+    N, w = Z.shape[1], Z.shape[2]
     p = logits.shape[2]
-    for m in range(M):
+    for m in models:
         for k in range(w):                                         # W2ᵀ [p, w]
             for j in range(p):
                 w2t[m, j, k] = theta[m, P1 + k * p + j]
@@ -79,11 +80,12 @@ def _forward_kernel(theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits):
 
 
 @njit(cache=True, nogil=True)
-def _backward_kernel(i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
-    """One call runs models 0 … M−1 in turn; model m owns g2t[m], dH[m] and grad[m]."""
-    M, N, w = Z.shape
+def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
+    """One call runs the models listed in `models` in turn; model m owns g2t[m], dH[m] and
+    grad[m]."""
+    N, w = Z.shape[1], Z.shape[2]
     p = dlogits.shape[2]
-    for m in range(M):
+    for m in models:
         for j in range(p):
             for k in range(w):
                 g2t[m, j, k] = 0
@@ -141,13 +143,14 @@ def _backward_kernel(i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
                 grad[m, r] += grad[m, r]                           # × 2, exact
 
 
-def forward(theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> None:
-    """Z, H, w2t and logits of every model from θ (numpy arrays; module docstring). `zero` is
-    0 as a numpy scalar of the working dtype."""
-    _forward_kernel(theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits)
+def forward(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> None:
+    """Z, H, w2t and logits of the models listed in `models` (int64 indices) from θ (numpy
+    arrays; module docstring); the other models' rows are left as they are. `zero` is 0 as a
+    numpy scalar of the working dtype."""
+    _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits)
 
 
-def backward(i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
-    """grad[:, :P1 + w·p] of every model from dlogits and forward's Z, H, w2t (module
-    docstring); the rest of each grad row is left as it is."""
-    _backward_kernel(i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
+def backward(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
+    """grad[m, :P1 + w·p] of the models m listed in `models` from dlogits and forward's Z, H,
+    w2t (module docstring); every other element of grad is left as it is."""
+    _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
