@@ -21,6 +21,7 @@ The sweep directory (DIR):
 
     DIR/plan.json        base config, grid, seeds, options, every plan row and its launch
     DIR/status.json      running / finished / interrupted, launches done, wall time, model-steps/s
+    DIR/sweep.lock       held (flock) by the process running the sweep
     DIR/results.csv      one row per model of every finished launch, in plan order (COLUMNS),
                          rewritten atomically after every launch
     DIR/launch_000/      each launch's run directory as `grokfast train --seeds` writes it
@@ -526,7 +527,7 @@ def read_table(path: Path, axes: Sequence[str]) -> list[dict]:
 class _Table:
     """The rows known so far, by plan row; results.csv rewritten atomically on every change."""
 
-    def __init__(self, sweep_dir: Path, launches: Sequence[Launch], axes: Sequence[str]):
+    def __init__(self, sweep_dir: Path, axes: Sequence[str]):
         self.path = sweep_dir / RESULTS_FILE
         self.axes = tuple(axes)
         self.by_row: dict[int, dict] = {}
@@ -697,7 +698,7 @@ def _sweep_lock(sweep_dir: Path):
 
 def _run_sweep(sweep_dir: Path, launches: list, axes: dict, opts: SweepOptions, runner,
                progress: bool, figures: bool, phase_rules):
-    table = _Table(sweep_dir, launches, axes)
+    table = _Table(sweep_dir, axes)
     done, pending = [], []
     for launch in launches:
         if launch_finished(sweep_dir / launch.name):

@@ -106,6 +106,7 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch, cap
                      str(tmp_path / "cli"), "--quiet", "--ray", "local"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install "grokfast[ray]"' in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -275,16 +276,32 @@ def test_a_worker_killed_mid_launch_is_retried_and_resumes_from_its_checkpoint(c
 
 
 def test_one_launch_per_declared_gpu_runs_concurrently(cluster, tmp_path):
-    base = LONG.replace(steps=5000)
+    # each launch lasts seconds (4 at once on 2 cores): longer than the spread of their starts
+    base = LONG.replace(steps=12_000)
     launches = plan(base, {"weight_decay": [1e-4, 2e-4, 3e-4, 4e-4]}, [0],
                     max_models_per_launch=1)
     assert len(launches) == 4 and base.device == "cpu"
+    free_gpus, done = [], threading.Event()
+
+    def watch():  # Ray's view: every declared GPU held by a running launch at once
+        while not done.is_set():
+            free_gpus.append(ray.available_resources().get("GPU", 0))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     finished = {}
-    RayExecutor(gpus_per_launch=1).run(launches, tmp_path, SweepOptions(backend="torch"),
-                                       lambda launch, rows: finished.setdefault(launch.name, rows))
+    try:
+        RayExecutor(gpus_per_launch=1).run(
+            launches, tmp_path, SweepOptions(backend="torch"),
+            lambda launch, rows: finished.setdefault(launch.name, rows))
+    finally:
+        done.set()
+        watcher.join()
     assert sorted(finished) == [l.name for l in launches]
-    assert all(r["error"] is None and r["steps_done"] == 5000 for rows in finished.values()
+    assert all(r["error"] is None and r["steps_done"] == base.steps for rows in finished.values()
                for r in rows)
+    assert min(free_gpus) == 0
     starts = [attempts(tmp_path, l.name)[0] for l in launches]
     ends = [attempts(tmp_path, l.name, "finished")[0] for l in launches]
     assert sorted(s["cuda_visible_devices"] for s in starts) == ["0", "1", "2", "3"]
