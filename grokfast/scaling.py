@@ -224,8 +224,9 @@ def _rate(table: Sequence[dict], wall: float) -> float:
 
 
 def _computed(table: Sequence[dict]) -> int:
-    """Model-steps the backend computed: every model of a launch is stepped until the launch ends
-    (a stopped model's update is computed and discarded)."""
+    """Model-steps a launch spans: every model of a launch is carried until the launch ends (on the
+    torch backend's numba path a stopped model skips forward and backward; elsewhere its update is
+    computed and discarded)."""
     by_launch: dict[str, list] = {}
     for r in table:
         by_launch.setdefault(r["launch"], []).append(r["steps_done"] or 0)
@@ -507,8 +508,9 @@ def write_report(path, b: ScalingBudget, s: dict, base: Config) -> None:
     L += ["## Speed: the sweep against the same models one launch each", ""]
     line = (f"- sweep: {t['launches']} launches (one per weight decay × lr, its {b.seeds} seeds "
             f"batched), {t['sweep_wall']:.1f} s, {t['sweep_model_steps']:,} model-steps done → "
-            f"**{t['sweep_rate']:,.0f} model-steps/s**; the backend computed "
-            f"{t['sweep_computed']:,} (a launch steps every model until its last one stops).")
+            f"**{t['sweep_rate']:,.0f} model-steps/s**; its launches spanned "
+            f"{t['sweep_computed']:,} (a launch carries every model until its last one stops; "
+            f"the torch backend's numba path skips the forward and backward of stopped models).")
     L.append(line)
     if "alone_wall" in t:
         same = s["alone_rows_equal"]
