@@ -1,11 +1,7 @@
 """`grokfast.train` and `grokfast.sweep`: config → data → backend stepper → history → Result.
 
-A backend is a *stepper* over a batch of models that share every shape (the model axis):
-
-    stepper = Stepper(configs, data, device)
-    rows = stepper.advance(step0, n_steps, active)   # name → [n_models, n_rows] for recorded steps
-    W1, W2 = stepper.params()                         # [n_models, ...] CPU tensors
-    stepper.state_dict() / stepper.load_state_dict()  # everything needed to continue bitwise
+A backend is a *stepper* over a batch of models that share every shape; the contract it keeps
+(advance, params, state_dict, preferred_chunk) is grokfast.stepper.
 
 The loop here owns everything else: chunking, divergence, early stop, interruption, streaming
 the history and checkpoints to the run directory, NVTX ranges and the profiler window, progress,
@@ -35,53 +31,12 @@ from .history import (HISTORY_DIR, RUN_FILE, RUN_FORMAT, EventLog, HistoryWriter
 from .model import STAT_NAMES, evaluate
 from .profiling import nvtx_range, profiler_start, profiler_stop
 from .result import Result, ResultBatch, first_step
+from .stepper import BACKENDS, SHARED_FIELDS, Stepper, check_batch, stepper_class  # noqa: F401 (re-exported)
 
 log = logging.getLogger("grokfast")
 
-BACKENDS = ("auto", "triton", "torch", "reference")
 STOP_AT = (None, "none", "grok")
 DEFAULT_CHECKPOINT_SECONDS = 300.0
-
-# Fields every model of one launch must share: they fix the data, the shapes or the loop.
-SHARED_FIELDS = ("p", "operation", "pairs", "encoding", "train_frac", "n_test", "split_seed",
-                 "label_noise", "width", "activation", "loss", "loss_reduction", "loss_dtype",
-                 "optimizer", "grad_filter", "filter_window", "filter_type", "filter_warmup",
-                 "orthograd", "fixed_norm", "steps", "dtype", "device", "precision", "log_every",
-                 "eval_every")
-
-
-def stepper_class(backend: str, device: str):
-    """The stepper class for a backend name ("auto": triton on CUDA, else torch)."""
-    check_choice("backend", backend, BACKENDS)
-    if backend == "auto":
-        backend = "triton" if device.startswith("cuda") and _triton_usable() else "torch"
-    if backend == "reference":
-        from .reference import ReferenceStepper
-        return ReferenceStepper
-    if backend == "torch":
-        from .torch_backend import TorchStepper
-        return TorchStepper
-    from .triton_backend import TritonStepper
-    return TritonStepper
-
-
-def _triton_usable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def check_batch(configs: Sequence[Config]) -> None:
-    """Models of one launch must agree on SHARED_FIELDS; say which field differs and what to do."""
-    first = configs[0]
-    for c in configs[1:]:
-        for name in SHARED_FIELDS:
-            if getattr(c, name) != getattr(first, name):
-                raise GrokfastError(
-                    f"models of one launch must share {name!r} ({getattr(first, name)!r} vs "
-                    f"{getattr(c, name)!r}); run separate launches for different {name}")
 
 
 def train(config: Optional[Config], seeds=None, *, backend: str = "auto", out=None,
@@ -370,7 +325,7 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
     cls = stepper_class(backend, first.device)
     data = make_dataset(first)
     stepper = cls(configs, data, device)
-    chunk = chunk_steps or (resume or {}).get("chunk") or getattr(stepper, "preferred_chunk", 1000)
+    chunk = chunk_steps or (resume or {}).get("chunk") or stepper.preferred_chunk
     chunk = max(log_every, -(-chunk // log_every) * log_every)
     if resume is not None:
         stepper.load_state_dict(resume["stepper"])
