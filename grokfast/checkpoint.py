@@ -23,10 +23,12 @@ import random
 import shutil
 from collections import deque
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .config import Config, field_names
 from .errors import GrokfastError
 from .history import atomic_write, sync_dir
 
@@ -151,3 +153,22 @@ def load_checkpoint(launch: Path, name: str = CHECKPOINT) -> dict:
         raise GrokfastError(f"checkpoint {path} has format {state.get('format')!r}; this grokfast "
                             f"reads format {FORMAT}: resume it with the version that wrote it")
     return state
+
+
+def check_resumable(ckpt: dict, configs: Sequence[Config]) -> None:
+    """GrokfastError unless `configs` are the checkpoint's, but for steps (≥ its step)."""
+    saved = [Config.from_dict(d) for d in ckpt["configs"]]
+    if len(saved) != len(configs):
+        raise GrokfastError(f"the checkpoint holds {len(saved)} models, not {len(configs)}: resume "
+                            f"the launch as it was saved")
+    for a, b in zip(saved, configs):
+        diffs = [f"{f}={getattr(b, f)!r} (checkpoint: {getattr(a, f)!r})" for f in field_names()
+                 if f != "steps" and getattr(a, f) != getattr(b, f)]
+        if diffs:
+            raise GrokfastError(
+                f"cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}. "
+                f"Resuming may only change steps: pass config=None (or `grokfast train --resume "
+                f"DIR` without other --set) to continue as saved, or start a new run elsewhere")
+        if b.steps < ckpt["step"]:
+            raise GrokfastError(f"steps={b.steps} is below the checkpoint's step {ckpt['step']}: "
+                                f"resuming can only keep or extend steps")

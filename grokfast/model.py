@@ -122,3 +122,13 @@ def evaluate(config: Config, data, W1: torch.Tensor, W2: torch.Tensor) -> dict:
         out[f"{split}_loss"] = float(data_loss(logits, labels, config))
         out[f"{split}_acc"] = float(accuracy(logits, labels))
     return out
+
+
+def step_lr(config: Config, step: int) -> float:
+    """Learning rate of update `step` (0-based): linear warmup, and the Grokfast 1/(1 + λ) switch."""
+    lr = config.lr
+    if config.warmup_steps:
+        lr = lr * min(1.0, (step + 1) / config.warmup_steps)
+    if config.filter_normalize_lr and config.grad_filter != "none":
+        lr = lr / (1.0 + config.filter_lamb)
+    return lr

@@ -25,7 +25,8 @@ from torch import nn
 from .config import Config
 from .data import Dataset
 from .filters import gradfilter_ema, gradfilter_ma, orthograd_
-from .model import STAT_NAMES, accuracy, activate, cosine, data_loss, init_params, min_margin
+from .model import (STAT_NAMES, accuracy, activate, cosine, data_loss, init_params, min_margin,
+                    step_lr)
 from .profiling import nvtx_range
 
 
@@ -49,16 +50,6 @@ def make_optimizer(config: Config, params) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=config.lr, betas=config.betas, eps=config.eps,
                weight_decay=config.weight_decay)
-
-
-def step_lr(config: Config, step: int) -> float:
-    """Learning rate of update `step` (0-based): linear warmup, and the Grokfast 1/(1 + λ) switch."""
-    lr = config.lr
-    if config.warmup_steps:
-        lr = lr * min(1.0, (step + 1) / config.warmup_steps)
-    if config.filter_normalize_lr and config.grad_filter != "none":
-        lr = lr / (1.0 + config.filter_lamb)
-    return lr
 
 
 class _Run:
@@ -141,9 +132,10 @@ class _Run:
 
 
 class ReferenceStepper:
-    """Backend protocol (see runner.py) over the reference loop; models are stepped one by one."""
+    """The stepper contract (grokfast.stepper) over the reference loop; models are stepped one by one."""
 
     backend = "reference"
+    preferred_chunk = 1000
 
     def __init__(self, configs: Sequence[Config], data: Dataset, device: torch.device):
         self.configs = list(configs)

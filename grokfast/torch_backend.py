@@ -92,8 +92,8 @@ from .config import Config
 from .data import Dataset
 from .errors import GrokfastError
 from .model import (STAT_NAMES, accuracy, cosine, data_loss, init_params, min_margin, stablemax_s,
-                    torch_dtype)
-from .reference import step_lr
+                    step_lr, torch_dtype)
+from .stepper import check_batch
 
 DW1_METHODS = ("auto", "dense", "index_add")
 FIRST_LAYER_METHODS = ("auto", "gather", "embedding_bag")
@@ -123,9 +123,9 @@ _STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
 
 
 class TorchStepper:
-    """Backend protocol (engine.py) over M models at once: W1 [M, d_in, width], W2 [M, width, p].
+    """The stepper contract (grokfast.stepper) over M models at once: W1 [M, d_in, width], W2 [M, width, p].
 
-    configs share engine.SHARED_FIELDS; lr, weight_decay, momentum, nesterov, betas, eps,
+    configs share stepper.SHARED_FIELDS; lr, weight_decay, momentum, nesterov, betas, eps,
     warmup_steps, filter_alpha, filter_lamb, filter_normalize_lr, seed, init, init_std,
     init_scale and grok_threshold may differ per model. The code paths are chosen by size (module
     docstring) and can be forced: dw1 "dense" (count-matrix GEMM) or "index_add" (fixed-order
@@ -147,7 +147,6 @@ class TorchStepper:
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *, dw1: str = "auto",
                  first_layer: str = "auto", threads: Optional[int] = None, kernel: str = "auto",
                  shards: Optional[int] = None):
-        from .engine import check_batch
 
         configs = list(configs)
         if not configs:

@@ -42,6 +42,7 @@ from .config import Config
 from .data import Dataset
 from .errors import GrokfastError
 from .model import STAT_NAMES, init_params, torch_dtype
+from .stepper import check_batch
 
 # Block sizes of the tiled regime and warps of the fused regime's program, chosen by the register
 # spills ptxas reports for sm_90 (p ≈ 100 and width 512; paper-real) — untimed, no GPU was lent.
@@ -107,7 +108,7 @@ def _hyperparameters(configs: Sequence[Config], target_norms, grad_scale: float)
 
 
 class TritonStepper:
-    """Backend protocol (grokfast.engine) over the fused Triton kernels; all models in every launch.
+    """The stepper contract (grokfast.stepper) over the fused Triton kernels; all models in every launch.
 
     regime: "fused" (one program per model runs whole steps, K steps per launch: small models),
     "tiled" (the 3–5 launches per step over blocks of samples and tiles of parameters), or "auto"
@@ -120,7 +121,6 @@ class TritonStepper:
 
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *,
                  regime: str = "auto", blocks: Optional[dict] = None, cuda_graphs: bool = True):
-        from .engine import check_batch
 
         self.configs = list(configs)
         if not self.configs:

@@ -1,5 +1,4 @@
 """Long runs: streaming history, checkpoints and bitwise resume, early stop, profiling, event log."""
-import importlib.util
 import os
 import re
 import signal
@@ -18,22 +17,11 @@ from grokfast import checkpoint as ckpt_mod
 from grokfast import cli, engine, history, profiling
 from grokfast.checkpoint import load_checkpoint, save_checkpoint
 from grokfast.history import HistoryWriter, LazyHistory, read_events, read_run
+from variants import LOOP_BASE as BASE
+from variants import LOOP_VARIANTS as VARIANTS
 
-TORCH_LANDED = importlib.util.find_spec("grokfast.torch_backend") is not None
-CPU_BACKENDS = ["reference", pytest.param("torch", marks=pytest.mark.skipif(
-    not TORCH_LANDED, reason="grokfast/torch_backend.py has not landed yet"))]
+CPU_BACKENDS = ["reference", "torch"]
 
-BASE = Config(p=7, width=16, n_test=5, steps=120, log_every=3, eval_every=6, seed=3)
-VARIANTS = {
-    "gd": BASE,
-    "adam+ma": BASE.replace(optimizer="adam", lr=1e-2, grad_filter="ma", filter_window=7),
-    "sgd-nesterov+ema+orthograd": BASE.replace(optimizer="sgd", momentum=0.9, nesterov=True,
-                                               lr=0.3, grad_filter="ema", filter_alpha=0.9,
-                                               orthograd=True),
-    "adamw+fixed_norm+warmup-f64": BASE.replace(optimizer="adamw", lr=1e-2, weight_decay=0.1,
-                                                fixed_norm=True, warmup_steps=10, dtype="float64",
-                                                grad_filter="ema", filter_normalize_lr=True),
-}
 # The CLI runs of the signal tests: paper-real, long enough (≥ 1 s) to be killed in the middle.
 KILL_STEPS = {"reference": 2000, "torch": 8000}
 
@@ -323,7 +311,7 @@ def _first_streak(history, threshold, k):
 
 
 # The loop's logic is the same for every backend: the fastest one available runs it.
-FAST = "torch" if TORCH_LANDED else "reference"
+FAST = "torch"
 
 
 def test_stop_at_grok_stops_each_model_of_a_batch(tmp_path):

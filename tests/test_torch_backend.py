@@ -11,47 +11,11 @@ from grokfast.model import STAT_NAMES
 from grokfast.reference import ReferenceStepper
 from grokfast.torch_backend import ShardedStepper, TorchStepper
 from tolerances import assert_close
+from variants import ORDERED
+from variants import STEPPER_BASE as BASE
+from variants import STEPPER_VARIANTS as VARIANTS
 
 CPU = torch.device("cpu")
-# tiny shapes: p = 7 gives 28 unordered pairs (21 train / 7 test), 49 ordered ones
-BASE = dict(p=7, width=16, n_test=7, seed=3, split_seed=1, log_every=1, eval_every=1,
-            dtype="float64")
-ORDERED = dict(pairs="ordered", n_test=None, train_frac=0.6)
-
-VARIANTS = {
-    "mse-relu-gd": dict(),
-    "mse-sum-relu-gd": dict(loss_reduction="sum", lr=0.05),
-    "mse-quadratic-gd": dict(activation="quadratic", lr=0.5),
-    "concat-mse-relu-gd": dict(encoding="concat", **ORDERED),
-    "concat-quadratic-adamw": dict(encoding="concat", activation="quadratic", optimizer="adamw",
-                                   lr=5e-3, weight_decay=1.0, betas=(0.9, 0.98), init="normal",
-                                   **ORDERED),
-    "ce-mean-relu-gd": dict(loss="cross_entropy", lr=0.5),
-    "ce-sum-quadratic-sgd": dict(loss="cross_entropy", loss_reduction="sum", activation="quadratic",
-                                 optimizer="sgd", lr=0.02, momentum=0.5),
-    "stablemax-mean-gd": dict(loss="stablemax", lr=0.5),
-    "stablemax-sum-adam": dict(loss="stablemax", loss_reduction="sum", optimizer="adam", lr=1e-2,
-                               weight_decay=1e-3),
-    "sgd-momentum": dict(optimizer="sgd", lr=0.3, momentum=0.9),
-    "sgd-nesterov": dict(optimizer="sgd", lr=0.3, momentum=0.9, nesterov=True),
-    "adam": dict(optimizer="adam", lr=1e-2, weight_decay=1e-2),
-    "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.5, betas=(0.9, 0.98), eps=1e-7),
-    "warmup-gd": dict(warmup_steps=17),
-    "warmup-adamw": dict(optimizer="adamw", lr=1e-2, warmup_steps=23),
-    "ema": dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0),
-    "ema-normalize-lr-adamw": dict(grad_filter="ema", filter_normalize_lr=True, optimizer="adamw",
-                                   lr=1e-2),
-    "ma-mean-warmup": dict(grad_filter="ma", filter_window=5, filter_lamb=3.0),
-    "ma-sum-nowarmup": dict(grad_filter="ma", filter_window=4, filter_type="sum",
-                            filter_warmup=False, filter_lamb=0.5, lr=0.5),
-    "orthograd-sgd": dict(orthograd=True, optimizer="sgd", lr=0.3, momentum=0.9),
-    "orthograd-adam": dict(orthograd=True, optimizer="adam", lr=1e-2),
-    "fixed-norm": dict(fixed_norm=True, lr=2.0),
-    "fixed-norm-ema-orthograd": dict(fixed_norm=True, orthograd=True, grad_filter="ema",
-                                     lr=0.5),
-    "eval-every-3": dict(eval_every=3),
-    "init-normal-scale": dict(init="normal", init_std=0.3, init_scale=2.0, lr=0.2),
-}
 # the code paths chosen by size at real shapes, forced at tiny ones
 PATHS = {"mkl-dense-gather": dict(kernel="mkl", dw1="dense", first_layer="gather"),
          "mkl-index_add-embedding_bag": dict(kernel="mkl", dw1="index_add",

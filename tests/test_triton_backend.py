@@ -19,48 +19,13 @@ from grokfast.model import STAT_NAMES, torch_dtype
 from grokfast.reference import ReferenceStepper
 from grokfast.triton_backend import TritonStepper, check_supported
 from tolerances import TF32_TOL, assert_close
+from variants import STEPS, TINY
+from variants import KERNEL_VARIANTS as VARIANTS
 
 CPU = torch.device("cpu")
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU   # where the kernels run
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="GPU-only check (no CUDA here); bench/gpu_check.sh runs it")
-STEPS = 20
-TINY = dict(p=5, width=16, n_test=5, steps=STEPS, log_every=1, eval_every=1, seed=3,
-            dtype="float64")
-
-# Together these cover every option value of the Config that changes the computation.
-VARIANTS = {
-    "gd-relu-mse-mean": dict(lr=0.5, weight_decay=0.01),
-    "sgd-nesterov-quadratic-ce-sum-concat": dict(
-        optimizer="sgd", momentum=0.9, nesterov=True, lr=0.02, weight_decay=0.003,
-        activation="quadratic", loss="cross_entropy", loss_reduction="sum", encoding="concat"),
-    "sgd-momentum-stablemax-ordered-warmup": dict(
-        optimizer="sgd", momentum=0.5, lr=0.3, weight_decay=0.02, loss="stablemax",
-        pairs="ordered", n_test=9, warmup_steps=6),
-    "adam-ema-orthograd-ce": dict(
-        optimizer="adam", lr=0.01, weight_decay=0.01, grad_filter="ema", filter_alpha=0.9,
-        filter_lamb=2.0, orthograd=True, loss="cross_entropy"),
-    "adamw-ma-fixednorm-lrdivide-quadratic": dict(
-        optimizer="adamw", lr=0.01, weight_decay=0.5, betas=(0.9, 0.98), grad_filter="ma",
-        filter_window=4, filter_lamb=3.0, filter_normalize_lr=True, fixed_norm=True,
-        activation="quadratic", init="normal", init_scale=1.5),
-    "gd-ma-sum-nowarmup-orthograd-fixednorm-sum": dict(
-        lr=0.05, weight_decay=0.01, grad_filter="ma", filter_window=3, filter_type="sum",
-        filter_warmup=False, filter_lamb=0.5, orthograd=True, fixed_norm=True,
-        loss_reduction="sum", label_noise=0.3),
-    "f32-gd-paper-real": dict(dtype="float32", lr=1.0, weight_decay=1e-4),
-    "f32-adamw-ce-float64-loss-ema": dict(
-        dtype="float32", optimizer="adamw", lr=0.01, weight_decay=1.0, betas=(0.9, 0.98),
-        loss="cross_entropy", loss_dtype="float64", grad_filter="ema", filter_lamb=1.0),
-    # Not fixed_norm in float32: there θ_{s+1} − θ_s is nearly orthogonal to θ_s, cos_update is a
-    # cancellation (relative error ~ ulp·‖θ‖/‖Δθ‖ ≈ 1e-2 in float32, in the reference itself), so
-    # fixed_norm is checked in float64 above.
-    "f32-sgd-stablemax-orthograd-ma": dict(
-        dtype="float32", optimizer="sgd", momentum=0.8, lr=0.1, weight_decay=0.01,
-        loss="stablemax", loss_dtype="float64", orthograd=True, grad_filter="ma",
-        filter_window=5, encoding="concat"),
-}
-
 # Small blocks so that every reduction crosses tiles: 2 row blocks of samples, 2 hidden slices
 # in the rows kernel, 4 W1 tiles + 2 W2 tiles in the gradient kernel, 2 + 2 flat tiles after it.
 SMALL_BLOCKS = dict(rows_block_n=16, rows_block_h=16, block_r=4, block_h=16, block_hh=16,
