@@ -23,7 +23,7 @@ scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The 
     dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    j = 0 … p−1 in order (vectorized across k)
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x)
-The unrolled loops (four j, four n or eight j per pass over a row) keep each sum's order, written out
+The unrolled loops (eight or four j, or four n, per pass over a row) keep each sum's order, written out
 with parentheses. No multiply–add is fused (no fast-math contraction). The models of a call run
 one after another through the same compiled loops with the same trip counts, so model m's bits do
 not depend on M, on which thread runs it (the caller's threads over models), on alignment or on
@@ -45,10 +45,11 @@ def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logit
     N, w = Z.shape[1], Z.shape[2]
     p = logits.shape[2]
     for m in models:
-        for k in range(w):                                         # W2ᵀ [p, w]
-            for j in range(p):
-                w2t[m, j, k] = theta[m, P1 + k * p + j]
         t = theta[m]
+        for j in range(p):                                         # W2ᵀ [p, w]
+            row = w2t[m, j]
+            for k in range(w):
+                row[k] = t[P1 + k * p + j]
         for n in range(N):
             a, b = i0[n] * w, i1[n] * w                            # Z = W1[a] + W1[b]
             ra, rb, zr, hr = t[a:a + w], t[b:b + w], Z[m, n], H[m, n]  # (1-D views vectorize)
@@ -62,9 +63,35 @@ def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logit
                     z = ra[k] + rb[k]
                     zr[k] = z
                     hr[k] = z if not z <= 0 else zero              # NaN stays NaN
+        for n in range(N):
             j = 0
-            while j + 4 <= p:                                      # Ŷ[n, j] = H[n] · W2ᵀ[j],
-                s0, s1, s2, s3 = zero, zero, zero, zero            # four j per pass over H[n]
+            hr = H[m, n]
+            while j + 8 <= p:                                      # Ŷ[n, j] = H[n] · W2ᵀ[j],
+                s0, s1, s2, s3 = zero, zero, zero, zero            # eight j per pass over H[n]
+                s4, s5, s6, s7 = zero, zero, zero, zero
+                a0, a1, a2, a3 = w2t[m, j], w2t[m, j + 1], w2t[m, j + 2], w2t[m, j + 3]
+                a4, a5, a6, a7 = w2t[m, j + 4], w2t[m, j + 5], w2t[m, j + 6], w2t[m, j + 7]
+                for k in range(w):
+                    h = hr[k]
+                    s0 += h * a0[k]
+                    s1 += h * a1[k]
+                    s2 += h * a2[k]
+                    s3 += h * a3[k]
+                    s4 += h * a4[k]
+                    s5 += h * a5[k]
+                    s6 += h * a6[k]
+                    s7 += h * a7[k]
+                logits[m, n, j] = s0
+                logits[m, n, j + 1] = s1
+                logits[m, n, j + 2] = s2
+                logits[m, n, j + 3] = s3
+                logits[m, n, j + 4] = s4
+                logits[m, n, j + 5] = s5
+                logits[m, n, j + 6] = s6
+                logits[m, n, j + 7] = s7
+                j += 8
+            while j + 4 <= p:                                      # then four j per pass
+                s0, s1, s2, s3 = zero, zero, zero, zero
                 for k in range(w):
                     h = H[m, n, k]
                     s0 += h * w2t[m, j, k]
