@@ -9,7 +9,7 @@ from grokfast import Config, GrokfastError, make_dataset
 from grokfast.engine import stepper_class
 from grokfast.model import STAT_NAMES
 from grokfast.reference import ReferenceStepper
-from grokfast.torch_backend import ShardedStepper, TorchStepper
+from grokfast.torch_backend import ShardedStepper, TorchStepper, shard_count
 from tolerances import assert_close
 from variants import ORDERED
 from variants import STEPPER_BASE as BASE
@@ -289,9 +289,9 @@ def test_bad_input_raises_at_the_boundary():
 
 
 def test_threads_over_models_give_the_same_bits_and_state():
-    """ShardedStepper (one thread per shard of models) equals one stepper over all the models,
-    also with a whole shard inactive for a chunk (its MA ring does not rotate) and across a
-    state-dict round trip between the two layouts."""
+    """ShardedStepper (a pool of threads over shards of models) equals one stepper over all the
+    models, also with more shards than threads, with a whole shard inactive for a chunk (its MA
+    ring does not rotate) and across a state-dict round trip between the two layouts."""
     configs = [config(seed=s, lr=1e-2 * (1 + s / 10), optimizer="adam", grad_filter="ma",
                       filter_window=4) for s in range(16)]
     data = make_dataset(configs[0])
@@ -300,12 +300,15 @@ def test_threads_over_models_give_the_same_bits_and_state():
     assert isinstance(sharded, ShardedStepper) and isinstance(plain, TorchStepper)
     first_off = np.ones(16, bool)
     first_off[:8] = False                                       # shard 0 frozen for a chunk
+    five = TorchStepper(configs, data, CPU, shards=5)           # uneven, more than the threads
+    assert len(five.shards) == 5 and five.pool._max_workers == min(5, torch.get_num_threads())
     hist = []
-    for st in (sharded, plain):
+    for st in (sharded, plain, five):
         rows = [st.advance(0, 5, np.ones(16, bool)), st.advance(5, 3, first_off),
                 st.advance(8, 4, np.ones(16, bool))]
         hist.append({k: np.concatenate([r[k] for r in rows], axis=1) for k in STAT_NAMES})
     assert_bitwise(hist[0], sharded.params(), hist[1], plain.params(), "sharded vs plain")
+    assert_bitwise(hist[2], five.params(), hist[1], plain.params(), "5 shards vs plain")
     # the sharded state continues bitwise in an unsharded stepper, and vice versa
     a, b = TorchStepper(configs, data, CPU, shards=1), TorchStepper(configs, data, CPU, shards=2)
     a.load_state_dict(sharded.state_dict())
@@ -316,6 +319,20 @@ def test_threads_over_models_give_the_same_bits_and_state():
                        "after the state round trip")
     with pytest.raises(GrokfastError, match="shards"):
         TorchStepper(configs, data, CPU, shards=17)
+
+
+def test_a_large_launch_of_small_models_is_cut_into_shards_of_at_most_64():
+    c = Config.preset("paper-real")
+    for M, threads, want in [(1, 2, 1), (16, 2, 2), (64, 2, 2), (65, 1, 2), (256, 2, 4),
+                             (256, 1, 4), (300, 2, 5)]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            assert shard_count([c] * M, "cpu", None, None) == want, (M, threads)
+        finally:
+            torch.set_num_threads(old)
+    gromov = Config.preset("gromov")
+    assert shard_count([gromov] * 256, "cpu", None, None) == 1  # large activations: intra-op
 
 
 def test_many_models_agree_with_the_reference():
