@@ -110,8 +110,7 @@ class TritonStepper:
     "tiled" (the 3–5 launches per step over blocks of samples and tiles of parameters), or "auto"
     (fused when the model fits one program). blocks: overrides of KernelSpec's block sizes
     (kernels.common.BLOCK_SIZES; tests use small blocks to exercise tiling). cuda_graphs: on CUDA,
-    capture the tiled
-    regime's launches of an advance() once and replay them.
+    capture the tiled regime's launches of an advance() once and replay them.
     """
 
     backend = "triton"
@@ -127,6 +126,7 @@ class TritonStepper:
         self.device = device = torch.device(device)
         check_supported(c, device)
         common, self._fused, self._rows, self._update, self._stats = _kernels()
+        self._common = common
         if tuple(self._stats.STAT_COLUMNS) != tuple(STAT_NAMES):
             raise GrokfastError("kernels/stats.py and grokfast.model.STAT_NAMES disagree; "
                                 "reinstall grokfast")
@@ -184,7 +184,6 @@ class TritonStepper:
         self.buf = state(spec.uses("buf"))
         self.exp_avg = state(spec.uses("exp_avg"))
         self.exp_avg_sq = state(spec.uses("exp_avg_sq"))
-        self.state = common.State(self.ema, self.window, self.buf, self.exp_avg, self.exp_avg_sq)
         self.grad = state(c.orthograd and self.regime == "tiled")
         if self.regime == "tiled":
             self._allocate_tiled(M, H, p, int(common.N_Q))
@@ -276,6 +275,10 @@ class TritonStepper:
         self.part_s = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
         self.part_n = torch.empty(M, self.plan.te, n_q, **f64) if c.fixed_norm else None
 
+    def _state(self):
+        """The optimizer and filter state as the launchers take it (these tensors, not copies)."""
+        return self._common.State(self.ema, self.window, self.buf, self.exp_avg, self.exp_avg_sq)
+
     def _split(self, flat: torch.Tensor):
         c, D1 = self.configs[0], self.plan.D1
         M = flat.shape[0]
@@ -306,8 +309,9 @@ class TritonStepper:
     def _launch_fused(self, first: int, n_steps: int, stats: torch.Tensor) -> None:
         """All n_steps in one launch, θ updated in place in buffer cur."""
         self._fused.fused_steps(
-            self.spec, self.plan, self.theta[self.cur], self.idx, self.labels, self.state, self.hp,
-            self.step, self.active, stats, n_train=self.n_train, n_steps=n_steps, first=first)
+            self.spec, self.plan, self.theta[self.cur], self.idx, self.labels, self._state(),
+            self.hp, self.step, self.active, stats, n_train=self.n_train, n_steps=n_steps,
+            first=first)
 
     def _graph(self, n_steps: int):
         """The CUDA graph of n_steps launches from the current buffer parity (captured once)."""
@@ -327,17 +331,17 @@ class TritonStepper:
 
     def _launch_step(self, j: int, stats: torch.Tensor, check: bool) -> None:
         """Enqueue the launches of one step (θ from buffer cur to 1 − cur), stats into row j."""
-        spec, plan, update = self.spec, self.plan, self._update
+        spec, plan, update, state = self.spec, self.plan, self._update, self._state()
         theta, new = self.theta[self.cur], self.theta[1 - self.cur]
         self._rows.rows_fwd_bwd(spec, theta, self.idx, self.labels, self.dz, self.dw2,
                                 self.part_rows, self.hp, self.step, self.active, check=check)
         update.update_grad(spec, plan, theta, new, self.grad, self.dz, self.dw2, self.table,
-                           self.state, self.part_g, self.hp, self.step, self.active, check=check)
+                           state, self.part_g, self.hp, self.step, self.active, check=check)
         last = self.part_g
         if spec.orthograd:
             update.update_orth(plan, theta, self.grad, self.part_g, self.part_o, self.active,
                                check=check)
-            update.update_step(spec, plan, theta, new, self.grad, self.state, self.part_g,
+            update.update_step(spec, plan, theta, new, self.grad, state, self.part_g,
                                self.part_o, self.part_s, self.hp, self.step, self.active,
                                check=check)
             last = self.part_s

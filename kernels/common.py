@@ -139,7 +139,7 @@ def _dot_fma(a, b, acc):
 def _activate(z, ACT: tl.constexpr):
     if ACT == ACT_RELU:
         return tl.maximum(z, 0.0)
-    else:
+    else:  # ACT_QUADRATIC
         return z * z
 
 
@@ -148,7 +148,7 @@ def _activate_backward(dh, z, ACT: tl.constexpr):
     """dL/dZ from dL/dσ(Z): relu passes where z > 0 (σ'(0) = 0); z² gives dh·z + dh·z as autograd."""
     if ACT == ACT_RELU:
         return tl.where(z > 0, dh, 0.0)
-    else:
+    else:  # ACT_QUADRATIC
         t = dh * z
         return t + t
 
@@ -184,7 +184,7 @@ def _row_loss(z, onehot, cmask, LOSS: tl.constexpr, LDT: tl.constexpr):
         lse = mx + tl.log(tl.sum(e, 1))
         zc = tl.sum(tl.where(onehot, zz, 0.0), 1)
         return lse - zc, tl.exp(zm - lse[:, None]), tl.full(lse.shape, 1.0, LDT)
-    else:
+    else:  # LOSS_STABLEMAX
         neg = tl.minimum(zz, 0.0)
         sv = tl.where(zz >= 0, zz + 1.0, _div(tl.full(zz.shape, 1.0, LDT), 1.0 - neg))
         sv = tl.where(cmask[None, :], sv, 0.0)
@@ -317,7 +317,7 @@ def _grokfast_filter(g, offs, mask, s, hp, ema_ptr, win_ptr, D, WINDOW,
                 total = _div(total, count.to(dt))
             out = g + total * lamb
         return out
-    else:
+    else:  # FILTER_NONE
         return g
 
 
@@ -350,7 +350,7 @@ def _optimizer_step(theta, g, offs, mask, s, hp, buf_ptr, exp_avg_ptr, exp_avg_s
         step_dir = tl.where(nesterov, d + buf * mom.to(dt), buf)
         step_dir = tl.where(mom != 0, step_dir, d)  # torch keeps no buffer when momentum is 0
         return theta + step_dir * (-lr).to(dt)
-    else:
+    else:  # OPT_ADAM, OPT_ADAMW
         b1 = tl.load(hp + HP_BETA1)
         b2 = tl.load(hp + HP_BETA2)
         eps = tl.load(hp + HP_EPS)

@@ -19,7 +19,7 @@ from grokfast.kernels.update import (UpdatePlan, update_grad, update_orth, updat
 from grokfast.reference import TwoLayerNet, make_optimizer, step_lr
 from grokfast.triton_backend import segment_table, _hyperparameters
 from tolerances import assert_close
-from variants import OPTIMIZER_VARIANTS
+from variants import FILTER_VARIANTS, OPTIMIZER_VARIANTS
 
 NAN = float("nan")
 Q = {name: int(getattr(common, name)) for name in dir(common) if name.startswith("Q_")}
@@ -126,21 +126,11 @@ def test_gradient_partials_and_optimizer_step(name, step, launch):
     assert torch.isnan(case.new[1]).all() and torch.isnan(case.part[1]).all()
 
 
-FILTERS = {
-    "ema-first": (0, dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0)),
-    "ema-later": (4, dict(grad_filter="ema", filter_alpha=0.98, filter_lamb=5.0)),
-    "ma-filling": (1, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
-    "ma-full-mean": (5, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
-    "ma-sum-no-warmup": (1, dict(grad_filter="ma", filter_window=4, filter_lamb=0.5,
-                                 filter_type="sum", filter_warmup=False)),
-}
-
-
-@pytest.mark.parametrize("name", list(FILTERS))
+@pytest.mark.parametrize("name", list(FILTER_VARIANTS))
 def test_grokfast_filters(name, launch):
     """With ⊥Grad on, the gradient kernel stops after the filter and stores g_f: compare it with
     grokfast.filters on a module whose state is the kernel's state."""
-    step, changes = FILTERS[name]
+    step, changes = FILTER_VARIANTS[name]
     case = Case(step=step, orthograd=True, dtype="float32", **changes)
     c = case.c
     g1, g2 = case.expected_grad()

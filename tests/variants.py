@@ -1,10 +1,13 @@
 """Config variants shared by the test files; the names say what each one exercises (they are the
-test ids). Each dict maps a name to Config changes (LOOP_VARIANTS: to whole Configs).
+test ids). Each dict maps a name to Config changes (LOOP_VARIANTS: to whole Configs;
+FILTER_VARIANTS: to a step and Config changes).
 
 STEPPER_*: the torch backend against the reference, step by step (tests/test_torch_backend.py):
 tiny shapes, float64, every statistic at every step. KERNEL_*: the Triton backend against the
 reference through whole runs (tests/test_triton_backend.py). LOOP_*: the run loop — resume,
 checkpoints, stops — over a few optimizer and filter combinations (tests/test_longrun.py).
+LOSS_, OPTIMIZER_, FILTER_ and ROWS_VARIANTS: single steps and single kernel launches
+(tests/test_reference.py, tests/test_kernel_update.py, tests/test_kernel_rows.py).
 """
 from grokfast import Config
 
@@ -63,6 +66,17 @@ OPTIMIZER_VARIANTS = {
     "adam": dict(optimizer="adam", lr=0.01, weight_decay=0.03, betas=(0.8, 0.95)),
     "adamw": dict(optimizer="adamw", lr=0.01, weight_decay=0.5, betas=(0.9, 0.98)),
     "adamw-warmup": dict(optimizer="adamw", lr=0.01, weight_decay=0.5, warmup_steps=4),
+}
+
+# the Grokfast filters of kernels/update.py against grokfast.filters (tests/test_kernel_update.py):
+# name → (step, Config changes): the first EMA step, a later one, an MA window filling and full
+FILTER_VARIANTS = {
+    "ema-first": (0, dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0)),
+    "ema-later": (4, dict(grad_filter="ema", filter_alpha=0.98, filter_lamb=5.0)),
+    "ma-filling": (1, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
+    "ma-full-mean": (5, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
+    "ma-sum-no-warmup": (1, dict(grad_filter="ma", filter_window=4, filter_lamb=0.5,
+                                 filter_type="sum", filter_warmup=False)),
 }
 
 # kernels/rows.py against autograd (tests/test_kernel_rows.py): every loss × activation in both
