@@ -192,6 +192,9 @@ def fused_steps(spec: KernelSpec, plan: UpdatePlan, theta, idx, labels, state: S
     blocks = fused_blocks(n_train=n_train, n_test=n_test, d_in=plan.d_in, width=plan.width,
                           p=plan.p)
     if check:
+        if not 0 < n_train <= idx.shape[0]:
+            launch_error(f"n_train={n_train} must split the {idx.shape[0]} samples of idx into "
+                         f"training and test samples")
         if blocks is None:
             launch_error(f"n_train={n_train}, width={plan.width}, p={plan.p} does not fit one "
                          f"program (tiles ≤ {MAX_TILE} elements); the tiled kernels "
