@@ -19,8 +19,9 @@ with different hyperparameters share every launch, no launch argument changes fr
 and on CUDA the K launches of an advance() are captured once into a CUDA graph and replayed.
 Parameters are double-buffered (θ_s is read from one buffer, θ_{s+1} written to the other).
 
-Config → kernels: this module translates a Config batch into kernel arguments; kernels know
-nothing of configs. Unsupported combinations raise GrokfastError naming backend="torch".
+Config → kernels: this module translates a Config batch into one kernels.common.KernelSpec (the
+compile-time choices every launch shares, built once per stepper) and device tensors; kernels
+know nothing of configs. Unsupported combinations raise GrokfastError naming backend="torch".
 On a machine without CUDA it runs only under Triton's interpreter (TRITON_INTERPRET=1 set before
 triton is first imported): exact but ~1e4× slower, meant for tests.
 
@@ -44,11 +45,6 @@ from .errors import GrokfastError
 from .model import STAT_NAMES, init_params, torch_dtype
 from .stepper import check_batch
 
-# Block sizes of the tiled regime and warps of the fused regime's program, chosen by the register
-# spills ptxas reports for sm_90 (p ≈ 100 and width 512; paper-real) — untimed, no GPU was lent.
-# Tests pass smaller blocks to exercise tiling.
-DEFAULT_BLOCKS = dict(rows_block_n=32, rows_block_h=32, block_r=16, block_h=64, block_hh=8,
-                      block_e=1024, fused_warps=8)
 MAX_P = 512
 GRAPH_MIN_STEPS = 8
 
@@ -112,9 +108,9 @@ class TritonStepper:
 
     regime: "fused" (one program per model runs whole steps, K steps per launch: small models),
     "tiled" (the 3–5 launches per step over blocks of samples and tiles of parameters), or "auto"
-    (fused when the model fits one program). blocks: overrides of DEFAULT_BLOCKS for the tiled
-    regime (tests use small blocks to exercise tiling). cuda_graphs: on CUDA, capture the tiled
-    regime's launches of an advance() once and replay them.
+    (fused when the model fits one program). blocks: overrides of KernelSpec's block sizes
+    (kernels.common.BLOCK_SIZES; tests use small blocks to exercise tiling). cuda_graphs: on CUDA,
+    capture the tiled regime's launches of an advance() once and replay them.
     """
 
     backend = "triton"
@@ -130,14 +126,14 @@ class TritonStepper:
         self.device = device = torch.device(device)
         check_supported(c, device)
         common, self._fused, self._rows, self._update, self._stats = _kernels()
+        self._common = common
         if tuple(self._stats.STAT_COLUMNS) != tuple(STAT_NAMES):
             raise GrokfastError("kernels/stats.py and grokfast.model.STAT_NAMES disagree; "
                                 "reinstall grokfast")
-        unknown = set(blocks or {}) - set(DEFAULT_BLOCKS)
+        unknown = set(blocks or {}) - set(common.BLOCK_SIZES)
         if unknown:
             raise GrokfastError(f"unknown block sizes {sorted(unknown)}; known: "
-                                f"{', '.join(DEFAULT_BLOCKS)}")
-        self.blocks = {**DEFAULT_BLOCKS, **(blocks or {})}
+                                f"{', '.join(common.BLOCK_SIZES)}")
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         dt = self.dtype = torch_dtype(c)
         M, p, H, d_in = len(self.configs), c.p, c.width, c.d_in
@@ -150,10 +146,15 @@ class TritonStepper:
             raise GrokfastError(f"regime='fused' needs a model that fits one program (n_train="
                                 f"{self.n_train}, width={H}, p={p} does not); use regime='tiled'")
         self.regime = "fused" if regime == "fused" or (regime == "auto" and fits) else "tiled"
-        self.plan = self._update.UpdatePlan(
-            d_in=d_in, width=H, p=p, block_r=self.blocks["block_r"],
-            block_h=self.blocks["block_h"], block_hh=self.blocks["block_hh"],
-            block_e=self.blocks["block_e"])
+        self.spec = spec = common.KernelSpec(
+            dtype=dt, activation=c.activation, loss=c.loss,
+            loss_f64=c.loss != "mse" and c.loss_dtype == "float64" and dt == torch.float32,
+            loss_mean=c.loss_reduction == "mean", grad_filter=c.grad_filter,
+            filter_window=c.filter_window, filter_mean=c.filter_type == "mean",
+            filter_warmup=c.filter_warmup, optimizer=c.optimizer, orthograd=c.orthograd,
+            fixed_norm=c.fixed_norm, precision=c.precision, eval_every=c.eval_every,
+            log_every=c.log_every, **(blocks or {}))
+        self.plan = self._update.UpdatePlan(spec, d_in=d_in, width=H, p=p)
         D = self.plan.D
 
         kw = dict(device=device)
@@ -171,22 +172,18 @@ class TritonStepper:
         self.theta[1] = self.theta[0]
         self.cur = 0
 
-        self.loss_f64 = c.loss != "mse" and c.loss_dtype == "float64" and dt == torch.float32
-        ldt = torch.float64 if self.loss_f64 else dt
-        per_row = p if c.loss == "mse" else 1      # mse averages over n·p outputs, the others over n
-        mean = c.loss_reduction == "mean"
-        self.loss_div = self.n_train * per_row if mean else 1
-        self.test_loss_div = self.n_test * per_row if mean else 1
-        grad_scale = float(torch.tensor(1.0, dtype=ldt) / self.loss_div)  # autograd's grad / (n·p)
+        ldt = torch.float64 if spec.loss_f64 else dt
+        # autograd's grad / (n·p): mse averages over n·p outputs, the others over n
+        grad_scale = float(torch.tensor(1.0, dtype=ldt) / spec.loss_div(self.n_train, p))
         self.hp = _hyperparameters(self.configs, targets, grad_scale).to(**kw)
 
         empty = torch.empty(0, dtype=dt, **kw)
         state = lambda used, *shape: torch.zeros(M, *shape, D, dtype=dt, **kw) if used else empty
-        self.ema = state(c.grad_filter == "ema")
-        self.window = state(c.grad_filter == "ma", c.filter_window)
-        self.buf = state(c.optimizer == "sgd")
-        self.exp_avg = state(c.optimizer in ("adam", "adamw"))
-        self.exp_avg_sq = state(c.optimizer in ("adam", "adamw"))
+        self.ema = state(spec.uses("ema"))
+        self.window = state(spec.uses("window"), c.filter_window)
+        self.buf = state(spec.uses("buf"))
+        self.exp_avg = state(spec.uses("exp_avg"))
+        self.exp_avg_sq = state(spec.uses("exp_avg_sq"))
         self.grad = state(c.orthograd and self.regime == "tiled")
         if self.regime == "tiled":
             self._allocate_tiled(M, H, p, int(common.N_Q))
@@ -267,8 +264,8 @@ class TritonStepper:
     def _allocate_tiled(self, M: int, H: int, p: int, n_q: int) -> None:
         """Work buffers of the tiled regime (the fused one keeps everything in its program)."""
         c, kw = self.configs[0], dict(device=self.device)
-        nb = -(-self.n_train // self.blocks["rows_block_n"])
-        nbt = -(-self.n_test // self.blocks["rows_block_n"])
+        nb = -(-self.n_train // self.spec.rows_block_n)
+        nbt = -(-self.n_test // self.spec.rows_block_n)
         f64 = dict(dtype=torch.float64, **kw)
         self.dz = torch.empty(M, self.n_train, H, dtype=self.dtype, **kw)
         self.dw2 = torch.empty(M, nb, H, p, dtype=self.dtype, **kw)   # per-block shares of ∇W2
@@ -277,6 +274,10 @@ class TritonStepper:
         self.part_o = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
         self.part_s = torch.empty(M, self.plan.te, n_q, **f64) if c.orthograd else None
         self.part_n = torch.empty(M, self.plan.te, n_q, **f64) if c.fixed_norm else None
+
+    def _state(self):
+        """The optimizer and filter state as the launchers take it (these tensors, not copies)."""
+        return self._common.State(self.ema, self.window, self.buf, self.exp_avg, self.exp_avg_sq)
 
     def _split(self, flat: torch.Tensor):
         c, D1 = self.configs[0], self.plan.D1
@@ -307,17 +308,10 @@ class TritonStepper:
 
     def _launch_fused(self, first: int, n_steps: int, stats: torch.Tensor) -> None:
         """All n_steps in one launch, θ updated in place in buffer cur."""
-        c = self.configs[0]
         self._fused.fused_steps(
-            self.theta[self.cur], self.idx, self.labels, self.ema, self.window, self.buf,
-            self.exp_avg, self.exp_avg_sq, self.hp, self.step, self.active, stats,
-            n_steps=n_steps, first=first, n_train=self.n_train, n_test=self.n_test, d_in=c.d_in,
-            width=c.width, p=c.p, eval_every=c.eval_every, log_every=c.log_every,
-            loss_div=self.loss_div, test_loss_div=self.test_loss_div, activation=c.activation,
-            loss=c.loss, loss_f64=self.loss_f64, grad_filter=c.grad_filter,
-            filter_window=c.filter_window, filter_mean=c.filter_type == "mean",
-            filter_warmup=c.filter_warmup, optimizer=c.optimizer, orthograd=c.orthograd,
-            fixed_norm=c.fixed_norm, precision=c.precision, num_warps=self.blocks["fused_warps"])
+            self.spec, self.plan, self.theta[self.cur], self.idx, self.labels, self._state(),
+            self.hp, self.step, self.active, stats, n_train=self.n_train, n_steps=n_steps,
+            first=first)
 
     def _graph(self, n_steps: int):
         """The CUDA graph of n_steps launches from the current buffer parity (captured once)."""
@@ -337,36 +331,24 @@ class TritonStepper:
 
     def _launch_step(self, j: int, stats: torch.Tensor, check: bool) -> None:
         """Enqueue the launches of one step (θ from buffer cur to 1 − cur), stats into row j."""
-        c, b, plan = self.configs[0], self.blocks, self.plan
+        spec, plan, update, state = self.spec, self.plan, self._update, self._state()
         theta, new = self.theta[self.cur], self.theta[1 - self.cur]
-        self._rows.rows_fwd_bwd(
-            theta, self.idx, self.labels, self.dz, self.dw2, self.part_rows, self.hp, self.step,
-            self.active, n_train=self.n_train, n_test=self.n_test, d_in=c.d_in, width=c.width,
-            p=c.p, eval_every=c.eval_every, activation=c.activation, loss=c.loss,
-            loss_f64=self.loss_f64, precision=c.precision, block_n=b["rows_block_n"],
-            block_h=b["rows_block_h"], check=check)
-        self._update.update_grad(
-            plan, theta, new, self.grad, self.dz, self.dw2, self.table, self.ema, self.window,
-            self.buf, self.exp_avg, self.exp_avg_sq, self.part_g, self.hp, self.step, self.active,
-            n_train=self.n_train, grad_filter=c.grad_filter, filter_window=c.filter_window,
-            filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
-            optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm, check=check)
-        last, last_t1 = self.part_g, plan.tg1
-        if c.orthograd:
-            self._update.update_orth(plan, theta, self.grad, self.part_g, self.part_o, self.active,
-                                     check=check)
-            self._update.update_step(plan, theta, new, self.grad, self.buf, self.exp_avg,
-                                     self.exp_avg_sq, self.part_g, self.part_o, self.part_s,
-                                     self.hp, self.step, self.active, optimizer=c.optimizer,
-                                     fixed_norm=c.fixed_norm, check=check)
-            last, last_t1 = self.part_s, plan.te1
-        if c.fixed_norm:
-            self._update.update_rescale(plan, theta, new, last, self.part_n, self.hp, self.active,
-                                        after_orth=c.orthograd, check=check)
-            last, last_t1 = self.part_n, plan.te1
-        self._stats.stats_row(
-            stats, j, self.part_rows, self.part_g, last, self.step, self.active,
-            n_train=self.n_train, n_test=self.n_test, block_n=b["rows_block_n"], tg1=plan.tg1,
-            tu1=last_t1, loss_div=self.loss_div, test_loss_div=self.test_loss_div,
-            eval_every=c.eval_every, dtype=self.dtype, loss_f64=self.loss_f64, check=check)
+        self._rows.rows_fwd_bwd(spec, theta, self.idx, self.labels, self.dz, self.dw2,
+                                self.part_rows, self.hp, self.step, self.active, check=check)
+        update.update_grad(spec, plan, theta, new, self.grad, self.dz, self.dw2, self.table,
+                           state, self.part_g, self.hp, self.step, self.active, check=check)
+        last = self.part_g
+        if spec.orthograd:
+            update.update_orth(plan, theta, self.grad, self.part_g, self.part_o, self.active,
+                               check=check)
+            update.update_step(spec, plan, theta, new, self.grad, state, self.part_g,
+                               self.part_o, self.part_s, self.hp, self.step, self.active,
+                               check=check)
+            last = self.part_s
+        if spec.fixed_norm:
+            update.update_rescale(spec, plan, theta, new, last, self.part_n, self.hp, self.active,
+                                  check=check)
+            last = self.part_n
+        self._stats.stats_row(spec, plan, stats, j, self.part_rows, self.part_g, last, self.step,
+                              self.active, n_train=self.n_train, n_test=self.n_test, check=check)
         self.cur ^= 1

@@ -1,8 +1,10 @@
 """Device functions and buffer layouts shared by the training-step kernels (rows, update, stats).
 
 Nothing here launches anything: these are @triton.jit helpers inlined into the kernels of
-kernels/rows.py, kernels/update.py and kernels/stats.py, plus the constexpr slot numbers of the
-small arrays those kernels exchange.
+kernels/fused.py, kernels/rows.py, kernels/update.py and kernels/stats.py, the constexpr slot
+numbers of the small arrays those kernels exchange, and what every launcher shares on the host:
+CODES (the one table of switch codes, from which the kernels' named constants derive), KernelSpec
+(the compile-time choices of all of a stepper's launches), State and the launch validation.
 
 * Per-model hyperparameters ``hp`` [M, N_HP] float64 (slots HP_*): a batch of models with different
   lr, weight decay, betas, momentum, filter α/λ, warmup and target norm runs in one launch. Float
@@ -27,7 +29,9 @@ small arrays those kernels exchange.
   (it calls int() on a 1-element array, which NumPy 2 rejects); under the interpreter this module
   patches in Triton 3.9's own fix (squeeze first): _interpreter_scalar_index below.
 """
+import dataclasses
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -62,19 +66,25 @@ Q_DELTA_THETA = tl.constexpr(8)      # Σ (θ_{s+1} − θ_s)·θ_s
 N_Q = tl.constexpr(9)
 BLOCK_Q = tl.constexpr(16)          # N_Q rounded up to a power of two
 
-# codes of the constexpr switches
-ACT_RELU = tl.constexpr(0)
-ACT_QUADRATIC = tl.constexpr(1)
-LOSS_MSE = tl.constexpr(0)
-LOSS_CROSS_ENTROPY = tl.constexpr(1)
-LOSS_STABLEMAX = tl.constexpr(2)
-OPT_GD = tl.constexpr(0)
-OPT_SGD = tl.constexpr(1)
-OPT_ADAM = tl.constexpr(2)
-OPT_ADAMW = tl.constexpr(3)
-FILTER_NONE = tl.constexpr(0)
-FILTER_EMA = tl.constexpr(1)
-FILTER_MA = tl.constexpr(2)
+# codes of the constexpr switches: the one table. A code is the name's position in its tuple;
+# launchers look names up here (KernelSpec), kernels compare against the constants derived below.
+CODES = {
+    "activation": ("relu", "quadratic"),
+    "loss": ("mse", "cross_entropy", "stablemax"),
+    "optimizer": ("gd", "sgd", "adam", "adamw"),
+    "grad_filter": ("none", "ema", "ma"),
+}
+
+
+def _codes(kind: str) -> tuple:
+    """The constexpr codes of kind, in CODES order (tests/test_kernel_rows.py checks the names)."""
+    return tuple(tl.constexpr(code) for code in range(len(CODES[kind])))
+
+
+ACT_RELU, ACT_QUADRATIC = _codes("activation")
+LOSS_MSE, LOSS_CROSS_ENTROPY, LOSS_STABLEMAX = _codes("loss")
+OPT_GD, OPT_SGD, OPT_ADAM, OPT_ADAMW = _codes("optimizer")
+FILTER_NONE, FILTER_EMA, FILTER_MA = _codes("grad_filter")
 
 ORTHO_EPS = tl.constexpr(1e-30)      # ⊥Grad's ε (grokfast.filters.orthograd_)
 FMA = tl.constexpr("fma")            # the PRECISION of float64 tile products compiled for a GPU
@@ -129,7 +139,7 @@ def _dot_fma(a, b, acc):
 def _activate(z, ACT: tl.constexpr):
     if ACT == ACT_RELU:
         return tl.maximum(z, 0.0)
-    else:
+    else:  # ACT_QUADRATIC
         return z * z
 
 
@@ -138,7 +148,7 @@ def _activate_backward(dh, z, ACT: tl.constexpr):
     """dL/dZ from dL/dσ(Z): relu passes where z > 0 (σ'(0) = 0); z² gives dh·z + dh·z as autograd."""
     if ACT == ACT_RELU:
         return tl.where(z > 0, dh, 0.0)
-    else:
+    else:  # ACT_QUADRATIC
         t = dh * z
         return t + t
 
@@ -174,7 +184,7 @@ def _row_loss(z, onehot, cmask, LOSS: tl.constexpr, LDT: tl.constexpr):
         lse = mx + tl.log(tl.sum(e, 1))
         zc = tl.sum(tl.where(onehot, zz, 0.0), 1)
         return lse - zc, tl.exp(zm - lse[:, None]), tl.full(lse.shape, 1.0, LDT)
-    else:
+    else:  # LOSS_STABLEMAX
         neg = tl.minimum(zz, 0.0)
         sv = tl.where(zz >= 0, zz + 1.0, _div(tl.full(zz.shape, 1.0, LDT), 1.0 - neg))
         sv = tl.where(cmask[None, :], sv, 0.0)
@@ -307,7 +317,7 @@ def _grokfast_filter(g, offs, mask, s, hp, ema_ptr, win_ptr, D, WINDOW,
                 total = _div(total, count.to(dt))
             out = g + total * lamb
         return out
-    else:
+    else:  # FILTER_NONE
         return g
 
 
@@ -340,7 +350,7 @@ def _optimizer_step(theta, g, offs, mask, s, hp, buf_ptr, exp_avg_ptr, exp_avg_s
         step_dir = tl.where(nesterov, d + buf * mom.to(dt), buf)
         step_dir = tl.where(mom != 0, step_dir, d)  # torch keeps no buffer when momentum is 0
         return theta + step_dir * (-lr).to(dt)
-    else:
+    else:  # OPT_ADAM, OPT_ADAMW
         b1 = tl.load(hp + HP_BETA1)
         b2 = tl.load(hp + HP_BETA2)
         eps = tl.load(hp + HP_EPS)
@@ -359,16 +369,106 @@ def _optimizer_step(theta, g, offs, mask, s, hp, buf_ptr, exp_avg_ptr, exp_avg_s
         return theta + (-step_size).to(dt) * _div(m, denom)
 
 
-# ---- host side: what every launcher validates
+# ---- host side: the launch description and what every launcher validates
 MAX_BLOCK_P = 512
-_CODES = {
-    "activation": {"relu": 0, "quadratic": 1},
-    "loss": {"mse": 0, "cross_entropy": 1, "stablemax": 2},
-    "optimizer": {"gd": 0, "sgd": 1, "adam": 2, "adamw": 3},
-    "grad_filter": {"none": 0, "ema": 1, "ma": 2},
-}
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 FMA_IN_INTERPRETER = False  # tests: run _dot_fma (the GPU's fused float64 products) on the CPU
+# KernelSpec's block sizes (the stepper's `blocks` may override them): the tiled regime's BLOCK_*
+# constexprs and the fused program's warps
+BLOCK_SIZES = ("rows_block_n", "rows_block_h", "block_r", "block_h", "block_hh", "block_e",
+               "fused_warps")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """The compile-time choices of every launch of one stepper, shared by all its models: built once
+    (grokfast.triton_backend builds it from the configuration; kernels never see a config), read by
+    every launcher, which takes the sizes off its tensors. Names are checked against CODES and block
+    sizes against the kernels' limits on construction (GrokfastError naming the fallback).
+
+    Default block sizes: chosen by the register spills ptxas reports for sm_90 (p ≈ 100 and width
+    512; paper-real) — untimed, no GPU was lent. Tests pass smaller blocks to exercise tiling.
+    """
+    dtype: torch.dtype = torch.float32   # working dtype of θ, gradients and state
+    activation: str = "relu"
+    loss: str = "mse"
+    loss_f64: bool = False               # loss and dL/dŶ from float64 logits (a float32 model)
+    loss_mean: bool = True               # loss_reduction "mean" (else "sum")
+    grad_filter: str = "none"
+    filter_window: int = 0               # MA: the window's length
+    filter_mean: bool = True             # MA: the window's mean (else its sum)
+    filter_warmup: bool = True           # MA: filter only once the window is full
+    optimizer: str = "gd"
+    orthograd: bool = False
+    fixed_norm: bool = False
+    precision: str = "ieee"              # tl.dot's float32 products (check_precision: the device)
+    eval_every: int = 1
+    log_every: int = 1
+    rows_block_n: int = 32               # kernels/rows.py: samples per program (≥ 16)
+    rows_block_h: int = 32               # kernels/rows.py: hidden slice of a product (≥ 16)
+    block_r: int = 16                    # kernels/update.py (UpdatePlan): W1 rows of a tile
+    block_h: int = 64                    # W1 columns of a tile
+    block_hh: int = 8                    # W2 rows of a tile
+    block_e: int = 1024                  # elements of a flat tile
+    fused_warps: int = 8                 # warps of the fused kernel's program
+
+    def __post_init__(self):
+        for kind, names in CODES.items():
+            if getattr(self, kind) not in names:
+                launch_error(f"{kind}={getattr(self, kind)!r} has no kernel (known: "
+                             f"{', '.join(names)})")
+        if self.dtype not in (torch.float32, torch.float64):
+            launch_error(f"dtype {self.dtype} is not supported (float32 or float64)")
+        for name in BLOCK_SIZES:
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                launch_error(f"{name}={v} must be a power of two")
+        if self.rows_block_n < 16 or self.rows_block_h < 16:
+            launch_error(f"rows_block_n={self.rows_block_n}, rows_block_h={self.rows_block_h}: "
+                         f"tl.dot needs blocks of at least 16")
+
+    def code(self, kind: str) -> int:
+        """The CODES code of this spec's choice of kind ("activation", "loss", ...)."""
+        return CODES[kind].index(getattr(self, kind))
+
+    def switches(self, *names: str) -> dict:
+        """The constexpr switches named (the kernels' parameter names), for a launch."""
+        values = dict(ACT=self.code("activation"), LOSS=self.code("loss"), LOSS_F64=self.loss_f64,
+                      FILTER=self.code("grad_filter"), FILTER_MEAN=self.filter_mean,
+                      FILTER_WARMUP=self.filter_warmup, OPT=self.code("optimizer"),
+                      ORTH=self.orthograd, FIXED=self.fixed_norm)
+        return {k: values[k] for k in names}
+
+    def uses(self, state: str) -> bool:
+        """Whether the kernels read and write this State tensor (unused ones may be empty)."""
+        adam = self.optimizer in ("adam", "adamw")
+        return dict(ema=self.grad_filter == "ema", window=self.grad_filter == "ma",
+                    buf=self.optimizer == "sgd", exp_avg=adam, exp_avg_sq=adam)[state]
+
+    @property
+    def window_slots(self) -> int:
+        """The WINDOW argument: MA's ring length (1 when there is no ring)."""
+        return max(self.filter_window, 1)
+
+    def loss_div(self, n: int, p: int) -> int:
+        """The divisor of Σℓ_i over n samples: n·p for mse's mean, n for the others, 1 for a sum."""
+        return (n * p if self.loss == "mse" else n) if self.loss_mean else 1
+
+
+class State(NamedTuple):
+    """Optimizer and filter state of M models, [M, D] each (window [M, filter_window, D]); the
+    tensors a spec does not use (KernelSpec.uses) may be empty."""
+    ema: torch.Tensor
+    window: torch.Tensor
+    buf: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+
+
+def state_checks(spec: KernelSpec, state: State, M: int, D: int) -> dict:
+    """check_tensors entries for the state tensors the spec uses."""
+    return {name: (t, spec.dtype, (M, spec.filter_window, D) if name == "window" else (M, D))
+            for name, t in state._asdict().items() if spec.uses(name)}
 
 
 def fused_precision(precision: str, dtype: torch.dtype) -> str:
@@ -384,12 +484,6 @@ def launch_error(msg: str):
     from grokfast.errors import GrokfastError
     raise GrokfastError(f"Triton engine: {msg}; use backend='torch' (or 'reference') for this "
                         f"configuration")
-
-
-def code_of(kind: str, name: str) -> int:
-    if name not in _CODES[kind]:
-        launch_error(f"{kind}={name!r} has no kernel (known: {', '.join(_CODES[kind])})")
-    return _CODES[kind][name]
 
 
 def next_pow2(n: int) -> int:

@@ -28,11 +28,11 @@ import triton.language as tl
 from .common import (FILTER_MA, HP_GRAD_SCALE, HP_TARGET_NORM, N_HP, ORTHO_EPS, _activate,
                      _activate_backward, _correct_and_margin, _div, _dot, _first_layer,
                      _grokfast_filter, _optimizer_step, _row_loss, _sqrt, _store_stats_row, FMA,
-                     check_precision, check_tensors, code_of, dot_block, fused_precision,
-                     launch_error)
+                     KernelSpec, State, check_precision, check_tensors, dot_block, fused_precision,
+                     launch_error, state_checks)
+from .update import UpdatePlan
 
 MAX_TILE = 128 * 128
-NUM_WARPS = 8
 
 
 @triton.jit
@@ -55,6 +55,7 @@ def _fused_steps_kernel(
     OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr, PRECISION: tl.constexpr,
     N_STAT: tl.constexpr,
 ):
+    """Grid (M,); one program owns one model: N_STEPS whole steps of its θ, state and stats rows."""
     m = tl.program_id(0)
     if tl.load(active_ptr + m) != 0:
         DT: tl.constexpr = theta_ptr.dtype.element_ty
@@ -175,52 +176,46 @@ def fused_blocks(*, n_train: int, n_test: int, d_in: int, width: int, p: int):
     return b if max(tiles) <= MAX_TILE else None
 
 
-def fused_steps(theta, idx, labels, ema, window, buf, exp_avg, exp_avg_sq, hp, step, active, stats,
-                *, n_steps: int, first: int, n_train: int, n_test: int, d_in: int, width: int,
-                p: int, eval_every: int, log_every: int, loss_div: int, test_loss_div: int,
-                activation: str, loss: str, loss_f64: bool, grad_filter: str, filter_window: int,
-                filter_mean: bool, filter_warmup: bool, optimizer: str, orthograd: bool,
-                fixed_norm: bool, precision: str = "ieee", num_warps: int = NUM_WARPS,
-                check: bool = True):
+def fused_steps(spec: KernelSpec, plan: UpdatePlan, theta, idx, labels, state: State, hp, step,
+                active, stats, *, n_train: int, n_steps: int, first: int, check: bool = True):
     """Launch n_steps whole training steps for every active model (θ and state updated in place).
 
-    stats [M, ≥ cdiv(n_steps, log_every), N_STAT] float64 receives the statistics of each step s
-    with s % log_every == 0 at row (s − first) / log_every; first is the first such step of the
-    call (steps run from each model's device counter). Other tensors as in
-    kernels/update.update_grad (unused state may be empty). GrokfastError (naming the fallback)
-    for a model that does not fit one program or a bad launch; check=False skips validation.
+    θ [M, plan.D]; idx [n_train + n_test, 2] and labels [n_train + n_test] int32 (training samples
+    first); stats [M, ≥ cdiv(n_steps, log_every), N_STAT] float64 receives the statistics of each
+    step s with s % log_every == 0 at row (s − first) / log_every; first is the first such step of
+    the call (steps run from each model's device counter). Other tensors as in
+    kernels/update.update_grad. GrokfastError (naming the fallback) for a model that does not fit
+    one program or a bad launch; check=False skips validation.
     """
     M, D = theta.shape
-    blocks = fused_blocks(n_train=n_train, n_test=n_test, d_in=d_in, width=width, p=p)
-    fcode, ocode = code_of("grad_filter", grad_filter), code_of("optimizer", optimizer)
+    n_test = idx.shape[0] - n_train
+    blocks = fused_blocks(n_train=n_train, n_test=n_test, d_in=plan.d_in, width=plan.width,
+                          p=plan.p)
     if check:
+        if not 0 < n_train <= idx.shape[0]:
+            launch_error(f"n_train={n_train} must split the {idx.shape[0]} samples of idx into "
+                         f"training and test samples")
         if blocks is None:
-            launch_error(f"n_train={n_train}, width={width}, p={p} does not fit one program "
-                         f"(tiles ≤ {MAX_TILE} elements); the tiled kernels (rows/update/stats) "
-                         f"handle it")
-        dt = theta.dtype
-        check_precision(precision, dt, theta.device)
-        state = dict(ema=(ema, fcode == 1, ()), window=(window, fcode == 2, (filter_window,)),
-                     buf=(buf, ocode == 1, ()), exp_avg=(exp_avg, ocode >= 2, ()),
-                     exp_avg_sq=(exp_avg_sq, ocode >= 2, ()))
+            launch_error(f"n_train={n_train}, width={plan.width}, p={plan.p} does not fit one "
+                         f"program (tiles ≤ {MAX_TILE} elements); the tiled kernels "
+                         f"(rows/update/stats) handle it")
+        check_precision(spec.precision, spec.dtype, theta.device)
         check_tensors(
-            theta=(theta, dt, (M, d_in * width + width * p)),
-            idx=(idx, torch.int32, (n_train + n_test, 2)),
-            labels=(labels, torch.int32, (n_train + n_test,)),
-            hp=(hp, torch.float64, (M, int(N_HP))), step=(step, torch.int32, (M,)),
-            active=(active, torch.int32, (M,)),
-            stats=(stats, torch.float64, (M, stats.shape[1], stats.shape[2])),
-            **{k: (t, dt, (M, *shape, D)) for k, (t, used, shape) in state.items() if used})
-        rows_needed = -(-n_steps // log_every)  # the most recorded steps n_steps can hold
-        if stats.shape[1] < rows_needed or first % log_every:
+            theta=(theta, spec.dtype, (M, plan.D)), idx=(idx, torch.int32, (idx.shape[0], 2)),
+            labels=(labels, torch.int32, (idx.shape[0],)), hp=(hp, torch.float64, (M, int(N_HP))),
+            step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)),
+            stats=(stats, torch.float64, (M, *stats.shape[1:])),
+            **state_checks(spec, state, M, D))
+        rows_needed = -(-n_steps // spec.log_every)  # the most recorded steps n_steps can hold
+        if stats.shape[1] < rows_needed or first % spec.log_every:
             launch_error(f"stats has {stats.shape[1]} rows, {n_steps} steps need {rows_needed}; "
-                         f"first={first} must be a multiple of log_every={log_every}")
+                         f"first={first} must be a multiple of log_every={spec.log_every}")
     _fused_steps_kernel[(M,)](
-        theta, idx, labels, ema, window, buf, exp_avg, exp_avg_sq, hp, step, active, stats,
-        n_train, n_test, d_in, width, p, D, max(filter_window, 1), eval_every, log_every,
-        loss_div, test_loss_div, n_steps, first, stats.shape[1],
-        **blocks, ACT=code_of("activation", activation), LOSS=code_of("loss", loss),
-        LOSS_F64=loss_f64, FILTER=fcode, FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup,
-        OPT=ocode, ORTH=orthograd, FIXED=fixed_norm,
-        PRECISION=fused_precision(precision, theta.dtype),
-        N_STAT=stats.shape[2], num_warps=num_warps)
+        theta, idx, labels, *state, hp, step, active, stats,
+        n_train, n_test, plan.d_in, plan.width, plan.p, D, spec.window_slots, spec.eval_every,
+        spec.log_every, spec.loss_div(n_train, plan.p), spec.loss_div(n_test, plan.p), n_steps,
+        first, stats.shape[1], **blocks,
+        **spec.switches("ACT", "LOSS", "LOSS_F64", "FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT",
+                        "ORTH", "FIXED"),
+        PRECISION=fused_precision(spec.precision, theta.dtype), N_STAT=stats.shape[2],
+        num_warps=spec.fused_warps)

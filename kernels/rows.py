@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from .common import (HP_GRAD_SCALE, N_HP, _activate, _activate_backward, _correct_and_margin, _dot,
-                     _first_layer, _row_loss, MAX_BLOCK_P, check_precision, check_tensors, code_of,
-                     dot_block, launch_error)
+                     _first_layer, _row_loss, MAX_BLOCK_P, KernelSpec, check_precision,
+                     check_tensors, dot_block, launch_error)
 
 
 @triton.jit
@@ -39,6 +39,7 @@ def _rows_fwd_bwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACT: tl.constexpr,
     LOSS: tl.constexpr, LOSS_F64: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """Grid (M, NB + NB_test); one program owns one model's BLOCK_N samples: dz, ∇W2 share, part."""
     m = tl.program_id(0)
     b = tl.program_id(1)
     if tl.load(active_ptr + m) != 0:
@@ -98,40 +99,40 @@ def _rows_fwd_bwd_kernel(
                              mask=rmask[:, None] & hm[None, :])
 
 
-def rows_fwd_bwd(theta, idx, labels, dz, dw2, part, hp, step, active, *, n_train: int,
-                 n_test: int, d_in: int, width: int, p: int, eval_every: int, activation: str,
-                 loss: str, loss_f64: bool, precision: str = "ieee", block_n: int = 32,
-                 block_h: int = 64, num_warps: int = 8, check: bool = True):
+def rows_fwd_bwd(spec: KernelSpec, theta, idx, labels, dz, dw2, part, hp, step, active,
+                 check: bool = True):
     """Launch the forward/backward of one step for every model; outputs are written in place.
 
-    theta [M, D]; idx [n_train + n_test, 2] int32; labels [n_train + n_test] int32; dz
-    [M, n_train, width]; dw2 [M, NB, width, p] with NB = cdiv(n_train, block_n); part [M, NB +
-    cdiv(n_test, block_n), 3] float64; hp [M, N_HP] float64; step, active [M] int32.
-    Bad shapes, dtypes, devices or block sizes raise GrokfastError naming the fallback
-    (backend="torch"); check=False skips this for a caller repeating a validated launch.
+    theta [M, D] (D = d_in·width + width·p); idx [n_train + n_test, 2] int32; labels
+    [n_train + n_test] int32; dz [M, n_train, width]; dw2 [M, NB, width, p] with NB =
+    cdiv(n_train, spec.rows_block_n); part [M, NB + cdiv(n_test, spec.rows_block_n), 3] float64;
+    hp [M, N_HP] float64; step, active [M] int32. The sizes are read off these shapes. Bad shapes,
+    dtypes or devices raise GrokfastError naming the fallback (backend="torch"); check=False skips
+    this for a caller repeating a validated launch.
     """
     M, D = theta.shape
-    nb, nbt = triton.cdiv(n_train, block_n), triton.cdiv(n_test, block_n)
+    n_train, width = dz.shape[1], dz.shape[2]
+    nb, p = dw2.shape[1], dw2.shape[3]
+    n_test = idx.shape[0] - n_train
+    nb_all = nb + triton.cdiv(n_test, spec.rows_block_n)
     block_p = dot_block(p)
     if check:
-        if block_n < 16 or block_h < 16:
-            launch_error(f"block_n={block_n}, block_h={block_h}: tl.dot needs blocks of at least 16")
         check_tensors(
-            theta=(theta, theta.dtype, (M, D)), idx=(idx, torch.int32, (n_train + n_test, 2)),
+            theta=(theta, spec.dtype, (M, D)), idx=(idx, torch.int32, (n_train + n_test, 2)),
             labels=(labels, torch.int32, (n_train + n_test,)),
-            dz=(dz, theta.dtype, (M, n_train, width)),
-            dw2=(dw2, theta.dtype, (M, nb, width, p)),
-            part=(part, torch.float64, (M, nb + nbt, 3)), hp=(hp, torch.float64, (M, int(N_HP))),
+            dz=(dz, spec.dtype, (M, n_train, width)),
+            dw2=(dw2, spec.dtype, (M, triton.cdiv(n_train, spec.rows_block_n), width, p)),
+            part=(part, torch.float64, (M, nb_all, 3)), hp=(hp, torch.float64, (M, int(N_HP))),
             step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)))
-        check_precision(precision, theta.dtype, theta.device)
-        if D != d_in * width + width * p:
-            launch_error(f"theta has {D} entries per model, not d_in·width + width·p = "
-                         f"{d_in * width + width * p}")
+        check_precision(spec.precision, theta.dtype, theta.device)
+        if D <= width * p or (D - width * p) % width:
+            launch_error(f"theta has {D} entries per model, not d_in·width + width·p for "
+                         f"width={width}, p={p}")
         if block_p > MAX_BLOCK_P:
             launch_error(f"p={p} > {MAX_BLOCK_P} does not fit one block of outputs")
-    _rows_fwd_bwd_kernel[(M, nb + nbt)](
+    _rows_fwd_bwd_kernel[(M, nb_all)](
         theta, idx, labels, dz, dw2, part, hp, step, active,
-        n_train, n_test, width, p, D, nb, nb + nbt, eval_every,
-        BLOCK_N=block_n, BLOCK_H=min(block_h, dot_block(width)), BLOCK_P=block_p,
-        ACT=code_of("activation", activation), LOSS=code_of("loss", loss), LOSS_F64=loss_f64,
-        PRECISION=precision, num_warps=num_warps)
+        n_train, n_test, width, p, D, nb, nb_all, spec.eval_every,
+        BLOCK_N=spec.rows_block_n, BLOCK_H=min(spec.rows_block_h, dot_block(width)),
+        BLOCK_P=block_p, **spec.switches("ACT", "LOSS", "LOSS_F64"), PRECISION=spec.precision,
+        num_warps=8)

@@ -22,7 +22,9 @@ import triton
 import triton.language as tl
 
 from .common import (BLOCK_Q, N_Q, Q_DELTA2, Q_DELTA_THETA, Q_GRAD2, Q_GRAD_THETA, Q_THETA2, _div,
-                     _layer_totals, _store_stats_row, check_tensors, launch_error, next_pow2)
+                     _layer_totals, _store_stats_row, KernelSpec, check_tensors, launch_error,
+                     next_pow2)
+from .update import UpdatePlan
 
 STAT_COLUMNS = (
     "step", "train_loss", "train_acc", "test_loss", "test_acc", "norm_W1", "norm_W2", "norm",
@@ -41,6 +43,7 @@ def _stats_kernel(
     DT: tl.constexpr, LDT: tl.constexpr, N_STAT: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_TG: tl.constexpr, BLOCK_TU: tl.constexpr,
 ):
+    """Grid (M,); one program owns one model: its stats row ROW and its step counter."""
     m = tl.program_id(0)
     if tl.load(active_ptr + m) != 0:
         s = tl.load(step_ptr + m)
@@ -78,34 +81,32 @@ def _stats_kernel(
         tl.store(step_ptr + m, s + 1)
 
 
-def stats_row(stats, row: int, part_rows, part_g, part_u, step, active, *, n_train: int,
-              n_test: int, block_n: int, tg1: int, tu1: int, loss_div: int, test_loss_div: int,
-              eval_every: int, dtype: torch.dtype, loss_f64: bool, check: bool = True):
+def stats_row(spec: KernelSpec, plan: UpdatePlan, stats, row: int, part_rows, part_g, part_u, step,
+              active, *, n_train: int, n_test: int, check: bool = True):
     """Launch the statistics of one step into stats[:, row] (stats [M, K, N_STATS] float64) and
     advance every active model's step counter. part_rows [M, NB + NB_test, 3] with NB =
-    cdiv(n_train, block_n); part_g [M, TG, N_Q] (W1 tiles first: tg1 of them); part_u likewise.
+    cdiv(n_train, spec.rows_block_n); part_g [M, plan.tg, N_Q]; part_u the step's last update
+    partials: part_g itself, or [M, plan.te, N_Q] after ⊥Grad or the fixed-norm rescale.
     check=False skips the validation (GrokfastError naming the fallback)."""
     M, K = stats.shape[0], stats.shape[1]
     nb_all = part_rows.shape[1]
-    nb = triton.cdiv(n_train, block_n)
+    nb = triton.cdiv(n_train, spec.rows_block_n)
+    tu, tu1 = (plan.te, plan.te1) if spec.orthograd or spec.fixed_norm else (plan.tg, plan.tg1)
     if check:
-        if nb_all != nb + triton.cdiv(n_test, block_n):
+        if nb_all != nb + triton.cdiv(n_test, spec.rows_block_n):
             launch_error(f"part_rows has {nb_all} blocks, expected "
-                         f"{nb} + {triton.cdiv(n_test, block_n)}")
+                         f"{nb} + {triton.cdiv(n_test, spec.rows_block_n)}")
         if not 0 <= row < K:
             launch_error(f"row {row} outside the stats buffer of {K} rows")
-        if dtype not in (torch.float32, torch.float64):
-            launch_error(f"dtype {dtype} is not supported (float32 or float64)")
         check_tensors(stats=(stats, torch.float64, (M, K, N_STATS)),
                       part_rows=(part_rows, torch.float64, (M, nb_all, 3)),
-                      part_g=(part_g, torch.float64, (M, part_g.shape[1], int(N_Q))),
-                      part_u=(part_u, torch.float64, (M, part_u.shape[1], int(N_Q))),
+                      part_g=(part_g, torch.float64, (M, plan.tg, int(N_Q))),
+                      part_u=(part_u, torch.float64, (M, tu, int(N_Q))),
                       step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)))
-    tl_dt = tl.float64 if dtype == torch.float64 else tl.float32
+    dt = tl.float64 if spec.dtype == torch.float64 else tl.float32
     _stats_kernel[(M,)](
         part_rows, part_g, part_u, step, active, stats,
-        nb, nb_all, part_g.shape[1], tg1, part_u.shape[1], tu1, n_train, n_test, loss_div,
-        test_loss_div, eval_every, row, K,
-        DT=tl_dt, LDT=tl.float64 if loss_f64 else tl_dt, N_STAT=N_STATS,
-        BLOCK_B=next_pow2(nb_all), BLOCK_TG=next_pow2(part_g.shape[1]),
-        BLOCK_TU=next_pow2(part_u.shape[1]))
+        nb, nb_all, plan.tg, plan.tg1, tu, tu1, n_train, n_test, spec.loss_div(n_train, plan.p),
+        spec.loss_div(n_test, plan.p), spec.eval_every, row, K,
+        DT=dt, LDT=tl.float64 if spec.loss_f64 else dt, N_STAT=N_STATS,
+        BLOCK_B=next_pow2(nb_all), BLOCK_TG=next_pow2(plan.tg), BLOCK_TU=next_pow2(tu))

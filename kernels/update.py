@@ -34,7 +34,8 @@ import triton.language as tl
 from .common import (BLOCK_Q, FILTER_MA, HP_TARGET_NORM, N_HP, N_Q, ORTHO_EPS, Q_DELTA2, Q_DELTA_THETA,
                      Q_FILT2, Q_FILT_THETA, Q_GRAD2, Q_GRAD_THETA, Q_NEW2, Q_ORTH2, Q_THETA2,
                      _div, _grokfast_filter, _layer_totals, _optimizer_step, _sqrt,
-                     _store_partials, check_tensors, code_of, dot_block, launch_error, next_pow2)
+                     _store_partials, KernelSpec, State, check_tensors, dot_block, launch_error,
+                     next_pow2, state_checks)
 
 
 @triton.jit
@@ -82,6 +83,7 @@ def _update_grad_kernel(
     FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr, FILTER_WARMUP: tl.constexpr,
     OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr,
 ):
+    """Grid (M, TG); one program owns one model's tile t of W1 (t < T1) or W2: g, state, θ_new."""
     m = tl.program_id(0)
     t = tl.program_id(1)
     if tl.load(active_ptr + m) != 0:
@@ -177,6 +179,7 @@ def _update_orth_kernel(
     D, D1, TG, TG1, T, T1,
     BLOCK_E: tl.constexpr, BLOCK_TG: tl.constexpr,
 ):
+    """Grid (M, T); one program owns one model's flat tile of BLOCK_E parameters: their g_⊥."""
     m = tl.program_id(0)
     t = tl.program_id(1)
     if tl.load(active_ptr + m) != 0:
@@ -202,6 +205,7 @@ def _update_step_kernel(
     BLOCK_E: tl.constexpr, BLOCK_TG: tl.constexpr, BLOCK_T: tl.constexpr,
     OPT: tl.constexpr, FIXED: tl.constexpr,
 ):
+    """Grid (M, T); one program owns one model's flat tile of BLOCK_E parameters: their θ_new."""
     m = tl.program_id(0)
     t = tl.program_id(1)
     if tl.load(active_ptr + m) != 0:
@@ -225,6 +229,7 @@ def _update_rescale_kernel(
     D, D1, TP, TP1, T, T1,
     BLOCK_E: tl.constexpr, BLOCK_TP: tl.constexpr,
 ):
+    """Grid (M, T); one program owns one model's flat tile of BLOCK_E parameters: θ_new rescaled."""
     m = tl.program_id(0)
     t = tl.program_id(1)
     if tl.load(active_ptr + m) != 0:
@@ -245,21 +250,17 @@ def _update_rescale_kernel(
 
 
 class UpdatePlan:
-    """Tile counts and block sizes of the update kernels for one problem shape (host side)."""
+    """The parameter layout of one problem shape (W1 [d_in, width], then W2 [width, p]) and the
+    tiles of the update kernels over it at a spec's block sizes (host side)."""
 
-    def __init__(self, *, d_in: int, width: int, p: int, block_r: int = 16, block_h: int = 64,
-                 block_hh: int = 8, block_e: int = 1024):
-        for name, v in (("block_r", block_r), ("block_h", block_h), ("block_hh", block_hh),
-                        ("block_e", block_e)):
-            if v < 1 or v & (v - 1):
-                launch_error(f"{name}={v} must be a power of two")
+    def __init__(self, spec: KernelSpec, *, d_in: int, width: int, p: int):
         self.d_in, self.width, self.p = d_in, width, p
         self.D1, self.D = d_in * width, d_in * width + width * p
-        self.block_r = min(block_r, next_pow2(d_in))
-        self.block_h = min(block_h, next_pow2(width))
-        self.block_hh = min(block_hh, next_pow2(width))
+        self.block_r = min(spec.block_r, next_pow2(d_in))
+        self.block_h = min(spec.block_h, next_pow2(width))
+        self.block_hh = min(spec.block_hh, next_pow2(width))
         self.block_p = dot_block(p)
-        self.block_e = min(block_e, next_pow2(max(self.D1, self.D - self.D1)))
+        self.block_e = min(spec.block_e, next_pow2(max(self.D1, self.D - self.D1)))
         self.nth = triton.cdiv(width, self.block_h)
         self.tg1 = triton.cdiv(d_in, self.block_r) * self.nth
         self.tg = self.tg1 + triton.cdiv(width, self.block_hh)
@@ -267,22 +268,19 @@ class UpdatePlan:
         self.te = self.te1 + triton.cdiv(self.D - self.D1, self.block_e)
 
 
-def update_grad(plan: UpdatePlan, theta, new, grad, dz, dw2, table, ema, window, buf, exp_avg,
-                exp_avg_sq, part, hp, step, active, *, n_train: int, grad_filter: str,
-                filter_window: int, filter_mean: bool, filter_warmup: bool, optimizer: str,
-                orthograd: bool, fixed_norm: bool, check: bool = True):
-    """Launch ∇L + filter (+ optimizer unless orthograd) for every model.
+def update_grad(spec: KernelSpec, plan: UpdatePlan, theta, new, grad, dz, dw2, table, state: State,
+                part, hp, step, active, check: bool = True):
+    """Launch ∇L + filter (+ optimizer unless spec.orthograd) for every model.
 
-    theta, new, grad [M, D]; dz [M, n_train, width]; dw2 [M, NB, width, p] (rows.py's per-block
-    shares of ∇W2); table [d_in, maxdeg] int32 (−1 padded); ema [M, D] (EMA),
-    window [M, filter_window, D] (MA), buf [M, D] (sgd), exp_avg, exp_avg_sq [M, D] (adam/adamw):
-    tensors of unused state may be empty; part [M, plan.tg, N_Q] float64. check=False skips the
-    validation (GrokfastError naming the fallback) for a caller repeating a validated launch.
+    theta, new [M, D]; grad [M, D] (⊥Grad: receives g_f; else may be empty); dz
+    [M, n_train, width]; dw2 [M, NB, width, p] (rows.py's per-block shares of ∇W2); table
+    [d_in, maxdeg] int32 (−1 padded); state as KernelSpec.uses says; part [M, plan.tg, N_Q]
+    float64. The sizes are read off these shapes and the plan. check=False skips the validation
+    (GrokfastError naming the fallback) for a caller repeating a validated launch.
     """
     M, D = theta.shape
-    dt = theta.dtype
-    nb = dw2.shape[1]
-    fcode, ocode = code_of("grad_filter", grad_filter), code_of("optimizer", optimizer)
+    dt = spec.dtype
+    n_train, nb = dz.shape[1], dw2.shape[1]
     if check:
         check_tensors(
             theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
@@ -291,18 +289,16 @@ def update_grad(plan: UpdatePlan, theta, new, grad, dz, dw2, table, ema, window,
             part=(part, torch.float64, (M, plan.tg, int(N_Q))),
             hp=(hp, torch.float64, (M, int(N_HP))),
             step=(step, torch.int32, (M,)), active=(active, torch.int32, (M,)),
-            **_state_specs(M, plan.D, dt, grad=(grad, orthograd), ema=(ema, fcode == 1),
-                           window=(window, fcode == 2, filter_window), buf=(buf, ocode == 1),
-                           exp_avg=(exp_avg, ocode >= 2), exp_avg_sq=(exp_avg_sq, ocode >= 2)))
+            **({"grad": (grad, dt, (M, plan.D))} if spec.orthograd else {}),
+            **state_checks(spec, state, M, plan.D))
         if int(table.max()) >= n_train:
             launch_error(f"table refers to training row {int(table.max())} of {n_train}")
     _update_grad_kernel[(M, plan.tg)](
-        theta, new, grad, dz, dw2, table, ema, window, buf, exp_avg, exp_avg_sq, part, hp, step,
-        active, n_train, nb, plan.d_in, plan.width, plan.p, plan.D, table.shape[1],
-        max(filter_window, 1), plan.tg, plan.tg1, plan.nth,
+        theta, new, grad, dz, dw2, table, *state, part, hp, step, active,
+        n_train, nb, plan.d_in, plan.width, plan.p, plan.D, table.shape[1], spec.window_slots,
+        plan.tg, plan.tg1, plan.nth,
         BLOCK_R=plan.block_r, BLOCK_H=plan.block_h, BLOCK_HH=plan.block_hh, BLOCK_P=plan.block_p,
-        FILTER=fcode, FILTER_MEAN=filter_mean, FILTER_WARMUP=filter_warmup, OPT=ocode,
-        ORTH=orthograd, FIXED=fixed_norm)
+        **spec.switches("FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT", "ORTH", "FIXED"))
 
 
 def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bool = True):
@@ -319,11 +315,10 @@ def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bo
         BLOCK_E=plan.block_e, BLOCK_TG=next_pow2(plan.tg))
 
 
-def update_step(plan: UpdatePlan, theta, new, grad, buf, exp_avg, exp_avg_sq, part_g, part_o, part,
-                hp, step, active, *, optimizer: str, fixed_norm: bool, check: bool = True):
+def update_step(spec: KernelSpec, plan: UpdatePlan, theta, new, grad, state: State, part_g, part_o,
+                part, hp, step, active, check: bool = True):
     """⊥Grad's rescale and the optimizer for every model (after update_orth); part [M, plan.te, N_Q]."""
-    M, dt = theta.shape[0], theta.dtype
-    ocode = code_of("optimizer", optimizer)
+    M, dt = theta.shape[0], spec.dtype
     if check:
         check_tensors(theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
                       grad=(grad, dt, (M, plan.D)),
@@ -331,24 +326,21 @@ def update_step(plan: UpdatePlan, theta, new, grad, buf, exp_avg, exp_avg_sq, pa
                       part_o=(part_o, torch.float64, (M, plan.te, int(N_Q))),
                       part=(part, torch.float64, (M, plan.te, int(N_Q))),
                       hp=(hp, torch.float64, (M, int(N_HP))), step=(step, torch.int32, (M,)),
-                      active=(active, torch.int32, (M,)),
-                      **_state_specs(M, plan.D, dt, buf=(buf, ocode == 1),
-                                     exp_avg=(exp_avg, ocode >= 2),
-                                     exp_avg_sq=(exp_avg_sq, ocode >= 2)))
+                      active=(active, torch.int32, (M,)), **state_checks(spec, state, M, plan.D))
     _update_step_kernel[(M, plan.te)](
-        theta, new, grad, buf, exp_avg, exp_avg_sq, part_g, part_o, part, hp, step, active,
-        plan.D, plan.D1, plan.tg, plan.tg1, plan.te, plan.te1,
+        theta, new, grad, state.buf, state.exp_avg, state.exp_avg_sq, part_g, part_o, part, hp,
+        step, active, plan.D, plan.D1, plan.tg, plan.tg1, plan.te, plan.te1,
         BLOCK_E=plan.block_e, BLOCK_TG=next_pow2(plan.tg), BLOCK_T=next_pow2(plan.te),
-        OPT=ocode, FIXED=fixed_norm)
+        **spec.switches("OPT", "FIXED"))
 
 
-def update_rescale(plan: UpdatePlan, theta, new, part_prev, part, hp, active, *, after_orth: bool,
+def update_rescale(spec: KernelSpec, plan: UpdatePlan, theta, new, part_prev, part, hp, active,
                    check: bool = True):
     """Fixed norm for every model: new ← new·‖θ_0‖/‖new‖ in place. part_prev holds Σθ_new² from the
-    preceding kernel: update_step's [M, plan.te, N_Q] if after_orth, else update_grad's
+    preceding kernel: update_step's [M, plan.te, N_Q] with spec.orthograd, else update_grad's
     [M, plan.tg, N_Q]; part [M, plan.te, N_Q]."""
-    M, dt = theta.shape[0], theta.dtype
-    tp, tp1 = (plan.te, plan.te1) if after_orth else (plan.tg, plan.tg1)
+    M, dt = theta.shape[0], spec.dtype
+    tp, tp1 = (plan.te, plan.te1) if spec.orthograd else (plan.tg, plan.tg1)
     if check:
         check_tensors(theta=(theta, dt, (M, plan.D)), new=(new, dt, (M, plan.D)),
                       part_prev=(part_prev, torch.float64, (M, tp, int(N_Q))),
@@ -357,12 +349,3 @@ def update_rescale(plan: UpdatePlan, theta, new, part_prev, part, hp, active, *,
     _update_rescale_kernel[(M, plan.te)](
         theta, new, part_prev, part, hp, active, plan.D, plan.D1, tp, tp1, plan.te, plan.te1,
         BLOCK_E=plan.block_e, BLOCK_TP=next_pow2(tp))
-
-
-def _state_specs(M: int, D: int, dt, **states) -> dict:
-    """check_tensors specs for optional state: (tensor, used[, window]); unused ones are skipped."""
-    specs = {}
-    for name, (t, used, *window) in states.items():
-        if used:
-            specs[name] = (t, dt, (M, *window, D))
-    return specs

@@ -19,16 +19,30 @@ import pytest  # noqa: E402
 @pytest.fixture
 def launch():
     """launch(launcher, *args, **kwargs): run a Triton kernel launcher where kernels run — on the GPU
-    when there is one (on device copies of the CPU tensor arguments, copied back afterwards, so a
-    test compares CPU tensors either way), else directly in the CPU interpreter."""
+    when there is one (on device copies of the CPU tensor arguments, and of the tensors of a State
+    argument, copied back afterwards, so a test compares CPU tensors either way), else directly in
+    the CPU interpreter."""
+    def to_device(a):
+        if isinstance(a, torch.Tensor):
+            return a.cuda()
+        if isinstance(a, tuple) and hasattr(a, "_fields"):  # kernels.common.State
+            return type(a)(*map(to_device, a))
+        return a
+
+    def copy_back(a, d):
+        if isinstance(a, torch.Tensor):
+            a.copy_(d.cpu())
+        elif isinstance(a, tuple) and hasattr(a, "_fields"):
+            for x, y in zip(a, d):
+                copy_back(x, y)
+
     def run(launcher, *args, **kwargs):
         if not torch.cuda.is_available():
             return launcher(*args, **kwargs)
-        dev = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        dev = [to_device(a) for a in args]
         launcher(*dev, **kwargs)
         for a, d in zip(args, dev):
-            if isinstance(a, torch.Tensor):
-                a.copy_(d.cpu())
+            copy_back(a, d)
     return run
 
 

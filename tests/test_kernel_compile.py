@@ -16,6 +16,7 @@ the paper-real ones in both regimes) and compiles each for target cuda:90 in a s
 replaces @triton.jit functions, so it cannot compile in the test process).
 """
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -91,7 +92,7 @@ def _compile_all() -> list:
                 st = TritonStepper([c, c.replace(seed=1)], data, torch.device("cpu"), regime=regime)
             except GrokfastError:  # gromov does not fit the fused regime
                 continue
-            st.configs = [ci.replace(precision=precision) for ci in st.configs]
+            st.spec = dataclasses.replace(st.spec, precision=precision)
             st.advance(0, 1, np.ones(2, dtype=bool))
         for fn, args, kwargs in launches:
             options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}

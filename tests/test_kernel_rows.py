@@ -7,6 +7,8 @@ training samples in blocks of 16, a hidden layer of 24 in slices of 16. Three mo
 an evaluation step, model 1 between evaluations (its test block must stay unwritten), model 2
 inactive (nothing written).
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,23 +17,22 @@ from grokfast.kernels import common
 from grokfast.kernels.rows import rows_fwd_bwd
 from grokfast.model import accuracy, activate, data_loss, min_margin
 from tolerances import assert_close
+from variants import ROWS_VARIANTS
 
 BLOCK_N, BLOCK_H = 16, 16
-CASES = [(loss, act, dtype, loss_dtype)
-         for loss in ("mse", "cross_entropy", "stablemax") for act in ("relu", "quadratic")
-         for dtype, loss_dtype in (("float64", "same"), ("float32", "same"))]
-CASES += [("cross_entropy", "relu", "float32", "float64"), ("stablemax", "quadratic", "float32", "float64")]
 
 
-def _setup(loss, act, dtype, loss_dtype, reduction="mean"):
-    c = Config(p=5, width=24, n_test=7, pairs="ordered", loss=loss, activation=act, dtype=dtype,
-               loss_dtype=loss_dtype, loss_reduction=reduction, log_every=1, eval_every=2)
+def _setup(**changes):
+    c = Config(p=5, width=24, n_test=7, pairs="ordered", log_every=1, eval_every=2, **changes)
     d = make_dataset(c)
-    dt = getattr(torch, dtype)
+    dt = getattr(torch, c.dtype)
     gen = torch.Generator().manual_seed(4)
     M, D = 3, c.d_in * c.width + c.width * c.p
     theta = (torch.rand(M, D, generator=gen, dtype=torch.float64) * 2 - 1).to(dt)
-    return c, d, dt, theta
+    loss_f64 = c.loss != "mse" and c.loss_dtype == "float64"
+    spec = common.KernelSpec(dtype=dt, activation=c.activation, loss=c.loss, loss_f64=loss_f64,
+                             eval_every=c.eval_every, rows_block_n=BLOCK_N, rows_block_h=BLOCK_H)
+    return c, d, dt, theta, spec
 
 
 def _expected(c, d, dt, W1, W2):
@@ -45,16 +46,15 @@ def _expected(c, d, dt, W1, W2):
     return logits.detach(), H.detach(), logits.grad, Z.grad
 
 
-@pytest.mark.parametrize("loss, act, dtype, loss_dtype", CASES, ids=["-".join(c) for c in CASES])
-def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
-    c, d, dt, theta = _setup(loss, act, dtype, loss_dtype)
+@pytest.mark.parametrize("name", list(ROWS_VARIANTS))
+def test_rows_kernel_matches_autograd(name, launch):
+    c, d, dt, theta, spec = _setup(**ROWS_VARIANTS[name])
     n, nt, M, H, p = len(d.train_labels), len(d.test_labels), theta.shape[0], c.width, c.p
     nb, nbt = -(-n // BLOCK_N), -(-nt // BLOCK_N)
     idx = torch.cat([d.index_train, d.index_test]).to(torch.int32)
     labels = torch.cat([d.train_labels, d.test_labels]).to(torch.int32)
-    loss_f64 = loss != "mse" and loss_dtype == "float64"
-    ldt = torch.float64 if loss_f64 else dt
-    loss_div = n * p if loss == "mse" else n
+    ldt = torch.float64 if spec.loss_f64 else dt
+    loss_div = spec.loss_div(n, p)
     hp = torch.zeros(M, int(common.N_HP), dtype=torch.float64)
     hp[:, int(common.HP_GRAD_SCALE)] = float(torch.tensor(1.0, dtype=ldt) / loss_div)
     dz = torch.full((M, n, H), float("nan"), dtype=dt)
@@ -62,10 +62,7 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
     part = torch.full((M, nb + nbt, 3), float("nan"), dtype=torch.float64)
     step = torch.tensor([4, 3, 0], dtype=torch.int32)
     active = torch.tensor([1, 1, 0], dtype=torch.int32)
-    launch(rows_fwd_bwd, theta, idx, labels, dz, dw2, part, hp, step, active, n_train=n,
-           n_test=nt,
-           d_in=c.d_in, width=H, p=p, eval_every=c.eval_every, activation=act, loss=loss,
-           loss_f64=loss_f64, block_n=BLOCK_N, block_h=BLOCK_H)
+    launch(rows_fwd_bwd, spec, theta, idx, labels, dz, dw2, part, hp, step, active)
 
     summed = c.replace(loss_reduction="sum")
     for m in range(2):
@@ -79,7 +76,7 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
             assert_close(part[m, b, 0], data_loss(lb, yb, summed).to(ldt), f"loss[{m},{b}]", dtype=dt)
             assert float(part[m, b, 1]) == round(float(accuracy(lb, yb)) * len(yb))
             assert_close(part[m, b, 2], min_margin(lb, yb), f"margin[{m},{b}]", dtype=dt)
-        test_logits = activate(act, d.X_test.to(dt) @ W1) @ W2
+        test_logits = activate(c.activation, d.X_test.to(dt) @ W1) @ W2
         if m == 0:  # step 4: an evaluation step
             assert_close(part[m, nb, 0], data_loss(test_logits, d.test_labels, summed).to(ldt),
                          "test loss", dtype=dt)
@@ -91,10 +88,8 @@ def test_rows_kernel_matches_autograd(loss, act, dtype, loss_dtype, launch):
 
 def test_rows_kernel_rejects_bad_launches(monkeypatch):
     monkeypatch.setattr(common, "interpreting", lambda: True)  # CPU tensors pass, on any machine
-    c, d, dt, theta = _setup("mse", "relu", "float32", "same")
-    n, nt = len(d.train_labels), len(d.test_labels)
-    args = dict(n_train=n, n_test=nt, d_in=c.d_in, width=c.width, p=c.p, eval_every=1,
-                activation="relu", loss="mse", loss_f64=False, block_n=BLOCK_N, block_h=BLOCK_H)
+    c, d, dt, theta, spec = _setup(dtype="float32")
+    n = len(d.train_labels)
     M = theta.shape[0]
     idx = torch.cat([d.index_train, d.index_test]).to(torch.int32)
     labels = torch.cat([d.train_labels, d.test_labels]).to(torch.int32)
@@ -103,12 +98,23 @@ def test_rows_kernel_rejects_bad_launches(monkeypatch):
             torch.zeros(M, dtype=torch.int32), torch.ones(M, dtype=torch.int32)]
     from grokfast import GrokfastError
     with pytest.raises(GrokfastError, match="dtype torch.float16.*backend='torch'"):
-        rows_fwd_bwd(theta.half(), idx, labels, *bufs, **args)
+        rows_fwd_bwd(spec, theta.half(), idx, labels, *bufs)
     with pytest.raises(GrokfastError, match="idx has dtype torch.int64"):
-        rows_fwd_bwd(theta, idx.long(), labels, *bufs, **args)
+        rows_fwd_bwd(spec, theta, idx.long(), labels, *bufs)
     with pytest.raises(GrokfastError, match="at least 16"):
-        rows_fwd_bwd(theta, idx, labels, *bufs, **{**args, "block_n": 8})
+        dataclasses.replace(spec, rows_block_n=8)
     with pytest.raises(GrokfastError, match="must be contiguous"):
-        rows_fwd_bwd(theta.t().contiguous().t(), idx, labels, *bufs, **args)
+        rows_fwd_bwd(spec, theta.t().contiguous().t(), idx, labels, *bufs)
     with pytest.raises(GrokfastError, match="precision='tf32' needs a GPU"):
-        rows_fwd_bwd(theta, idx, labels, *bufs, **{**args, "precision": "tf32"})
+        rows_fwd_bwd(dataclasses.replace(spec, precision="tf32"), theta, idx, labels, *bufs)
+    with pytest.raises(GrokfastError, match="loss='hinge' has no kernel.*backend='torch'"):
+        dataclasses.replace(spec, loss="hinge")
+
+
+def test_code_constants_follow_the_table():
+    """The kernels' named constants (ACT_RELU, …) are their names' positions in common.CODES."""
+    prefixes = dict(activation="ACT", loss="LOSS", optimizer="OPT", grad_filter="FILTER")
+    for kind, names in common.CODES.items():
+        for code, name in enumerate(names):
+            assert getattr(common, f"{prefixes[kind]}_{name.upper()}") == code, (kind, name)
+            assert common.KernelSpec(**{kind: name}).code(kind) == code

@@ -19,6 +19,7 @@ from grokfast.kernels.update import (UpdatePlan, update_grad, update_orth, updat
 from grokfast.reference import TwoLayerNet, make_optimizer, step_lr
 from grokfast.triton_backend import segment_table, _hyperparameters
 from tolerances import assert_close
+from variants import FILTER_VARIANTS, OPTIMIZER_VARIANTS
 
 NAN = float("nan")
 Q = {name: int(getattr(common, name)) for name in dir(common) if name.startswith("Q_")}
@@ -32,8 +33,12 @@ class Case:
                             eval_every=1, **changes)
         d = self.d = make_dataset(c)
         dt = self.dt = getattr(torch, dtype)
-        self.plan = UpdatePlan(d_in=c.d_in, width=c.width, p=c.p, block_r=2, block_h=16,
-                               block_hh=16, block_e=64)
+        self.spec = common.KernelSpec(
+            dtype=getattr(torch, dtype), grad_filter=c.grad_filter, filter_window=c.filter_window,
+            filter_mean=c.filter_type == "mean", filter_warmup=c.filter_warmup,
+            optimizer=c.optimizer, orthograd=c.orthograd, fixed_norm=c.fixed_norm, block_r=2,
+            block_h=16, block_hh=16, block_e=64)
+        self.plan = UpdatePlan(self.spec, d_in=c.d_in, width=c.width, p=c.p)
         M, D, n = 2, self.plan.D, len(d.train_labels)
         gen = torch.Generator().manual_seed(9)
         rand = lambda *s: (torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1).to(dt)
@@ -65,14 +70,9 @@ class Case:
         return X.T @ self.dz[0], self.dw2[0].sum(0)
 
     def launch_grad(self, launch):
-        c = self.c
-        launch(update_grad, self.plan, self.theta, self.new, self.grad, self.dz, self.dw2,
-               self.table, self.state["ema"], self.state["window"], self.state["buf"],
-               self.state["exp_avg"], self.state["exp_avg_sq"], self.part, self.hp, self.step,
-               self.active, n_train=len(self.d.train_labels), grad_filter=c.grad_filter,
-               filter_window=c.filter_window, filter_mean=c.filter_type == "mean",
-               filter_warmup=c.filter_warmup, optimizer=c.optimizer, orthograd=c.orthograd,
-               fixed_norm=c.fixed_norm)
+        launch(update_grad, self.spec, self.plan, self.theta, self.new, self.grad, self.dz,
+               self.dw2, self.table, common.State(**self.state), self.part, self.hp, self.step,
+               self.active)
 
     def totals(self, part, t1, q):
         """Per-layer totals of slot q of model 0, [2] float64."""
@@ -99,19 +99,10 @@ def _torch_step(case: Case, grads, old_state):
     return [p.detach() for p in params], opt, params
 
 
-OPTIMIZERS = {
-    "gd": dict(optimizer="gd", lr=0.3, weight_decay=0.05),
-    "sgd-momentum": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01),
-    "sgd-nesterov": dict(optimizer="sgd", lr=0.1, momentum=0.7, nesterov=True, weight_decay=0.02),
-    "adam": dict(optimizer="adam", lr=0.01, weight_decay=0.03, betas=(0.8, 0.95)),
-    "adamw-warmup": dict(optimizer="adamw", lr=0.01, weight_decay=0.5, warmup_steps=10),
-}
-
-
 @pytest.mark.parametrize("step", [0, 5])
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_VARIANTS))
 def test_gradient_partials_and_optimizer_step(name, step, launch):
-    case = Case(step=step, **OPTIMIZERS[name])
+    case = Case(step=step, **OPTIMIZER_VARIANTS[name])
     old = {k: v.clone() for k, v in case.state.items()}
     case.launch_grad(launch)
     g1, g2 = case.expected_grad()
@@ -135,21 +126,11 @@ def test_gradient_partials_and_optimizer_step(name, step, launch):
     assert torch.isnan(case.new[1]).all() and torch.isnan(case.part[1]).all()
 
 
-FILTERS = {
-    "ema-first": (0, dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0)),
-    "ema-later": (4, dict(grad_filter="ema", filter_alpha=0.98, filter_lamb=5.0)),
-    "ma-filling": (1, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
-    "ma-full-mean": (5, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
-    "ma-sum-no-warmup": (1, dict(grad_filter="ma", filter_window=4, filter_lamb=0.5,
-                                 filter_type="sum", filter_warmup=False)),
-}
-
-
-@pytest.mark.parametrize("name", list(FILTERS))
+@pytest.mark.parametrize("name", list(FILTER_VARIANTS))
 def test_grokfast_filters(name, launch):
     """With ⊥Grad on, the gradient kernel stops after the filter and stores g_f: compare it with
     grokfast.filters on a module whose state is the kernel's state."""
-    step, changes = FILTERS[name]
+    step, changes = FILTER_VARIANTS[name]
     case = Case(step=step, orthograd=True, dtype="float32", **changes)
     c = case.c
     g1, g2 = case.expected_grad()
@@ -194,12 +175,11 @@ def test_orthograd_step_and_fixed_norm(fixed_norm, launch):
     part_n = torch.full_like(part_o, NAN)
     case.launch_grad(launch)
     launch(update_orth, plan, case.theta, case.grad, case.part, part_o, case.active)
-    launch(update_step, plan, case.theta, case.new, case.grad, case.state["buf"],
-           case.state["exp_avg"], case.state["exp_avg_sq"], case.part, part_o, part_s, case.hp,
-           case.step, case.active, optimizer="adam", fixed_norm=fixed_norm)
+    launch(update_step, case.spec, plan, case.theta, case.new, case.grad,
+           common.State(**case.state), case.part, part_o, part_s, case.hp, case.step, case.active)
     if fixed_norm:
-        launch(update_rescale, plan, case.theta, case.new, part_s, part_n, case.hp, case.active,
-               after_orth=True)
+        launch(update_rescale, case.spec, plan, case.theta, case.new, part_s, part_n, case.hp,
+               case.active)
 
     net = TwoLayerNet(*case.layers(case.theta[0]), "relu")
     net.W1.grad, net.W2.grad = case.expected_grad()

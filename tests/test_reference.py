@@ -10,6 +10,7 @@ from grokfast import Config, make_dataset
 from grokfast.model import activate, data_loss, init_params, stablemax_s
 from grokfast.reference import TwoLayerNet, _Run
 from tolerances import assert_close
+from variants import LOSS_VARIANTS, OPTIMIZER_VARIANTS
 
 F64 = dict(dtype="float64")
 
@@ -38,15 +39,12 @@ def hand_gradients(c: Config, X, labels, W1, W2):
     return X.T @ ((dY @ W2.T) * dsig), H.T @ dY
 
 
-VARIANTS = [(loss, act, red) for loss in ("mse", "cross_entropy", "stablemax")
-            for act in ("relu", "quadratic") for red in ("mean", "sum")]
-
-
-@pytest.mark.parametrize("loss, act, red", VARIANTS, ids=["-".join(v) for v in VARIANTS])
+@pytest.mark.parametrize("name", list(LOSS_VARIANTS))
 @pytest.mark.parametrize("encoding", ["sum", "concat"])
-def test_gradients_hand_derived_and_finite_differences(loss, act, red, encoding):
-    c = Config(p=5, width=12, n_test=4, loss=loss, activation=act, loss_reduction=red,
-               encoding=encoding, pairs="ordered", seed=1, **F64)
+def test_gradients_hand_derived_and_finite_differences(name, encoding):
+    c = Config(p=5, width=12, n_test=4, encoding=encoding, pairs="ordered", seed=1,
+               **LOSS_VARIANTS[name], **F64)
+    act = c.activation
     d = make_dataset(c)
     W1, W2 = init_params(c)
     net = TwoLayerNet(W1, W2, act)
@@ -106,19 +104,10 @@ def _manual_run(c: Config, steps: int):
     return W
 
 
-OPTS = {
-    "gd": dict(optimizer="gd", lr=0.5, weight_decay=0.01),
-    "sgd-momentum": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01),
-    "sgd-nesterov": dict(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "adam": dict(optimizer="adam", lr=1e-2, weight_decay=0.01),
-    "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.5, betas=(0.9, 0.98)),
-    "adamw-warmup": dict(optimizer="adamw", lr=1e-2, weight_decay=0.5, warmup_steps=4),
-}
-
-
-@pytest.mark.parametrize("name", list(OPTS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_VARIANTS))
 def test_optimizer_steps_match_direct_formulas(name):
-    c = Config(p=5, width=8, n_test=3, steps=6, log_every=1, eval_every=1, **OPTS[name], **F64)
+    c = Config(p=5, width=8, n_test=3, steps=6, log_every=1, eval_every=1,
+               **OPTIMIZER_VARIANTS[name], **F64)
     r = grokfast.reference.train(c)
     W1, W2 = _manual_run(c, 6)
     assert_close(r.W1, W1, "W1")

@@ -1,10 +1,13 @@
 """Config variants shared by the test files; the names say what each one exercises (they are the
-test ids).
+test ids). Each dict maps a name to Config changes (LOOP_VARIANTS: to whole Configs;
+FILTER_VARIANTS: to a step and Config changes).
 
 STEPPER_*: the torch backend against the reference, step by step (tests/test_torch_backend.py):
 tiny shapes, float64, every statistic at every step. KERNEL_*: the Triton backend against the
 reference through whole runs (tests/test_triton_backend.py). LOOP_*: the run loop — resume,
 checkpoints, stops — over a few optimizer and filter combinations (tests/test_longrun.py).
+LOSS_, OPTIMIZER_, FILTER_ and ROWS_VARIANTS: single steps and single kernel launches
+(tests/test_reference.py, tests/test_kernel_update.py, tests/test_kernel_rows.py).
 """
 from grokfast import Config
 
@@ -47,6 +50,44 @@ STEPPER_VARIANTS = {
     "eval-every-3": dict(eval_every=3),
     "init-normal-scale": dict(init="normal", init_std=0.3, init_scale=2.0, lr=0.2),
 }
+
+# the data loss and its gradient (tests/test_reference.py, by hand and by finite differences): every
+# loss × activation × reduction
+LOSS_VARIANTS = {f"{loss}-{act}-{red}": dict(loss=loss, activation=act, loss_reduction=red)
+                 for loss in ("mse", "cross_entropy", "stablemax") for act in ("relu", "quadratic")
+                 for red in ("mean", "sum")}
+
+# one optimizer update against the formulas written out (tests/test_reference.py) and against
+# torch.optim after kernels/update.py (tests/test_kernel_update.py, at steps 0 and 5)
+OPTIMIZER_VARIANTS = {
+    "gd": dict(optimizer="gd", lr=0.3, weight_decay=0.05),
+    "sgd-momentum": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": dict(optimizer="sgd", lr=0.1, momentum=0.7, nesterov=True, weight_decay=0.02),
+    "adam": dict(optimizer="adam", lr=0.01, weight_decay=0.03, betas=(0.8, 0.95)),
+    "adamw": dict(optimizer="adamw", lr=0.01, weight_decay=0.5, betas=(0.9, 0.98)),
+    "adamw-warmup": dict(optimizer="adamw", lr=0.01, weight_decay=0.5, warmup_steps=4),
+}
+
+# the Grokfast filters of kernels/update.py against grokfast.filters (tests/test_kernel_update.py):
+# name → (step, Config changes): the first EMA step, a later one, an MA window filling and full
+FILTER_VARIANTS = {
+    "ema-first": (0, dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0)),
+    "ema-later": (4, dict(grad_filter="ema", filter_alpha=0.98, filter_lamb=5.0)),
+    "ma-filling": (1, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
+    "ma-full-mean": (5, dict(grad_filter="ma", filter_window=3, filter_lamb=5.0)),
+    "ma-sum-no-warmup": (1, dict(grad_filter="ma", filter_window=4, filter_lamb=0.5,
+                                 filter_type="sum", filter_warmup=False)),
+}
+
+# kernels/rows.py against autograd (tests/test_kernel_rows.py): every loss × activation in both
+# dtypes, and the float64 loss of a float32 model
+ROWS_VARIANTS = {f"{loss}-{act}-{dtype}": dict(loss=loss, activation=act, dtype=dtype)
+                 for loss in ("mse", "cross_entropy", "stablemax") for act in ("relu", "quadratic")
+                 for dtype in ("float64", "float32")}
+ROWS_VARIANTS["cross_entropy-relu-float32-loss64"] = dict(loss="cross_entropy", dtype="float32",
+                                                         loss_dtype="float64")
+ROWS_VARIANTS["stablemax-quadratic-float32-loss64"] = dict(loss="stablemax", activation="quadratic",
+                                                          dtype="float32", loss_dtype="float64")
 
 STEPS = 20
 TINY = dict(p=5, width=16, n_test=5, steps=STEPS, log_every=1, eval_every=1, seed=3,
