@@ -70,7 +70,6 @@ bench/bench_many_models.py measures both against the torch.func.vmap loop (bench
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -81,18 +80,16 @@ from .config import Config
 from .data import Dataset
 from .errors import GrokfastError
 from .grad_filters import make_filter
-from .model import (STAT_NAMES, accuracy, cosine, data_loss, init_params, min_margin, stablemax_s,
-                    torch_dtype)
+from .model import STAT_NAMES, init_params, torch_dtype
 from .optim import make_optimizer
 from .sharded import ShardedStepper
 from .stepper import check_batch
+from .torch_loss import LossGrad
 from .torch_paths import (ALIGN_BYTES, DW1_METHODS, FIRST_LAYER_METHODS,  # noqa: F401 (re-exported)
                           INDEX_ADD_MIN_WORK, KERNELS, MIN_MODELS_PER_SHARD, NUMBA_MAX_WORK,
                           SMALL_ACTIVATIONS, aligned_empty, aligned_rows, choose_paths,
-                          shard_count)
-
-# Statistic names in the order of the rows collected per recorded step.
-_STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
+                          intra_op_threads, mm_per_model, shard_count)
+from .torch_stats import STAT_INDEX, fixed_norm_, orthograd_, stats_after, stats_before
 
 
 class TorchStepper:
@@ -171,19 +168,6 @@ class TorchStepper:
             X = data.inputs(data.train_pairs, dtype=dt).to(dev) * self.dw1_alpha
             self.Xt = X.T.expand(M, d_in, N)
 
-        # loss-gradient constants
-        lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
-        self.loss_torch_dtype = lt
-        one = torch.ones((), dtype=lt, device=dev)
-        if c.loss == "mse":
-            # d/dŶ Σ(Ŷ − Y)²/(N·p) = (Ŷ − Y)·2·fl(1/(N·p)), as autograd forms it
-            self.Y = torch.nn.functional.one_hot(self.labels, p).to(dt)
-            self.mse_scale = (one / (N * p) if c.loss_reduction == "mean" else one) * 2
-        else:
-            g = one / N if c.loss_reduction == "mean" else one          # ∂L/∂(per-sample loss)
-            self.row_grad = g
-            self.onehot_g = torch.nn.functional.one_hot(self.labels, p).to(lt) * g
-
         # parameters θ [M, S], the first P = d_in·width + width·p of each row used, and the
         # gradient, flat with layer views. The row stride S pads P with whole width-rows of zeros
         # to a multiple of ALIGN_BYTES, so that every model's block starts at the alignment a lone
@@ -212,15 +196,14 @@ class TorchStepper:
         # GEMMs out[m] = A[m] B[m]. With one thread, bmm runs the same single-threaded GEMM per
         # matrix whatever M. With more, bmm runs its batch in parallel, one thread per GEMM, but a
         # lone model multi-threaded, which changes the bits: then one multi-threaded mm per model.
-        self.mm = torch.bmm if self.threads == 1 else self._mm_per_model
+        self.mm = torch.bmm if self.threads == 1 else mm_per_model
         self.orthograd, self.fixed_norm = c.orthograd, c.fixed_norm
         self.offset = 0                                                  # steps done in the chunk
         self.logits = aligned_empty(M, (N, p), dt, dev)
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
         if self.cpu_grad is not None:
             self._numba_buffers()
-        if lt != dt:
-            self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
+        self.loss_grad = LossGrad(c, self.labels, self.dlogits)         # ∂L/∂Ŷ into dlogits
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
@@ -274,7 +257,7 @@ class TorchStepper:
         self.stepping = np.flatnonzero(active).astype(np.int64)
         rows = []
         try:
-            with self._threads(), torch.no_grad():
+            with intra_op_threads(self.threads, self.device), torch.no_grad():
                 sched = self.opt.schedule(step0, n_steps)
                 self.offset = 0                              # steps done in this chunk
                 for k in range(n_steps):
@@ -289,7 +272,7 @@ class TorchStepper:
         table = [r for r in rows if r is not None]
         if table:
             values = torch.stack(table, dim=2).cpu().numpy()          # [n_stats, M, n_rows]
-            for name, k in _STAT_INDEX.items():
+            for name, k in STAT_INDEX.items():
                 if name != "step":
                     out[name][active] = values[k][active]
         return out
@@ -330,7 +313,7 @@ class TorchStepper:
             self.cpu_grad.forward(self.stepping, nb["theta"], nb["i0"], nb["i1"], P1, quadratic,
                                   nb["zero"], nb["Z"], nb["H"], nb["w2t"], nb["logits"])
             logits = self.logits
-            self._loss_grad(logits)
+            self.loss_grad(logits)
             self.cpu_grad.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
                                    nb["dlogits"], nb["Z"], nb["H"], nb["w2t"], nb["g2t"],
                                    nb["dH"], nb["grad"])
@@ -348,7 +331,7 @@ class TorchStepper:
         mm = self.mm
         logits = mm(H, W2, out=self.logits)                            # Ŷ = H W2   [M, N, p]
         # backward
-        dlogits = self._loss_grad(logits)                              # ∂L/∂Ŷ      [M, N, p]
+        dlogits = self.loss_grad(logits)                              # ∂L/∂Ŷ      [M, N, p]
         mm(H.transpose(1, 2), dlogits, out=G2)                         # dW2 = Hᵀ dŶ
         dZ = mm(dlogits, self.W2t, out=self.dH)                        # dH = dŶ W2ᵀ [M, N, width]
         if self.relu:
@@ -369,114 +352,20 @@ class TorchStepper:
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
         row = None
         if record:
-            row = self._stats_before(s, logits)
+            row = stats_before(self, s, logits)
             theta0 = self.theta.clone()
         # update: filters, ⊥Grad, optimizer, fixed norm (the reference's order)
         self.filter.apply(self.grad, self.offset)
         if self.orthograd:
-            self._orthograd(W1, G1)
-            self._orthograd(W2, G2)
+            orthograd_(W1, G1, self.tmp, self.tmp2)
+            orthograd_(W2, G2, self.tmp, self.tmp2)
         self.opt.step(self.theta, self.grad, sched, self.offset)
         if self.fixed_norm:
-            norm = torch.sqrt(self._sumsq(W1) + self._sumsq(W2))          # [M]
-            self.theta.mul_((torch.reciprocal(norm) * self.target_norm)[:, None])
+            fixed_norm_(self.theta, W1, W2, self.target_norm, self.tmp)
         self.offset += 1
         if record:
-            self._stats_after(row, theta0)
+            stats_after(self, row, theta0)
         return row
-
-    def _mm_per_model(self, A: torch.Tensor, B: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-        """out[m] = A[m] B[m], one multi-threaded mm per model (see `mm` in __init__)."""
-        for m in range(self.M):
-            torch.mm(A[m], B[m], out=out[m])
-        return out
-
-    def _loss_grad(self, logits: torch.Tensor) -> torch.Tensor:
-        """∂L/∂Ŷ in the working dtype, formed as autograd forms it from the reference's loss."""
-        c, out = self.config, self.dlogits
-        if c.loss == "mse":
-            return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
-        z = logits if self.loss_torch_dtype == self.dtype else self.z_loss.copy_(logits)
-        if c.loss == "cross_entropy":
-            # ∂/∂z (logsumexp(z) − z_c)·g = g·exp(z − lse) − g·e_c
-            lse = torch.logsumexp(z, dim=-1, keepdim=True)
-            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None).exp_()
-            dz.mul_(self.row_grad).sub_(self.onehot_g)
-        else:
-            # stablemax: L_i = log Σ_j s(z_j) − log s(z_c); ∂s/∂z = 1 (z ≥ 0), r² with r = 1/(1 − z)
-            s = stablemax_s(z)
-            ds = (self.row_grad / s.sum(-1, keepdim=True)).expand_as(s) - self.onehot_g / s
-            r = torch.reciprocal(1 - torch.clamp(z, max=0))
-            dz = torch.where(z < 0, ds * (r * r), ds)
-        if dz is not out:
-            out.copy_(dz)                                              # float64 → working dtype
-        return out
-
-    def _orthograd(self, W: torch.Tensor, G: torch.Tensor, eps: float = 1e-30) -> None:
-        """⊥Grad on one layer, per model: g⊥ = g − (⟨w, g⟩/(⟨w, w⟩ + ε))·w, rescaled to ‖g‖."""
-        g_orth = self._scratch(W, self.tmp2)
-        proj = self._dot(W, G) / (self._sumsq(W) + eps)                   # [M]
-        torch.mul(W, proj[:, None, None], out=g_orth)
-        torch.sub(G, g_orth, out=g_orth)
-        scale = torch.sqrt(self._sumsq(G)) / (torch.sqrt(self._sumsq(g_orth)) + eps)
-        torch.mul(g_orth, scale[:, None, None], out=G)
-
-    # ------------------------------------------------------------------ reductions
-    def _scratch(self, x: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-        """A view of `buf` ([M, P]) shaped like the layer view x."""
-        return buf[:, : x[0].numel()].view(x.shape)
-
-    def _sumsq(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ x² per model of a layer [M, R, C]; see _dot."""
-        return self._dot(x, x)
-
-    def _dot(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """⟨x, y⟩ per model of layers [M, R, C], summed in two fixed stages (rows, then their sums).
-
-        A one-stage full reduction splits across threads differently for M = 1 than for M > 1; the
-        per-row stage keeps every model's summation order independent of the batch.
-        """
-        return torch.mul(x, y, out=self._scratch(x, self.tmp)).sum(-1).sum(-1)
-
-    # ------------------------------------------------------------------ statistics
-    def _stats_before(self, s: int, logits: torch.Tensor) -> torch.Tensor:
-        """Statistics at θ_s from the data-loss gradient (before filters): [n_stats, M] float64."""
-        c, M = self.config, self.M
-        W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
-        row = torch.full((len(STAT_NAMES), M), float("nan"), dtype=torch.float64)
-        n1, n2 = torch.sqrt(self._sumsq(W1)), torch.sqrt(self._sumsq(W2))
-        gn1, gn2 = torch.sqrt(self._sumsq(G1)), torch.sqrt(self._sumsq(G2))
-        dot1, dot2 = self._dot(G1, W1), self._dot(G2, W2)
-        norm, gnorm = torch.sqrt(n1 * n1 + n2 * n2), torch.sqrt(gn1 * gn1 + gn2 * gn2)
-        values = dict(
-            step=torch.full((M,), float(s), dtype=torch.float64),
-            train_loss=self._losses(logits, self.labels),
-            train_acc=accuracy(logits, self.labels),
-            norm_W1=n1, norm_W2=n2, norm=norm, grad_norm_W1=gn1, grad_norm_W2=gn2,
-            grad_norm=gnorm, cos_grad_W1=cosine(dot1, gn1, n1), cos_grad_W2=cosine(dot2, gn2, n2),
-            cos_grad=cosine(dot1 + dot2, gnorm, norm),
-            min_margin=min_margin(logits, self.labels_M))
-        if s % c.eval_every == 0:
-            test_logits = self._forward(self.test_bags)
-            values["test_loss"] = self._losses(test_logits, self.test_labels)
-            values["test_acc"] = accuracy(test_logits, self.test_labels)
-        for name, v in values.items():
-            row[_STAT_INDEX[name]] = v.to(torch.float64).cpu()
-        return row
-
-    def _stats_after(self, row: torch.Tensor, theta0: torch.Tensor) -> None:
-        """update_norm and cos_update of θ_{s+1} − θ_s, written into `row`."""
-        d1, d2 = self.split(self.theta - theta0)
-        t1, t2 = self.split(theta0)
-        upd = torch.sqrt(self._sumsq(d1) + self._sumsq(d2))
-        dot = -(self._dot(d1, t1) + self._dot(d2, t2))
-        norm = row[_STAT_INDEX["norm"]].to(self.dtype)
-        row[_STAT_INDEX["update_norm"]] = upd.to(torch.float64).cpu()
-        row[_STAT_INDEX["cos_update"]] = cosine(dot, upd, norm).to(torch.float64).cpu()
-
-    def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The data loss of each model (model.data_loss, the reference's definition): [M]."""
-        return torch.stack([data_loss(logits[i], labels, self.configs[i]) for i in range(self.M)])
 
     def _bags(self, index: torch.Tensor) -> torch.Tensor:
         """Rows of θ seen as [M·(d_in + p), width] (P is a multiple of width) that each sample of
@@ -492,7 +381,7 @@ class TorchStepper:
                                                              self.device)
         return out.copy_(Z) if Z.stride(0) != out.stride(0) else Z
 
-    def _forward(self, bags: torch.Tensor) -> torch.Tensor:
+    def forward(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the samples of `bags` (see _bags): [M, n, p]."""
         Z = self._first_layer(bags)
         H = Z.relu_() if self.relu else Z.mul_(Z)
@@ -500,18 +389,6 @@ class TorchStepper:
         return self.mm(H, self.W2, out=out)
 
     # ------------------------------------------------------------------ housekeeping
-    @contextlib.contextmanager
-    def _threads(self):
-        if self.device.type != "cpu" or torch.get_num_threads() == self.threads:
-            yield
-            return
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
     def _snapshot(self, frozen: np.ndarray) -> dict:
         """Copies of the state of the models that must not step (inactive ones)."""
         rows = torch.from_numpy(np.nonzero(frozen)[0]).to(self.device)

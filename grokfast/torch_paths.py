@@ -24,6 +24,7 @@ bench/bench_cpu.py has the side-by-side table):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Optional, Sequence
 
@@ -141,3 +142,26 @@ def aligned_rows(d_in: int, width: int, p: int, dtype: torch.dtype) -> int:
     while (rows * width * es) % ALIGN_BYTES:
         rows += 1
     return rows
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int, device: torch.device):
+    """torch's intra-op threads set to `threads` on the CPU for the block, the caller's restored."""
+    if device.type != "cpu" or torch.get_num_threads() == threads:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def mm_per_model(A: torch.Tensor, B: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    """out[m] = A[m] B[m], one (multi-threaded) mm per model: the GEMM of a stepper with more than
+    one thread, where a threaded bmm would run one thread per GEMM and a lone model multi-threaded
+    (other bits)."""
+    for m in range(A.shape[0]):
+        torch.mm(A[m], B[m], out=out[m])
+    return out
