@@ -145,11 +145,12 @@ class SGD(GD):
     """torch.optim.SGD with momentum (buf ← m·buf + g, buf = g at the first step) and Nesterov
     (g + m·buf) per model; models with momentum 0 step as GD (their buffer is unused)."""
 
+    names = ("momentum_buffer",)
+
     def __init__(self, configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,
                  tmp2: torch.Tensor):
         super().__init__(configs, theta, tmp, tmp2)
         dt, dev = theta.dtype, theta.device
-        self.names = ("momentum_buffer",)
         self.momentum = per_model([ci.momentum for ci in configs], dt, dev)
         self.use_momentum = any(ci.momentum != 0 for ci in configs)
         self.nesterov = torch.tensor([ci.nesterov for ci in configs], device=dev)[:, None]

@@ -70,9 +70,9 @@ class ShardedStepper:
                     pass
             torch.set_num_threads(old)
 
-    def _cut(self, x, dim: int = 0) -> list:
-        return [x.narrow(dim, a, b - a) if torch.is_tensor(x) else x[a:b]
-                for a, b in zip(self.bounds, self.bounds[1:])]
+    def _cut(self, x) -> list:
+        """x's rows of each shard (a tensor or array with the models on its first axis)."""
+        return [x[a:b] for a, b in zip(self.bounds, self.bounds[1:])]
 
     def advance(self, step0: int, n_steps: int, active: np.ndarray) -> dict:
         parts = self._each(lambda sh, act: sh.advance(step0, n_steps, act),

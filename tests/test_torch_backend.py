@@ -330,3 +330,20 @@ def test_many_models_agree_with_the_reference():
         assert_histories_close(batch[i].history, ref.history, torch.float32)
         for layer in ("W1", "W2"):
             assert_close(batch[i].params[layer], ref.params[layer], f"model {i} {layer}")
+
+
+def test_paths_are_a_pure_function_of_sizes():
+    """choose_paths: paper-real takes the numba kernel and the dense dW1, gromov MKL and
+    index_add_; nothing but the (exact) first layer depends on the number of models."""
+    from grokfast.torch_paths import Paths, choose_paths
+    paper = dict(N=59, d_in=22, width=128, p=11, device_type="cpu", num_threads=2)
+    gromov = dict(N=2823, d_in=194, width=512, p=97, device_type="cpu", num_threads=2)
+    assert choose_paths(1, **paper) == Paths("dense", "gather", "numba", 1)
+    assert choose_paths(64, **paper) == Paths("dense", "embedding_bag", "numba", 1)
+    assert choose_paths(1, **gromov) == Paths("index_add", "embedding_bag", "mkl", 2)
+    assert choose_paths(1, **paper, numba_available=False).kernel == "mkl"
+    assert choose_paths(1, **{**paper, "device_type": "cuda"}, kernel="mkl").dw1 == "dense"
+    with pytest.raises(GrokfastError, match="numba"):
+        choose_paths(1, **paper, kernel="numba", numba_available=False)
+    with pytest.raises(GrokfastError, match="threads"):
+        choose_paths(1, **paper, threads=0)
