@@ -35,7 +35,8 @@ from .history import atomic_write, sync_dir
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 MAGIC = b"GROKFAST-CHECKPOINT/1\n"
-FORMAT = 1
+# 2: the stepper state in the one layout of grokfast.stepper; format 1 is converted on load
+FORMAT = 2
 _HEADER = len(MAGIC) + 32 + 8
 
 
@@ -149,9 +150,17 @@ def load_checkpoint(launch: Path, name: str = CHECKPOINT) -> dict:
             hint = (f"; the previous checkpoint {PREVIOUS} is kept beside it: move it over "
                     f"{CHECKPOINT} to resume from that earlier step")
         raise GrokfastError(f"checkpoint {path} is corrupt: {problem}{hint}")
+    if state.get("format") == 1:
+        # format 1: the same file, the stepper state in each backend's own key names
+        from .stepper import upgrade_state_v1
+        if "stepper" in state:
+            state["stepper"] = upgrade_state_v1(state["stepper"], state.get("backend"),
+                                                state["step"])
+        state["format"] = FORMAT
     if state.get("format") != FORMAT:
         raise GrokfastError(f"checkpoint {path} has format {state.get('format')!r}; this grokfast "
-                            f"reads format {FORMAT}: resume it with the version that wrote it")
+                            f"reads formats 1 and {FORMAT}: resume it with the version that "
+                            f"wrote it")
     return state
 
 

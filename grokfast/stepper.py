@@ -8,6 +8,26 @@ A backend is a *stepper* over a batch of models that share every shape (the mode
     W1, W2 = stepper.params()                         # [n_models, ...] CPU tensors
     stepper.state_dict() / stepper.load_state_dict()  # everything needed to continue bitwise
 
+State dicts (the torch and triton backends; checkpoint format 2). One layout and one set of key
+names, M models on the first axis of every array, P = d_in·width + width·p parameters per model:
+
+    backend          "torch" or "triton" (a stepper loads only its own backend's state)
+    theta            [M, P]    W1 (row-major [d_in, width]) then W2 ([width, p]) of each model
+    steps_taken      int64 [M] optimizer steps per model (triton: the launch's step for every model)
+    momentum_buffer  [M, P]    optimizer "sgd" (torch.optim.SGD's name)
+    exp_avg          [M, P]    optimizer "adam" / "adamw" (torch.optim.Adam's names)
+    exp_avg_sq       [M, P]
+    ema              [M, P]    grad_filter "ema": the running average μ
+    ma_window        [M, W, P] grad_filter "ma": the last W raw gradients, oldest first, newest at
+                               [:, W − 1]; slots not yet filled are 0 and come first
+    filter_count     int64 [M] grad_filter "ema" / "ma": filter calls per model
+    target_norm      [M]       torch only: the fixed-norm target ‖θ_0‖ in the working dtype
+
+The reference backend saves torch.optim's own state dicts ({"runs": [...]}: model, optimizer,
+filter state per model), whose optimizer keys are the names above. Checkpoints of format 1 (grokfast
+0.1.0 before this layout: torch "ring" + "ring_pos", triton "W1", "W2", "buf", "window" in slots
+s % W) are converted on load by `upgrade_state_v1`.
+
 This module depends only on the config and the errors; the backends import it, and the engine
 imports it and (through `stepper_class`, lazily) the backends.
 """
@@ -88,3 +108,27 @@ def _triton_usable() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def upgrade_state_v1(state: dict, backend: str, step: int) -> dict:
+    """A stepper state saved by checkpoint format 1 in the layout above (format 2). `backend`
+    and `step`: the checkpoint's backend name and step (triton kept its MA window in slots
+    s % W of the global step s)."""
+    state = dict(state)
+    if backend == "torch" and "ring" in state:
+        # [W, M, P] with slot ring_pos the oldest → [M, W, P] oldest first
+        ring = state.pop("ring").roll(-int(state.pop("ring_pos")), dims=0)
+        state["ma_window"] = ring.transpose(0, 1).contiguous()
+    elif backend == "triton" and "W1" in state:
+        W1, W2 = state.pop("W1"), state.pop("W2")
+        M = W1.shape[0]
+        state = {"backend": "triton", "theta": torch.cat([W1.reshape(M, -1), W2.reshape(M, -1)], 1),
+                 "steps_taken": np.full(M, step, dtype=np.int64), **state}
+        if "buf" in state:
+            state["momentum_buffer"] = state.pop("buf")
+        if "window" in state:
+            window = state.pop("window")
+            state["ma_window"] = window.roll(-(step % window.shape[1]), dims=1)
+        if "ema" in state or "ma_window" in state:
+            state["filter_count"] = np.full(M, step, dtype=np.int64)
+    return state

@@ -237,28 +237,50 @@ class TritonStepper:
         W1, W2 = self._split(self.theta[self.cur])
         return W1.cpu().clone(), W2.cpu().clone()
 
+    # optimizer / filter state: attribute → state-dict key (grokfast.stepper)
+    _STATE_KEYS = (("buf", "momentum_buffer"), ("exp_avg", "exp_avg"),
+                   ("exp_avg_sq", "exp_avg_sq"), ("ema", "ema"), ("window", "ma_window"))
+
     def state_dict(self) -> dict:
+        """The layout of grokfast.stepper. The kernels keep the gradient of step s in window slot
+        s % W and count steps per launch: every model is at the launch's step (the step counter's
+        largest entry: the end of the last advance), and the window is rotated oldest first."""
+        M, W = self.n_models, self.configs[0].filter_window
+        s = int(self.step.max()) if M else 0
         W1, W2 = self.params()
-        state = {"W1": W1, "W2": W2}
-        for name in ("ema", "window", "buf", "exp_avg", "exp_avg_sq"):
+        state = {"backend": self.backend,
+                 "theta": torch.cat([W1.reshape(M, -1), W2.reshape(M, -1)], 1),
+                 "steps_taken": np.full(M, s, dtype=np.int64)}
+        for name, key in self._STATE_KEYS:
             t = getattr(self, name)
             if t.numel():
-                state[name] = t.cpu().clone()
+                state[key] = t.cpu().clone()
+        if "ma_window" in state:
+            state["ma_window"] = state["ma_window"].roll(-(s % W), dims=1)
+        if self.configs[0].grad_filter != "none":
+            state["filter_count"] = np.full(M, s, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        W1, W2 = state["W1"], state["W2"]
-        M = self.n_models
-        flat = torch.cat([W1.reshape(M, -1), W2.reshape(M, -1)], 1).to(self.theta)
-        self.theta[0] = flat
-        self.theta[1] = flat
-        for name in ("ema", "window", "buf", "exp_avg", "exp_avg_sq"):
+        M, W = self.n_models, self.configs[0].filter_window
+        theta = state.get("theta")
+        if (state.get("backend") != self.backend or theta is None
+                or tuple(theta.shape) != (M, self.plan.D)):
+            raise GrokfastError("this state was not saved by a triton-backend stepper of the same "
+                                "models and shapes; resume with the backend and configs it was "
+                                "saved with")
+        s = int(np.max(state["steps_taken"])) if M else 0
+        self.theta[0] = theta.to(self.theta)
+        self.theta[1] = self.theta[0]
+        self.step.fill_(s)
+        for name, key in self._STATE_KEYS:
             t = getattr(self, name)
             if t.numel():
-                if name not in state:
-                    raise GrokfastError(f"the saved Triton state has no {name!r}: it was saved "
+                if key not in state:
+                    raise GrokfastError(f"the saved Triton state has no {key!r}: it was saved "
                                         f"for a different configuration")
-                t.copy_(state[name])
+                value = state[key]
+                t.copy_(value.roll(s % W, dims=1) if key == "ma_window" else value)
 
     # ---------------------------------------------------------------- internals
     def _allocate_tiled(self, M: int, H: int, p: int, n_q: int) -> None:

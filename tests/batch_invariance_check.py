@@ -17,7 +17,7 @@ torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 torch.randn(64, 64) @ torch.randn(64, 64)   # MKL initialised before grokfast is imported
 
 import grokfast  # noqa: E402
-import grokfast.torch_backend as torch_backend  # noqa: E402
+import grokfast.torch_paths as torch_paths  # noqa: E402
 from grokfast import Config  # noqa: E402
 
 # paper-real's shapes (p = 11, width 128, 59 train pairs: odd per-model offsets of the [59, 11]
@@ -49,9 +49,9 @@ def run(configs):
 
 
 def main() -> int:
-    auto_max_work = torch_backend.NUMBA_MAX_WORK
+    auto_max_work = torch_paths.NUMBA_MAX_WORK
     for kernel in ("auto", "mkl"):  # auto: the numba kernels at these sizes but the threaded one
-        torch_backend.NUMBA_MAX_WORK = auto_max_work if kernel == "auto" else 0
+        torch_paths.NUMBA_MAX_WORK = auto_max_work if kernel == "auto" else 0
         if check(kernel):
             return 1
     return 0

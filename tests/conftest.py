@@ -47,7 +47,10 @@ def launch():
 
 
 # Modules whose fresh allocations the NaN fixture fills: the backends and the kernel launchers.
-NAN_FILLED_MODULES = ("grokfast.torch_backend", "grokfast.triton_backend", "grokfast.kernels.common",
+NAN_FILLED_MODULES = ("grokfast.torch_backend", "grokfast.torch_paths", "grokfast.optim",
+                      "grokfast.grad_filters", "grokfast.torch_loss", "grokfast.torch_stats",
+                      "grokfast.sharded", "grokfast.triton_backend",
+                      "grokfast.kernels.common",
                       "grokfast.kernels.fused", "grokfast.kernels.rows", "grokfast.kernels.stats",
                       "grokfast.kernels.update", "grokfast.kernels.cpu_grad")
 

@@ -53,30 +53,31 @@ def assert_histories_close(actual: dict, expected: dict, dtype) -> None:
 
 def assert_state_matches(ref: ReferenceStepper, tb: TorchStepper, c: Config, dtype) -> None:
     """Optimizer and filter state of model 0 against the reference's torch.optim / filter state."""
-    run = ref.runs[0]
+    run, state = ref.runs[0], tb.state_dict()
     layers = (("W1", run.model.W1), ("W2", run.model.W2))
     opt_state = run.optimizer.state
     if c.optimizer in ("adam", "adamw"):
         for key in ("exp_avg", "exp_avg_sq"):
-            mine = tb.split(getattr(tb, key))
+            mine = tb.split(state[key])
             for k, (name, param) in enumerate(layers):
                 assert_close(mine[k][0], opt_state[param][key], f"{key} {name}", dtype=dtype)
-        assert all(float(opt_state[param]["step"]) == tb.steps_taken[0] for _, param in layers)
+        assert all(float(opt_state[param]["step"]) == state["steps_taken"][0]
+                   for _, param in layers)
     if c.optimizer == "sgd" and c.momentum:
-        mine = tb.split(tb.momentum_buffer)
+        mine = tb.split(state["momentum_buffer"])
         for k, (name, param) in enumerate(layers):
             assert_close(mine[k][0], opt_state[param]["momentum_buffer"], f"buffer {name}",
                          dtype=dtype)
     if c.grad_filter == "ema":
-        mine = tb.split(tb.ema)
+        mine = tb.split(state["ema"])
         for k, (name, _) in enumerate(layers):
             assert_close(mine[k][0], run.filter_state[name], f"ema {name}", dtype=dtype)
     if c.grad_filter == "ma":
         W = c.filter_window
-        window = [tb.split(tb.ring[(tb.ring_pos + j) % W]) for j in range(W)]  # oldest first
+        window = [tb.split(state["ma_window"][:, j]) for j in range(W)]  # oldest first
         for k, (name, _) in enumerate(layers):
             deque = list(run.filter_state[name])
-            assert len(deque) == min(tb.filter_count[0], W)
+            assert len(deque) == min(state["filter_count"][0], W)
             for j, g in enumerate(deque):
                 assert_close(window[W - len(deque) + j][k][0], g, f"window {name}[{j}]",
                              dtype=dtype)
@@ -249,8 +250,8 @@ def test_whole_run_groks_at_the_reference_steps(kernel, monkeypatch):
     differences (cos_grad_W1 7e-5 relative by step 80, the training loss 6e-2 by step 400,
     measured; 4e-2 in float64 too), so there its history is held to the tolerance over the first
     50 steps, as in the per-step agreement tests, and the milestones over the whole run."""
-    import grokfast.torch_backend as tb
-    monkeypatch.setattr(tb, "NUMBA_MAX_WORK", 0 if kernel == "mkl" else tb.NUMBA_MAX_WORK)
+    import grokfast.torch_paths as paths
+    monkeypatch.setattr(paths, "NUMBA_MAX_WORK", 0 if kernel == "mkl" else paths.NUMBA_MAX_WORK)
     c = Config(p=23, pairs="ordered", encoding="concat", n_test=None, train_frac=0.5, width=64,
                activation="quadratic", init="normal", optimizer="adamw", lr=1e-2, weight_decay=1.0,
                betas=(0.9, 0.98), steps=400, log_every=10, eval_every=10)
@@ -346,3 +347,20 @@ def test_many_models_agree_with_the_reference():
         assert_histories_close(batch[i].history, ref.history, torch.float32)
         for layer in ("W1", "W2"):
             assert_close(batch[i].params[layer], ref.params[layer], f"model {i} {layer}")
+
+
+def test_paths_are_a_pure_function_of_sizes():
+    """choose_paths: paper-real takes the numba kernel and the dense dW1, gromov MKL and
+    index_add_; nothing but the (exact) first layer depends on the number of models."""
+    from grokfast.torch_paths import Paths, choose_paths
+    paper = dict(N=59, d_in=22, width=128, p=11, device_type="cpu", num_threads=2)
+    gromov = dict(N=2823, d_in=194, width=512, p=97, device_type="cpu", num_threads=2)
+    assert choose_paths(1, **paper) == Paths("dense", "gather", "numba", 1)
+    assert choose_paths(64, **paper) == Paths("dense", "embedding_bag", "numba", 1)
+    assert choose_paths(1, **gromov) == Paths("index_add", "embedding_bag", "mkl", 2)
+    assert choose_paths(1, **paper, numba_available=False).kernel == "mkl"
+    assert choose_paths(1, **{**paper, "device_type": "cuda"}, kernel="mkl").dw1 == "dense"
+    with pytest.raises(GrokfastError, match="numba"):
+        choose_paths(1, **paper, kernel="numba", numba_available=False)
+    with pytest.raises(GrokfastError, match="threads"):
+        choose_paths(1, **paper, threads=0)

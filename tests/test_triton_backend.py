@@ -59,20 +59,20 @@ def compare_runs(c: Config, ref, rows_ref, tri, rows_tri) -> None:
 
     run, state = ref.runs[0], tri.state_dict()
     params = [run.model.W1, run.model.W2]
-    for name, key in (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq"), ("buf", "momentum_buffer")):
-        if name in state:
-            for k, (mine, p) in enumerate(zip(layers(state[name][0], c), params)):
+    for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+        if key in state:
+            for k, (mine, p) in enumerate(zip(layers(state[key][0], c), params)):
                 assert_close(mine, run.optimizer.state[p][key], f"{key}[W{k + 1}]")
     if c.grad_filter == "ema":
         for k, mine in enumerate(layers(state["ema"][0], c)):
             assert_close(mine, run.filter_state[f"W{k + 1}"], f"ema[W{k + 1}]")
     if c.grad_filter == "ma":
-        w, s_end = c.filter_window, c.steps
+        w = c.filter_window
         for k in range(2):
-            window = list(run.filter_state[f"W{k + 1}"])  # oldest first
+            window = list(run.filter_state[f"W{k + 1}"])  # oldest first, as ma_window
             for age, g in enumerate(reversed(window)):
-                slot = (s_end - 1 - age) % w
-                assert_close(layers(state["window"][0, slot], c)[k], g, f"window[W{k + 1}][{age}]")
+                assert_close(layers(state["ma_window"][0, w - 1 - age], c)[k], g,
+                             f"ma_window[W{k + 1}][{age}]")
 
 
 REGIMES = ["fused", "tiled"]
