@@ -45,7 +45,7 @@ import os
 import shutil
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -358,20 +358,6 @@ def lone_chunk(config: Config, backend: str) -> int:
     return getattr(stepper, "preferred_chunk", 1000)
 
 
-@contextmanager
-def _threads(n: Optional[int]):
-    if n is None:
-        yield
-        return
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def launch_finished(launch_dir: Path) -> bool:
     """True when the launch directory holds a finished run (every model saved)."""
     d = Path(launch_dir)
@@ -411,9 +397,15 @@ def run_launch(launch: Launch, sweep_dir, options: SweepOptions, *,
     checkpoint, else a fresh run. Deterministic: the same rows (but wall_time) wherever it runs.
     An exception is recorded (error.txt, rows with stop_reason "error" and the `error` column) and
     not raised. on_chunk(steps, models stepped) is called after every chunk (progress bars)."""
+    import torch
+
+    from .torch_paths import intra_op_threads
+
     d = Path(sweep_dir) / launch.name
+    threads = nullcontext() if options.threads is None else intra_op_threads(
+        options.threads, torch.device("cpu"))
     try:
-        with _threads(options.threads):
+        with threads:
             results = _train_launch(launch, d, options, on_chunk)
     except Exception as e:  # recorded in the table; the other launches go on
         message = f"{type(e).__name__}: {e}"
