@@ -59,7 +59,8 @@ on the batch:
   inner loop vectorized across the width, no GEMM library. Used where N·width·p ≤ NUMBA_MAX_WORK
   (paper-real 8.3e4), decided per model size, never by M. In an A/B of the forward + backward
   alone at 64 paper-real models (process CPU time, one thread, a loaded machine): 37.5 µs vs
-  53.6 µs per model-step (float32) and 52.6 vs 85.1 (float64) for the MKL path. It sums in
+  53.6 µs per model-step (float32) and 52.6 vs 85.1 (float64) for the MKL path (the first
+  version of the kernels; now ~20 µs, bench/RESULTS.md). It sums in
   another order than MKL (the reference): per-step agreement is ~1e-7 (float32) / ~1e-16
   (float64) relative; kernel "mkl" keeps the GEMM path (and its near-bitwise agreement with the
   reference on one CPU).
