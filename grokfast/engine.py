@@ -10,6 +10,7 @@ grokfast.signals (Ctrl-C / SIGTERM), grokfast.checkpoint (the checkpoint file).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import sys
@@ -36,12 +37,7 @@ from .stepper import BACKENDS, SHARED_FIELDS, Stepper, check_batch, stepper_clas
 log = logging.getLogger("grokfast")
 
 
-def train(config: Optional[Config], seeds=None, *, backend: str = "auto", out=None,
-          progress: bool = False, handle_signals: bool = False, chunk_steps: Optional[int] = None,
-          observers=(), resume=None, checkpoint_every: Optional[int] = None,
-          checkpoint_seconds: Optional[float] = None, stop_at: Optional[str] = None,
-          stop_patience: Optional[int] = None, max_steps: Optional[int] = None,
-          max_time: Optional[float] = None, profile_steps=None):
+def train(config: Optional[Config], seeds=None, **options):
     """Train `config` (or one model per seed in `seeds`, in one launch) and return the Result.
 
     backend: "auto" (triton on CUDA, else torch), "triton", "torch" or "reference" (plain autograd
@@ -54,6 +50,11 @@ def train(config: Optional[Config], seeds=None, *, backend: str = "auto", out=No
     write a checkpoint and keep everything (the CLI sets this). observers: read-only hooks on θ at
     chosen steps (see run).
 
+    options (keywords, the fields of grokfast.options.RunOptions; an unknown one is a GrokfastError
+    naming the closest): backend, out, progress, handle_signals, chunk_steps, observers, resume,
+    checkpoint_every, checkpoint_seconds, stop_at, stop_patience, max_steps, max_time,
+    profile_steps (as described here and in run).
+
     Long runs (see run for the details):
     resume: a run directory to continue from its checkpoint, bitwise equal to the uninterrupted run
     on the same backend. config may be None (the saved one); otherwise it must equal the saved
@@ -64,6 +65,8 @@ def train(config: Optional[Config], seeds=None, *, backend: str = "auto", out=No
     stop_patience (default 3) consecutive evaluations. max_steps / max_time: stop this call at that
     step / after that many seconds (resumable). profile_steps=(A, B): CUDA profiler window.
     """
+    opts = RunOptions.of("train", options, internal=("single", "on_chunk", "curves"))
+    resume, out = opts.resume, opts.out
     if resume is not None:
         from .checkpoint import load_checkpoint
         if out is not None and Path(out).resolve() != Path(resume).resolve():
@@ -84,12 +87,7 @@ def train(config: Optional[Config], seeds=None, *, backend: str = "auto", out=No
             if not seeds:
                 raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(4)")
             configs = [config.replace(seed=s) for s in seeds]
-    results = run(configs, backend=backend, progress=progress, handle_signals=handle_signals,
-                  chunk_steps=chunk_steps, observers=observers, out=out, single=single,
-                  resume=resume, checkpoint_every=checkpoint_every,
-                  checkpoint_seconds=checkpoint_seconds, stop_at=stop_at,
-                  stop_patience=stop_patience, max_steps=max_steps, max_time=max_time,
-                  profile_steps=profile_steps)
+    results = _run(configs, dataclasses.replace(opts, out=out, resume=resume, single=single))
     return results[0] if single else ResultBatch(results)
 
 
@@ -136,14 +134,11 @@ def sweep(config: Config, *, backend: str = "auto", out=None, progress: bool = F
     return ResultBatch(run(configs, backend=backend, progress=progress, out=out, single=False))
 
 
-def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = False,
-        handle_signals: bool = False, chunk_steps: Optional[int] = None,
-        observers: Sequence = (), out=None, single: Optional[bool] = None, resume=None,
-        checkpoint_every: Optional[int] = None, checkpoint_seconds: Optional[float] = None,
-        stop_at: Optional[str] = None, stop_patience: Optional[int] = None,
-        max_steps: Optional[int] = None, max_time: Optional[float] = None,
-        profile_steps=None, on_chunk=None, curves: bool = True) -> list[Result]:
+def run(configs: Sequence[Config], **options) -> list[Result]:
     """The training loop over a batch of configs sharing SHARED_FIELDS; one Result per config.
+
+    options: the fields of grokfast.options.RunOptions, as keywords (train's, plus single, on_chunk
+    and curves below); an unknown one is a GrokfastError naming the closest.
 
     observers: objects with ``pause_steps(steps) -> iterable of int`` (steps s at which the loop must
     stop to look at θ_s), ``observe(step, W1, W2)`` (CPU copies, [n_models, ...]) and
@@ -171,14 +166,13 @@ def run(configs: Sequence[Config], *, backend: str = "auto", progress: bool = Fa
     on_chunk: called after every chunk as on_chunk(steps, models stepped) (the sweep's progress
     bar). curves=False: no curves.png per model (sweeps).
     """
+    return _run(configs, RunOptions.of("run", options))
+
+
+def _run(configs: Sequence[Config], opts: RunOptions) -> list[Result]:
     configs = list(configs)
     check_batch(configs)
-    opts = RunOptions(backend=backend, progress=progress, handle_signals=handle_signals,
-                      chunk_steps=chunk_steps, observers=tuple(observers), out=out, single=single,
-                      resume=resume, checkpoint_every=checkpoint_every,
-                      checkpoint_seconds=checkpoint_seconds, stop_at=stop_at,
-                      stop_patience=stop_patience, max_steps=max_steps, max_time=max_time,
-                      profile_steps=profile_steps, on_chunk=on_chunk, curves=curves)
+    opts = dataclasses.replace(opts, observers=tuple(opts.observers))
     return _Launch(configs, opts.resolved(configs)).run()
 
 

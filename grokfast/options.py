@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .config import Config
-from .errors import GrokfastError, check_choice
+from .errors import GrokfastError, check_choice, closest
 
 STOP_AT = (None, "none", "grok")
 DEFAULT_CHECKPOINT_SECONDS = 300.0
@@ -41,6 +41,18 @@ class RunOptions:
     on_chunk: Optional[Callable] = None
     curves: bool = True
     window: Optional[tuple] = None           # profile_steps as (A, B), set by resolved
+
+    @classmethod
+    def of(cls, caller: str, options: dict, internal: Sequence[str] = ()) -> "RunOptions":
+        """RunOptions from a caller's keyword arguments; GrokfastError naming an unknown one (and
+        the closest option) instead of a TypeError. `internal`: fields this caller sets itself."""
+        valid = [f.name for f in dataclasses.fields(cls) if f.name != "window"
+                 and f.name not in internal]
+        for name in options:
+            if name not in valid:
+                raise GrokfastError(f"{caller}() has no option {name!r}{closest(name, valid)}; "
+                                    f"its options: {', '.join(valid)}")
+        return cls(**options)
 
     def check(self, steps: int) -> Optional[tuple]:
         """GrokfastError naming the first bad option; returns the profile window (A, B) or None."""

@@ -212,9 +212,13 @@ def test_bad_long_run_options_are_refused(tmp_path):
                           (dict(max_time=-1), "max_time"),
                           (dict(checkpoint_every=10), "need a run directory"),
                           (dict(profile_steps=(5, 5)), "A < B"),
-                          (dict(profile_steps="5"), "two steps")):
+                          (dict(profile_steps="5"), "two steps"),
+                          (dict(max_step=3), "no option 'max_step' \\(did you mean 'max_steps'"),
+                          (dict(single=True), "train\\(\\) has no option 'single'")):
         with pytest.raises(GrokfastError, match=words):
             grokfast.train(BASE, backend="reference", **kwargs)
+    with pytest.raises(GrokfastError, match="run\\(\\) has no option 'curve' \\(did you mean 'curves'"):
+        engine.run([BASE], curve=False)
 
 
 # ------------------------------------------------------------------------ signals, real processes
