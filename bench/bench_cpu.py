@@ -37,7 +37,7 @@ import pytest
 import torch
 
 from grokfast import Config, make_dataset
-from grokfast.engine import stepper_class
+from grokfast.backends.registry import stepper_class
 
 PROVIDERS = ("reference", "torch")
 WARMUP_STEPS = 3
@@ -93,7 +93,7 @@ def test_cpu_throughput(benchmark, case, provider):
     # --benchmark-disable (CI): one short smoke run of the same code, up to a recorded step
     run = setup(case, provider, steps=spec.config.log_every if benchmark.disabled else 0)
     rows = benchmark.pedantic(run, rounds=3, iterations=1)
-    assert np.isfinite(rows["train_loss"]).any() and not np.isinf(rows["train_loss"]).any()
+    assert rows["train_loss"].size and np.isfinite(rows["train_loss"]).all()  # every recorded step
     if benchmark.disabled:
         return
     per_step = benchmark.stats.stats.median / spec.steps

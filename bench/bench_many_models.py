@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from grokfast import Config, make_dataset
+from grokfast.backends.torch import TorchStepper
 from grokfast.model import init_params
-from grokfast.torch_backend import TorchStepper
 
 PROVIDERS = ("vmap", "vmap-1t", "torch-mkl-1t", "torch")
 CONFIG = Config.preset("paper-real")

@@ -3,7 +3,7 @@
 # GPU budget):
 #   1. the Triton tests on the GPU: every Config variant against the CPU reference (IEEE products:
 #      float64 1e-12, float32 1e-5; TF32 within the tolerance documented in
-#      tests/test_triton_backend.py), per-kernel tests, determinism, batch == alone, CUDA graphs;
+#      tests/backends/test_triton_backend.py), per-kernel tests, determinism, batch == alone, CUDA graphs;
 #      every case is reported (no -x);
 #   2. the benchmark table of bench/bench_gpu.py (paper-real, width 512 gromov-like, 64 seeds batched
 #      against 64 sequential reference runs; Triton at precision ieee and tf32 side by side) and one
@@ -11,6 +11,8 @@
 #
 #   bash bench/gpu_check.sh            # on the GPU machine, from anywhere in the repository
 #   bash bench/gpu_check.sh --dry-run  # on a CPU machine: the same steps, tiny, in Triton's interpreter
+#   bash bench/gpu_check.sh --plan     # print the limits and commands it would run (with --dry-run:
+#                                      # the dry run's), run nothing
 #
 # It runs from a bare copy of the working tree with the machine's own python3 (torch, triton): when
 # `import grokfast.kernels` fails there, it installs grokfast editable, without dependencies or a
@@ -24,15 +26,24 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+DRY=0
+PLAN=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        --plan) PLAN=1 ;;
+        *) echo "error: unknown option $arg (use --dry-run and/or --plan)" >&2; exit 2 ;;
+    esac
+done
 OUT_DIR=${OUT:-bench}
 REPORT="$OUT_DIR/gpu_check.md"
-mkdir -p "$OUT_DIR"
-: >"$REPORT"
-DRY=0
-[[ "${1:-}" == "--dry-run" ]] && DRY=1
+((PLAN)) && REPORT=/dev/null  # a plan writes nothing
+((PLAN)) || mkdir -p "$OUT_DIR"
+((PLAN)) || : >"$REPORT"
 FAILED=0
 TESTS_LIMIT_S=180
 BENCH_LIMIT_S=150
+KILL_AFTER_S=15
 
 say() { echo "$@" | tee -a "$REPORT"; }
 
@@ -43,7 +54,7 @@ step() {
     say ""
     say "## $name"
     local t0=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$REPORT"
+    timeout --signal=INT --kill-after="$KILL_AFTER_S" "$limit" "$@" 2>&1 | tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
     if ((rc == 124)); then
         say "TIMEOUT after ${limit} s: $name"
@@ -89,22 +100,32 @@ say "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEA
 if ((DRY)); then
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
     say "dry run: CPU, Triton's interpreter, tiny models (checks this script, not the GPU)"
-    TESTS=(tests/test_kernel_compile.py "tests/test_triton_backend.py::test_engine_history_matches_reference"
-           "tests/test_triton_backend.py::test_tf32_within_documented_tolerance")
+    TESTS=(tests/kernels/test_kernel_compile.py "tests/backends/test_triton_backend.py::test_engine_history_matches_reference"
+           "tests/backends/test_triton_backend.py::test_tf32_within_documented_tolerance")
     BENCH=(bench/bench_gpu.py --dry-run --long 30)
     TESTS_LIMIT_S=480  # no GPU budget here; a 2-core CPU compiles every kernel for sm_90 (~1–2 min)
 else
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
         --format=csv,noheader 2>&1 | tee -a "$REPORT"
-    TESTS=(tests/test_triton_backend.py tests/test_kernel_rows.py tests/test_kernel_update.py)
+    TESTS=(tests/backends/test_triton_backend.py tests/kernels/test_kernel_rows.py tests/kernels/test_kernel_update.py)
     BENCH=(bench/bench_gpu.py --repeats 5 --long "${LONG_STEPS:-1000000}" --long-budget "${LONG_BUDGET_S:-45}")
+fi
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP)
+if ((PLAN)); then
+    echo "tests_limit_s=$TESTS_LIMIT_S"
+    echo "bench_limit_s=$BENCH_LIMIT_S"
+    echo "kill_after_s=$KILL_AFTER_S"
+    echo "long_budget_s=${LONG_BUDGET_S:-45}"
+    echo "tests: ${PYTEST[*]} ${TESTS[*]}"
+    echo "bench: $PY ${BENCH[*]}"
+    exit 0
 fi
 make_importable || exit 2
 "$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$REPORT"
 
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
-    step "GPU correctness tests" "$TESTS_LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP "${TESTS[@]}"
+    step "GPU correctness tests" "$TESTS_LIMIT_S" "${PYTEST[@]}" "${TESTS[@]}"
 else
     say ""
     say "## GPU correctness tests"

@@ -1,8 +1,16 @@
 """grokfast: fast, instrumented training and theory for grokking on modular arithmetic.
 
-Data path: Config (config.py) → make_dataset (data.py) → train (engine.py) → a backend stepper
-(reference.py, torch_backend.py, triton_backend.py over kernels/) → history → Result (result.py);
-sweep.py plans grids of configs into launches of that loop, phases.py classifies and plots them.
+The package in layers, each importing only those below it (tests/test_imports.py enforces it):
+
+    ground      errors, config, data, model, filters, profiling, plotting
+    backends/   the stepper contract, the reference, torch/ and triton/ backends, the registry
+    store/      history chunks, checkpoints, results on disk
+    engine/     the training loop over a launch of models (train, run)
+    sweeps/     grids × seeds packed into launches, executors, tables, phase diagrams
+    theory/     Eq. 20, the Fourier statistics, the alignment probe (on the ground layer)
+    reproduce/  the paper's figures and the scaling and prediction studies
+    cli/        the `grokfast` command
+
 Implements "The Geometry of Grokking: Norm Minimization on the Zero-Loss Manifold" (arXiv 2511.01938).
 """
 from . import reference
@@ -12,8 +20,8 @@ from .engine import train
 from .errors import GrokfastError
 from .filters import gradfilter_ema, gradfilter_ma
 from .model import STAT_NAMES
-from .result import Result, ResultBatch
-from .sweep import SweepResult, sweep
+from .store.result import Result, ResultBatch
+from .sweeps import SweepResult, sweep
 
 __all__ = ["Config", "PRESETS", "Dataset", "make_dataset", "train", "sweep", "reference",
            "GrokfastError", "gradfilter_ema", "gradfilter_ma", "STAT_NAMES", "Result",

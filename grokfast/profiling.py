@@ -8,7 +8,7 @@ Range names (domain "grokfast"), stable across releases:
   ``evaluation`` (reading a chunk's statistics: divergence, milestones, early stop; the final
   evaluation of θ), ``logging`` (streaming the history, events, progress bar), ``checkpoint``
   (writing a checkpoint);
-* inside the reference stepper (grokfast/reference.py), per training step: ``forward``, ``backward``,
+* inside the reference stepper (grokfast/backends/reference.py), per training step: ``forward``, ``backward``,
   ``update`` (filters, ⊥Grad, optimizer step, fixed norm) and ``statistics``.
 
 The ranges are emitted when CUDA is available, or on any machine with ``GROKFAST_NVTX=1`` in the

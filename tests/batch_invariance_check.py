@@ -17,7 +17,7 @@ torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 torch.randn(64, 64) @ torch.randn(64, 64)   # MKL initialised before grokfast is imported
 
 import grokfast  # noqa: E402
-import grokfast.torch_paths as torch_paths  # noqa: E402
+import grokfast.backends.torch.paths as torch_paths  # noqa: E402
 from grokfast import Config  # noqa: E402
 
 # paper-real's shapes (p = 11, width 128, 59 train pairs: odd per-model offsets of the [59, 11]

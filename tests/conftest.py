@@ -25,7 +25,7 @@ def launch():
     def to_device(a):
         if isinstance(a, torch.Tensor):
             return a.cuda()
-        if isinstance(a, tuple) and hasattr(a, "_fields"):  # kernels.common.State
+        if isinstance(a, tuple) and hasattr(a, "_fields"):  # kernels.klaunch.State
             return type(a)(*map(to_device, a))
         return a
 
@@ -47,12 +47,13 @@ def launch():
 
 
 # Modules whose fresh allocations the NaN fixture fills: the backends and the kernel launchers.
-NAN_FILLED_MODULES = ("grokfast.torch_backend", "grokfast.torch_paths", "grokfast.optim",
-                      "grokfast.grad_filters", "grokfast.torch_loss", "grokfast.torch_stats",
-                      "grokfast.sharded", "grokfast.triton_backend",
-                      "grokfast.kernels.common",
-                      "grokfast.kernels.fused", "grokfast.kernels.rows", "grokfast.kernels.stats",
-                      "grokfast.kernels.update", "grokfast.kernels.cpu_grad")
+NAN_FILLED_MODULES = ("grokfast.backends.torch.stepper", "grokfast.backends.torch.paths",
+                      "grokfast.backends.torch.optim", "grokfast.backends.torch.grad_filters",
+                      "grokfast.backends.torch.loss", "grokfast.backends.torch.stats",
+                      "grokfast.backends.torch.sharded", "grokfast.backends.triton.stepper",
+                      "grokfast.kernels.triton.launch", "grokfast.kernels.triton.fused",
+                      "grokfast.kernels.triton.rows", "grokfast.kernels.triton.stats",
+                      "grokfast.kernels.triton.update", "grokfast.kernels.cpu.grad")
 
 
 def _nan_filled(alloc):
@@ -90,3 +91,32 @@ def nan_filled_allocations(monkeypatch):
         if getattr(module, "torch", None) is torch:
             monkeypatch.setattr(module, "torch", _NAN_TORCH)
     yield
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What every figure saved during the test shows, by file name: per axes, the data of its lines
+    ((x, y) arrays), of its point collections (scatter offsets, [n, 2], in data coordinates only),
+    its texts and its images. Figure tests check the numbers drawn, not the bytes of the PNG."""
+    import matplotlib.figure
+    import numpy as np
+
+    figures = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def capture(fig, path, *args, **kwargs):
+        axes = []
+        for ax in fig.axes:
+            points = [np.asarray(c.get_offsets(), dtype=float) for c in ax.collections
+                      if c.get_offsets() is not None and len(c.get_offsets())
+                      and c.get_offset_transform() == ax.transData]
+            axes.append({"lines": [(np.asarray(l.get_xdata(), dtype=float),
+                                    np.asarray(l.get_ydata(), dtype=float)) for l in ax.lines],
+                         "points": points, "texts": [t.get_text() for t in ax.texts],
+                         "images": [np.asarray(im.get_array()) for im in ax.images],
+                         "title": ax.get_title()})
+        figures[os.path.basename(str(path))] = axes
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    return figures

@@ -2,14 +2,14 @@
 the configs the GPU benchmarks build carry device="cuda" on a CUDA machine (backend="triton" refuses
 a "cpu" config there, the interpreter accepts it), every GPU test case is reported (no pytest -x),
 and the script's time limits leave a rerun inside a 15-minute GPU budget."""
-import re
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = (ROOT / "bench" / "gpu_check.sh").read_text()
 
 
 def _bench_gpu(monkeypatch, cuda: bool):
@@ -38,18 +38,36 @@ def test_benchmark_configs_stay_on_the_cpu_without_one(monkeypatch):
     assert bench_gpu.long_config(10, True).device == "cpu"
 
 
-def test_gpu_tests_run_without_stop_at_first_failure():
-    pytest_lines = [line for line in SCRIPT.splitlines() if "-m pytest" in line]
-    assert pytest_lines
-    for line in pytest_lines:
-        assert not re.search(r"\s(-x|--exitfirst|--maxfail)\b", line), line
+def plan(*flags) -> dict:
+    """What bench/gpu_check.sh would run (its --plan output): limits and command lines."""
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--plan", *flags],
+                         capture_output=True, text=True, timeout=60, check=True,
+                         env={**os.environ, "PYTHON": sys.executable}).stdout
+    return dict(line.split("=", 1) if "=" in line.split(":", 1)[0] else line.split(": ", 1)
+                for line in out.splitlines() if not line.startswith(("#", "dry run")))
+
+
+def test_gpu_tests_run_every_case_and_the_existing_test_files():
+    for flags in ((), ("--dry-run",)):
+        p = plan(*flags)
+        tests = p["tests"].split()
+        assert tests[:3] == [sys.executable, "-m", "pytest"], p["tests"]
+        assert not {"-x", "--exitfirst"} & set(tests) and not any(t.startswith("--maxfail")
+                                                                  for t in tests)
+        files = [t.split("::")[0] for t in tests if t.startswith("tests/")]
+        assert files and all((ROOT / f).is_file() for f in files), files
+        assert p["bench"].split()[1] == "bench/bench_gpu.py" and (ROOT / "bench/bench_gpu.py").is_file()
 
 
 def test_time_limits_leave_a_rerun_in_a_15_minute_budget():
-    limits = {k: int(v) for k, v in re.findall(r"^(TESTS_LIMIT_S|BENCH_LIMIT_S)=(\d+)$", SCRIPT,
-                                               re.M)}
-    kill_after = [int(k) for k in re.findall(r"--kill-after=(\d+)", SCRIPT)]
-    assert set(limits) == {"TESTS_LIMIT_S", "BENCH_LIMIT_S"} and kill_after
-    assert sum(limits.values()) + len(limits) * max(kill_after) <= 360  # 6 min: two runs fit 15
-    assert re.search(r"LONG_BUDGET_S:-(\d+)", SCRIPT)
-    assert int(re.search(r"LONG_BUDGET_S:-(\d+)", SCRIPT).group(1)) < limits["BENCH_LIMIT_S"] / 2
+    p = plan()
+    tests, bench, kill = (int(p[k]) for k in ("tests_limit_s", "bench_limit_s", "kill_after_s"))
+    assert tests + bench + 2 * kill <= 360  # 6 minutes a run: two runs and a machine start fit 15
+    assert int(p["long_budget_s"]) < bench / 2
+    assert "--long-budget" in p["bench"].split() and p["bench"].split()[-1] == p["long_budget_s"]
+
+
+def test_unknown_option_is_refused():
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--fast"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "unknown option --fast" in r.stderr

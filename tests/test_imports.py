@@ -1,18 +1,65 @@
-"""The package's module-level imports run one way (config → model/data → stepper → backends → engine):
-no module imports, at import time, a module that imports it back."""
+"""The package's imports run one way, counting every import, inside functions too:
+
+    ground (errors, config, data, model, filters, profiling, plotting), kernels
+      → backends/, store/, theory/   (none of the three imports another)
+      → engine/ → sweeps/ → reproduce/ → cli/ → the package's public face (grokfast, grokfast.reference)
+
+No module imports a module of a higher layer or of another room of its own layer, no import circle
+exists anywhere, and the kernels import nothing of the package but themselves.
+"""
 import ast
 from pathlib import Path
 
 import grokfast
 
 PACKAGE = Path(grokfast.__file__).parent
+KERNELS = Path(grokfast.kernels.__file__).parent if hasattr(grokfast, "kernels") else None
+
+# room → layer. A module's room is the first entry its dotted name starts with (longest first).
+ROOMS = {
+    "grokfast.errors": ("ground", 0), "grokfast.config": ("ground", 0),
+    "grokfast.data": ("ground", 0), "grokfast.model": ("ground", 0),
+    "grokfast.filters": ("ground", 0), "grokfast.profiling": ("ground", 0),
+    "grokfast.plotting": ("ground", 0),
+    "grokfast.kernels": ("kernels", 0),
+    "grokfast.backends": ("backends", 1), "grokfast.store": ("store", 1),
+    "grokfast.theory": ("theory", 1),
+    "grokfast.engine": ("engine", 2),
+    "grokfast.sweeps": ("sweeps", 3),
+    "grokfast.reproduce": ("reproduce", 4),
+    "grokfast.cli": ("cli", 5),
+    "grokfast.reference": ("public", 6), "grokfast.__main__": ("public", 6), "grokfast": ("public", 6),
+}
 
 
-def module_imports(path: Path, name: str) -> set[str]:
-    """grokfast modules imported by the top-level statements of a module (not inside functions)."""
-    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def room(module: str) -> tuple:
+    for prefix in sorted(ROOMS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return ROOMS[prefix]
+    raise AssertionError(f"{module} is in no room of the layer table: add it to ROOMS")
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of grokfast/ and kernels/ (installed as grokfast.kernels) → its file."""
+    import grokfast.kernels
+    found = {}
+    for top, base in ((PACKAGE, "grokfast"), (Path(grokfast.kernels.__file__).parent, "grokfast.kernels")):
+        for path in sorted(top.rglob("*.py")):
+            parts = list(path.relative_to(top).with_suffix("").parts)
+            if base == "grokfast" and parts and parts[0] == "kernels":
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([base, *parts])] = path
+    return found
+
+
+def imports_of(source: str, name: str, is_package: bool, modules) -> set[str]:
+    """The package modules a module imports anywhere in its source (functions included):
+    `from X import y` counts X.y when that is a module, else X."""
+    pkg = name if is_package else name.rpartition(".")[0]
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -21,17 +68,14 @@ def module_imports(path: Path, name: str) -> set[str]:
                 parts = pkg.split(".")
                 parent = ".".join(parts[: len(parts) - node.level + 1])
                 base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-    return {m for m in found if m.split(".")[0] == "grokfast"}
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
+    return {m for m in found if m in modules and m != name}
 
 
 def package_graph() -> dict[str, set[str]]:
-    modules = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        name = "grokfast" if path.name == "__init__.py" else f"grokfast.{path.stem}"
-        modules[name] = path
-    return {name: {m for m in module_imports(path, name) if m in modules and m != name}
+    modules = package_modules()
+    return {name: imports_of(path.read_text(), name, path.name == "__init__.py", modules)
             for name, path in modules.items()}
 
 
@@ -61,40 +105,56 @@ def find_cycle(graph: dict[str, set[str]]):
     return None
 
 
+def wrong_way(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that points up a layer, across rooms of one layer, or out of the kernels."""
+    bad = []
+    for a, targets in graph.items():
+        (ra, la) = room(a)
+        for b in sorted(targets):
+            (rb, lb) = room(b)
+            if ra == "kernels" and rb != "kernels":
+                bad.append(f"{a} → {b}: the kernels import nothing of the package")
+            elif lb > la or (lb == la and rb != ra):
+                bad.append(f"{a} ({ra}, layer {la}) → {b} ({rb}, layer {lb})")
+    return bad
+
+
 def test_finder_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_import_cycle_in_the_package():
+def test_imports_inside_functions_count():
+    modules = {"grokfast.engine.loop", "grokfast.store.result", "grokfast.config"}
+    src = "from grokfast.config import Config\ndef f():\n    from ..store import result\n"
+    assert imports_of(src, "grokfast.engine.loop", False, modules) == {"grokfast.config",
+                                                                       "grokfast.store.result"}
+    up = {"grokfast.store.result": {"grokfast.engine.loop"}, "grokfast.engine.loop": set()}
+    assert wrong_way(up) == ["grokfast.store.result (store, layer 1) → grokfast.engine.loop "
+                             "(engine, layer 2)"]
+    assert wrong_way({"grokfast.kernels.triton.launch": {"grokfast.errors"}, "grokfast.errors": set()})
+    assert wrong_way({"grokfast.store.checkpoint": {"grokfast.backends.base"},
+                      "grokfast.backends.base": set()})
+
+
+def test_every_module_has_a_room_and_the_graph_is_whole():
     graph = package_graph()
-    assert "grokfast.engine" in graph and "grokfast.stepper" in graph["grokfast.engine"]
-    cycle = find_cycle(graph)
+    for name in graph:
+        room(name)
+    assert "grokfast.backends.registry" in graph["grokfast.engine.loop"]
+    assert "grokfast.kernels.cpu.grad" in graph["grokfast.backends.torch.stepper"]  # in a function
+    assert "grokfast.kernels.triton.fused" in graph["grokfast.backends.triton.stepper"]
+
+
+def test_no_import_cycle_anywhere():
+    cycle = find_cycle(package_graph())
     assert cycle is None, "import cycle: " + " → ".join(cycle)
 
 
-def test_stepper_contract_depends_on_config_and_errors_only():
-    assert package_graph()["grokfast.stepper"] == {"grokfast.config", "grokfast.errors"}
+def test_every_import_points_down():
+    bad = wrong_way(package_graph())
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
 
 
-def imports_anywhere(path: Path, name: str) -> dict[str, set[str]]:
-    """grokfast modules imported anywhere in a module (functions included), by enclosing function."""
-    pkg = name.rpartition(".")[0]
-    found: dict[str, set[str]] = {}
-    for fn in [n for n in ast.walk(ast.parse(path.read_text()))
-               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-        for node in ast.walk(fn):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                found.setdefault(fn.name, set()).add(f"{pkg}.{node.module}" if node.module else pkg)
-    return found
-
-
-def test_backends_and_the_contract_never_reach_back_into_the_engine():
-    # reference.train is grokfast.train with backend="reference": the one door back, by design.
-    allowed = {("grokfast.reference", "train")}
-    for stem in ("stepper", "model", "data", "filters", "reference", "torch_backend", "triton_backend",
-                 "torch_paths", "optim", "grad_filters", "torch_loss", "torch_stats", "sharded"):
-        name = f"grokfast.{stem}"
-        for fn, mods in imports_anywhere(PACKAGE / f"{stem}.py", name).items():
-            if (name, fn) not in allowed:
-                assert "grokfast.engine" not in mods, f"{name}.{fn} imports grokfast.engine"
+def test_the_stepper_contract_depends_on_config_and_errors_only():
+    assert package_graph()["grokfast.backends.base"] == {"grokfast.config", "grokfast.errors"}

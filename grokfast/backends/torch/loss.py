@@ -1,0 +1,53 @@
+"""The torch backend's loss gradient ∂L/∂Ŷ for M models at once, formed in the operation order in
+which autograd forms it from the reference's loss (grokfast.model.data_loss)."""
+from __future__ import annotations
+
+import torch
+
+from grokfast.config import Config
+from grokfast.model import stablemax_s
+
+
+class LossGrad:
+    """∂L/∂Ŷ of the batch's loss (shared: loss, loss_reduction, loss_dtype) into `out` [M, N, p]
+    (working dtype), for training labels [N]; cross-entropy and stablemax in float64 when
+    loss_dtype says so."""
+
+    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor):
+        M, N, p = out.shape
+        dt, dev = out.dtype, out.device
+        self.config, self.out = c, out
+        lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
+        self.same_dtype = lt == dt
+        one = torch.ones((), dtype=lt, device=dev)
+        if c.loss == "mse":
+            # d/dŶ Σ(Ŷ − Y)²/(N·p) = (Ŷ − Y)·2·fl(1/(N·p)), as autograd forms it
+            self.Y = torch.nn.functional.one_hot(labels, p).to(dt)
+            self.mse_scale = (one / (N * p) if c.loss_reduction == "mean" else one) * 2
+        else:
+            g = one / N if c.loss_reduction == "mean" else one          # ∂L/∂(per-sample loss)
+            self.row_grad = g
+            self.onehot_g = torch.nn.functional.one_hot(labels, p).to(lt) * g
+        if not self.same_dtype:
+            self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """∂L/∂Ŷ in the working dtype (the buffer `out`)."""
+        c, out = self.config, self.out
+        if c.loss == "mse":
+            return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
+        z = logits if self.same_dtype else self.z_loss.copy_(logits)
+        if c.loss == "cross_entropy":
+            # ∂/∂z (logsumexp(z) − z_c)·g = g·exp(z − lse) − g·e_c
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None).exp_()
+            dz.mul_(self.row_grad).sub_(self.onehot_g)
+        else:
+            # stablemax: L_i = log Σ_j s(z_j) − log s(z_c); ∂s/∂z = 1 (z ≥ 0), r² with r = 1/(1 − z)
+            s = stablemax_s(z)
+            ds = (self.row_grad / s.sum(-1, keepdim=True)).expand_as(s) - self.onehot_g / s
+            r = torch.reciprocal(1 - torch.clamp(z, max=0))
+            dz = torch.where(z < 0, ds * (r * r), ds)
+        if dz is not out:
+            out.copy_(dz)                                              # float64 → working dtype
+        return out

@@ -1,0 +1,209 @@
+"""The torch backend's optimizers: torch.optim's GD / SGD / Adam / AdamW single-tensor updates on M
+models at once, each owning its [M, S] state, its step counts and their state dict.
+
+θ, the gradient and every state share one flat layout, [M, S] (grokfast.torch_backend), so each
+update is a few elementwise ops over all models and both layers. Per-model hyperparameters are
+[M, 1] tensors in the working dtype, rounded from float64 as torch rounds Python scalars
+(`a.add(b, alpha=x)` and `addcmul(a, b, x)` give the same bits); the per-step scalars (−lr, Adam's
+bias corrections) come from `schedule`, computed in float64 as torch.optim computes them.
+
+`ModelRows` is the common part of every component that keeps per-model state (these optimizers,
+grokfast.grad_filters): the named state tensors, a per-model counter, copies of frozen models'
+rows (snapshot / restore) and the state dict in the layout of grokfast.stepper.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from grokfast.config import Config
+from grokfast.model import step_lr
+
+
+def per_model(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """[M, 1] per-model scalars in `dtype`, rounded once from float64 (as torch's scalar args)."""
+    return torch.tensor(values, dtype=torch.float64).to(dtype).to(device)[:, None]
+
+
+def start_rows(state: torch.Tensor, grad: torch.Tensor, fresh: np.ndarray) -> None:
+    """state[m] ← grad[m] for the models m whose state starts now (`fresh`)."""
+    if not fresh.any():
+        return
+    if fresh.all():
+        state.copy_(grad)
+    else:
+        rows = torch.from_numpy(np.nonzero(fresh)[0]).to(grad.device)
+        state.index_copy_(0, rows, grad.index_select(0, rows))
+
+
+class ModelRows:
+    """Per-model state: tensors `names` ([M, S], models on dim `model_dim`) and the int64 [M]
+    counter `counter` of calls per model, advanced once per chunk (`finish`)."""
+
+    names: tuple = ()
+    counter = "steps_taken"
+    model_dim = 0
+
+    def __init__(self, M: int):
+        self.M = M
+        setattr(self, self.counter, np.zeros(M, dtype=np.int64))
+
+    def count(self) -> np.ndarray:
+        return getattr(self, self.counter)
+
+    def finish(self, done: int) -> None:
+        """`done` steps of the chunk ran (every model; frozen ones are restored after)."""
+        setattr(self, self.counter, self.count() + done)
+
+    def snapshot(self, rows: torch.Tensor) -> dict:
+        """Copies of the state of the models `rows` (those that must not step)."""
+        snap = {name: getattr(self, name).index_select(self.model_dim, rows)
+                for name in self.names}
+        snap[self.counter] = self.count().copy()
+        return snap
+
+    def restore(self, snap: dict, rows: torch.Tensor, frozen: np.ndarray, n_steps: int) -> None:
+        """Put back the snapshot of the frozen models after a chunk of n_steps."""
+        for name in self.names:
+            getattr(self, name).index_copy_(self.model_dim, rows, snap[name])
+        self.count()[frozen] = snap[self.counter][frozen]
+
+    def state_dict(self, P: int) -> dict:
+        """CPU copies of the state, the first P entries of each model's row (grokfast.stepper)."""
+        state = {name: getattr(self, name)[..., :P].cpu().clone() for name in self.names}
+        state[self.counter] = self.count().copy()
+        return state
+
+    def load_state_dict(self, state: dict, P: int) -> None:
+        for name in self.names:
+            getattr(self, name)[..., :P].copy_(state[name])
+        setattr(self, self.counter, np.array(state[self.counter], dtype=np.int64))
+
+
+class GD(ModelRows):
+    """Plain gradient descent (torch.optim.SGD without momentum): θ ← θ − lr·(g + wd·θ)."""
+
+    adam = False
+
+    def __init__(self, configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,
+                 tmp2: torch.Tensor):
+        super().__init__(len(configs))
+        dt, dev = theta.dtype, theta.device
+        self.configs, self.dtype, self.device, self.tmp, self.tmp2 = configs, dt, dev, tmp, tmp2
+        self.wd = per_model([ci.weight_decay for ci in configs], dt, dev)
+        self.any_wd = any(ci.weight_decay != 0 for ci in configs)
+        self._constant_schedule = None
+
+    def step(self, theta: torch.Tensor, G: torch.Tensor, sched, offset: int) -> None:
+        """One update of θ from the gradient G ([M, S]; G may be overwritten). `offset`: steps of
+        the chunk done before this one."""
+        (neg_lr,) = sched
+        if self.any_wd:
+            G.addcmul_(theta, self.wd)                              # g + wd·θ
+        theta.addcmul_(self._direction(G, offset), neg_lr)
+
+    def _direction(self, G: torch.Tensor, offset: int) -> torch.Tensor:
+        return G
+
+    def schedule(self, step0: int, n_steps: int) -> list:
+        """Per-step [M, 1] scalars of the update, computed in float64 as torch.optim does and
+        rounded once to the working dtype: (−lr,) or (−lr/(1 − β1ᵗ), √(1 − β2ᵗ), 1 − lr·wd)."""
+        if not self.adam and not any(ci.warmup_steps for ci in self.configs):
+            if self._constant_schedule is None:
+                lr = [[self._scalars(ci, 0, 0) for ci in self.configs]]   # [1, M, 1]
+                self._constant_schedule = (torch.tensor(lr, dtype=torch.float64)
+                                           .to(self.dtype).to(self.device)[0],)
+            return [self._constant_schedule] * n_steps
+        # models with the same schedule parameters and step count share one computation
+        groups: dict = {}
+        for i, ci in enumerate(self.configs):
+            key = (ci.lr, ci.warmup_steps, ci.filter_normalize_lr, ci.filter_lamb, ci.betas,
+                   ci.weight_decay, int(self.steps_taken[i]))
+            groups.setdefault(key, (ci, []))[1].append(i)
+        values = np.empty((n_steps, 3 if self.adam else 1, self.M))
+        for (*_, t0), (ci, members) in groups.items():
+            for k in range(n_steps):
+                values[k][:, members] = np.asarray(self._scalars(ci, step0 + k,
+                                                                 t0 + k + 1))[:, None]
+        table = torch.from_numpy(values).to(self.dtype).to(self.device)[..., None]  # [n, k, M, 1]
+        return [tuple(row.unbind(0)) for row in table.unbind(0)]
+
+    def _scalars(self, c: Config, s: int, t: int) -> tuple:
+        lr = step_lr(c, s)
+        if not self.adam:
+            return (-lr,)
+        beta1, beta2 = c.betas
+        step = float(t)
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        return (-(lr / bias_correction1), bias_correction2 ** 0.5, 1 - lr * c.weight_decay)
+
+
+class SGD(GD):
+    """torch.optim.SGD with momentum (buf ← m·buf + g, buf = g at the first step) and Nesterov
+    (g + m·buf) per model; models with momentum 0 step as GD (their buffer is unused)."""
+
+    names = ("momentum_buffer",)
+
+    def __init__(self, configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,
+                 tmp2: torch.Tensor):
+        super().__init__(configs, theta, tmp, tmp2)
+        dt, dev = theta.dtype, theta.device
+        self.momentum = per_model([ci.momentum for ci in configs], dt, dev)
+        self.use_momentum = any(ci.momentum != 0 for ci in configs)
+        self.nesterov = torch.tensor([ci.nesterov for ci in configs], device=dev)[:, None]
+        self.any_nesterov = any(ci.nesterov for ci in configs)
+        self.all_nesterov = all(ci.nesterov for ci in configs)
+        self.momentum_buffer = torch.zeros_like(theta)
+
+    def _direction(self, G: torch.Tensor, offset: int) -> torch.Tensor:
+        if not self.use_momentum:
+            return G
+        buf = self.momentum_buffer
+        buf.mul_(self.momentum).add_(G)
+        start_rows(buf, G, self.steps_taken + offset == 0)          # first: buf = g
+        if not self.any_nesterov:
+            return buf
+        nest = torch.addcmul(G, buf, self.momentum, out=self.tmp)   # g + m·buf
+        return nest if self.all_nesterov else torch.where(self.nesterov, nest, buf)
+
+
+class Adam(GD):
+    """torch.optim.Adam (weight decay added to the gradient) or, decoupled, AdamW."""
+
+    adam = True
+    names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,
+                 tmp2: torch.Tensor):
+        super().__init__(configs, theta, tmp, tmp2)
+        dt, dev = theta.dtype, theta.device
+        self.decoupled = configs[0].optimizer == "adamw"
+        self.one_minus_beta1 = per_model([1 - ci.betas[0] for ci in configs], dt, dev)
+        self.beta2 = per_model([ci.betas[1] for ci in configs], dt, dev)
+        self.one_minus_beta2 = per_model([1 - ci.betas[1] for ci in configs], dt, dev)
+        self.eps = per_model([ci.eps for ci in configs], dt, dev)
+        self.exp_avg = torch.zeros_like(theta)
+        self.exp_avg_sq = torch.zeros_like(theta)
+
+    def step(self, theta: torch.Tensor, G: torch.Tensor, sched, offset: int) -> None:
+        tmp = self.tmp
+        neg_step_size, bc2_sqrt, decay = sched
+        if self.decoupled:
+            theta.mul_(decay)                                           # θ·(1 − lr·wd)
+        elif self.any_wd:
+            G.addcmul_(theta, self.wd)
+        self.exp_avg.lerp_(G, self.one_minus_beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(torch.mul(G, self.one_minus_beta2, out=tmp), G)
+        denom = torch.sqrt(self.exp_avg_sq, out=tmp).div_(bc2_sqrt).add_(self.eps)
+        theta.addcdiv_(torch.mul(self.exp_avg, neg_step_size, out=self.tmp2), denom)
+
+
+def make_optimizer(configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,
+                   tmp2: torch.Tensor) -> GD:
+    """The optimizer of a batch (configs share `optimizer`) over θ [M, S]; tmp, tmp2: [M, S]
+    scratch it may overwrite."""
+    cls = {"gd": GD, "sgd": SGD, "adam": Adam, "adamw": Adam}[configs[0].optimizer]
+    return cls(list(configs), theta, tmp, tmp2)

@@ -1,0 +1,45 @@
+"""Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast reproduce`
+(also `python -m grokfast`).
+
+Bad input prints one line `error: ...` (no traceback) and exits with status 2. One module per
+command (train, sweep, show, reproduce), the options train and sweep share declared once (common).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from grokfast.errors import GrokfastError
+
+from . import reproduce, show, sweep, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grokfast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train.configure(sub.add_parser("train", help="train a preset, optionally changed with --set "
+                                                 "key=value"))
+    sweep.configure(sub.add_parser("sweep", help="train every combination of --grid values × "
+                                                 "--seeds, packed into launches; results.csv and "
+                                                 "figures"))
+    show.configure(sub.add_parser("show", help="summarize a saved run or sweep directory"))
+    reproduce.configure(sub.add_parser("reproduce", help="reproduce the paper's figures and a "
+                                                         "report"))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's own usage errors (it printed them): exit 2, as ours
+        return e.code
+    try:
+        return args.func(args)
+    except GrokfastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""`grokfast show DIR`: summarize a run or sweep directory, also while it runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from grokfast.errors import GrokfastError
+from grokfast.store.history import RUN_FILE, read_events, read_run
+from grokfast.store.result import Result
+from grokfast.sweeps import SweepResult
+
+
+def configure(p) -> None:
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_show(args) -> int:
+    d = Path(args.dir)
+    if (d / "plan.json").is_file():
+        print(SweepResult.load(d).summary())
+        return 0
+    dirs = sorted(p for p in d.glob("model_*") if p.is_dir()) if not (d / "config.json").exists() else [d]
+    if not dirs:
+        raise GrokfastError(f"{d} holds no saved run (no config.json): pass a directory written by "
+                            f"`grokfast train --out DIR`")
+    if (d / RUN_FILE).is_file():
+        events = read_events(d)
+        last = f"; last event: {events[-1]['event']} at step {events[-1]['step']}" if events else ""
+        print(f"{d}: status {read_run(d).get('status', 'unknown')}{last}")
+    for sub in dirs:
+        r = Result.load(sub)
+        c = r.config
+        print(f"{sub}: p={c.p} {c.operation} {c.pairs} {c.encoding}, width {c.width} {c.activation}, "
+              f"{c.loss} ({c.loss_reduction}), {c.optimizer} lr={c.lr:g} wd={c.weight_decay:g}, "
+              f"seed {c.seed}")
+        print(r.summary())
+    return 0

@@ -1,0 +1,128 @@
+"""The sweep directory's own files: plan.json (written once, checked on resume), status.json and
+the sweep.lock held while a sweep runs there."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+from grokfast.config import Config
+from grokfast.errors import GrokfastError
+from grokfast.store.history import atomic_json
+
+from .grid import check_grid
+from .options import SweepOptions
+from .plan import Launch, model_bytes
+
+PLAN_FILE = "plan.json"
+STATUS_FILE = "status.json"
+LOCK_FILE = "sweep.lock"
+SWEEP_FORMAT = "grokfast-sweep/1"
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path):
+    """An exclusive lock on DIR/sweep.lock while a sweep runs there (released when the process
+    ends, even by SIGKILL): a second `grokfast sweep --resume DIR` at the same time is refused."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    f = open(sweep_dir / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise GrokfastError(f"{sweep_dir} is being run by {holder}: wait for it to end (or stop "
+                                f"it) before resuming") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+
+def write_plan(sweep_dir: Path, base: Config, axes: dict, seeds: list, opts: SweepOptions,
+               launches: Sequence[Launch], max_models_per_launch, launch_memory) -> None:
+    rows = []
+    for launch in launches:
+        for j, (i, c) in enumerate(zip(launch.rows, launch.configs)):
+            rows.append(dict(row=i, launch=launch.name, model=j,
+                             values={a: _jsonable(getattr(c, a)) for a in axes}, seed=c.seed))
+    rows.sort(key=lambda r: r["row"])
+    atomic_json(sweep_dir / PLAN_FILE, dict(
+        format=SWEEP_FORMAT, base=base.to_dict(), grid={k: [_jsonable(v) for v in vs]
+                                                        for k, vs in axes.items()},
+        seeds=seeds, options=dataclasses.asdict(opts), max_models_per_launch=max_models_per_launch,
+        launch_memory=launch_memory,
+        launches=[dict(index=l.index, name=l.name, rows=list(l.rows), n_models=l.n_models,
+                       model_bytes=model_bytes(l.configs[0])) for l in launches],
+        rows=rows))
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def read_plan(sweep_dir) -> dict:
+    path = Path(sweep_dir) / PLAN_FILE
+    if not path.is_file():
+        raise GrokfastError(f"{sweep_dir} is not a sweep directory ({PLAN_FILE} is missing): pass a "
+                            f"directory written by `grokfast sweep --out DIR`")
+    plan_ = json.loads(path.read_text())
+    if plan_.get("format") != SWEEP_FORMAT:
+        raise GrokfastError(f"{path}: unknown format {plan_.get('format')!r} (expected "
+                            f"{SWEEP_FORMAT})")
+    return plan_
+
+
+def saved_grid(saved: dict) -> dict:
+    return {k: [tuple(v) if k == "betas" else v for v in vs] for k, vs in saved["grid"].items()}
+
+
+def resumed(sweep_dir: Path, config, grid, seeds, options: dict, max_models, launch_memory):
+    """The saved plan's inputs for resume, after checking that what the caller passed agrees."""
+    saved = read_plan(sweep_dir)
+    base = Config.from_dict(saved["base"])
+    if config is not None and config != base:
+        raise GrokfastError(f"{sweep_dir} was planned from another base config: resume without "
+                            f"a config (and without --preset / --set)")
+    axes = saved_grid(saved)
+    if grid is not None and check_grid(grid) != axes:
+        raise GrokfastError(f"{sweep_dir} sweeps {axes}: resume without grid (--grid)")
+    if seeds is not None and [int(s) for s in seeds] != saved["seeds"]:
+        raise GrokfastError(f"{sweep_dir} sweeps seeds {saved['seeds']}: resume without seeds")
+    for name, value in (("max_models_per_launch", max_models), ("launch_memory", launch_memory)):
+        if value is not None and value != saved[name]:
+            raise GrokfastError(f"{sweep_dir} was planned with {name}={saved[name]}: resume "
+                                f"without it")
+    opts = dict(saved["options"])
+    changeable = ("max_time", "checkpoint_every", "checkpoint_seconds", "threads",
+                  "handle_signals", "curves")
+    for k, v in options.items():
+        if k in changeable:
+            opts[k] = v
+        elif v != opts[k] and not (k == "backend" and v == "auto"):
+            raise GrokfastError(f"{sweep_dir} runs with {k}={opts[k]!r}; resuming with {k}={v!r} "
+                                f"would not continue it bitwise: leave {k} out")
+    if "max_time" not in options:
+        opts["max_time"] = None
+    return (base, axes, saved["seeds"], SweepOptions(**opts).validate(),
+            saved["max_models_per_launch"], saved["launch_memory"])
+
+
+def check_same_plan(sweep_dir: Path, launches: Sequence[Launch]) -> None:
+    saved = read_plan(sweep_dir)["launches"]
+    if [(l["name"], l["rows"]) for l in saved] != [(l.name, list(l.rows)) for l in launches]:
+        raise GrokfastError(f"{sweep_dir}/{PLAN_FILE} packs its rows into other launches than this "
+                            f"version of grokfast plans: finish it with the version that started "
+                            f"it, or start a new sweep")
