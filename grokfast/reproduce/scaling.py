@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -314,28 +313,3 @@ def compare_tables(a: Sequence[dict], b: Sequence[dict]) -> dict:
         columns.update(diff)
     return dict(rows=len(a), differing_rows=rows + abs(len(a) - len(b)),
                 differing_columns=sorted(columns))
-
-
-# ---------------------------------------------------------------------------------------- CLI
-def cmd_scaling(args) -> int:
-    out = Path(args.out) if args.out else \
-        Path("runs") / f"reproduce-scaling-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    def floats(text, name):
-        if text is None:
-            return None
-        try:
-            return [float(v) for v in text.split(",")]
-        except ValueError:
-            raise GrokfastError(f"--{name} {text!r}: give numbers separated by commas") from None
-
-    if args.report_only:
-        if not args.out:
-            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
-        s = write_analysis(out)
-        print(f"[scaling] exponent {s['fit']['slope']:.3f}; wrote {out / 'report.md'}")
-        return 0
-    reproduce_scaling(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
-                      weight_decays=floats(args.weight_decays, "weight-decays"),
-                      lrs=floats(args.lrs, "lrs"), backend=args.backend)
-    return 0

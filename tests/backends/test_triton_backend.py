@@ -88,9 +88,8 @@ def test_agrees_with_reference(name, regime):
 def test_fused_float64_products_without_tl_dot_agree_with_reference(monkeypatch):
     """The fused kernel's float64 run as a GPU compiles it: every product through common._dot_fma
     (fixed-order multiply-adds instead of a float64 tl.dot), forced in the interpreter."""
-    from grokfast.kernels.triton import common
     from grokfast.kernels.triton import launch as klaunch
-    monkeypatch.setattr(common, "FMA_IN_INTERPRETER", True)
+    monkeypatch.setattr(klaunch, "FMA_IN_INTERPRETER", True)
     assert klaunch.fused_precision("ieee", torch.float64) == "fma"
     assert klaunch.fused_precision("ieee", torch.float32) == "ieee"
     c = Config(**{**TINY, **VARIANTS["adam-ema-orthograd-ce"], "activation": "quadratic",
@@ -201,8 +200,8 @@ def test_inactive_models_are_not_stepped(regime):
     (dict(p=521, width=8), "p ≤ 512"),
 ])
 def test_unsupported_configs_name_the_fallback(changes, match, monkeypatch):
-    from grokfast.kernels.triton import common
-    monkeypatch.setattr(common, "interpreting", lambda: True)  # the CPU path, on any machine
+    from grokfast.kernels.triton import launch as klaunch
+    monkeypatch.setattr(klaunch, "interpreting", lambda: True)  # the CPU path, on any machine
     c = Config(**{**TINY, **changes})
     with pytest.raises(GrokfastError, match=match) as e:
         check_supported(c, CPU)
@@ -210,8 +209,8 @@ def test_unsupported_configs_name_the_fallback(changes, match, monkeypatch):
 
 
 def test_cpu_without_interpreter_names_the_fallback(monkeypatch):
-    from grokfast.kernels.triton import common
-    monkeypatch.setattr(common, "interpreting", lambda: False)
+    from grokfast.kernels.triton import launch as klaunch
+    monkeypatch.setattr(klaunch, "interpreting", lambda: False)
     with pytest.raises(GrokfastError, match="needs a CUDA GPU.*backend='torch'"):
         check_supported(Config(**TINY), CPU)
 
