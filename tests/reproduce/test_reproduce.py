@@ -25,7 +25,7 @@ def test_reproduce_paper_quick_writes_everything(tmp_path, drawn):
     rc = main(["reproduce", "paper", "--quick", "--seeds", "2", "--sim-steps", "10",
                "--real-steps", "300", "--probe-every", "100", "--out", str(out)])
     assert rc == 0
-    assert sorted(drawn) == sorted(FIGURES) and all((out / name).is_file() for name in FIGURES)
+    assert set(FIGURES) <= set(drawn) and all((out / name).is_file() for name in FIGURES)
     report = (out / "report.md").read_text()
     for name in FIGURES:
         assert f"![]({name})" in report
@@ -71,7 +71,7 @@ def test_budgets():
 
 
 def test_paper_report_links_the_scaling_report(tmp_path):
-    from grokfast.reproduce.paper import scaling_section
+    from grokfast.reproduce.paper_report import scaling_section
     assert "grokfast reproduce scaling --out" in "\n".join(scaling_section(tmp_path))
     (tmp_path / "scaling").mkdir()
     (tmp_path / "scaling" / "summary.json").write_text(json.dumps(

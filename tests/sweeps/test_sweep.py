@@ -213,15 +213,15 @@ def test_phase_rules():
 
 # ------------------------------------------------------------------------ errors, old form
 def test_a_failing_launch_is_recorded_and_the_others_run(tmp_path, monkeypatch):
-    import grokfast.engine as engine
-    real_run = engine.run
+    import grokfast.sweeps.launch as launch
+    real_run = launch.run
 
     def run(configs, **kw):
         if configs[0].width == 32:
             raise RuntimeError("out of memory (simulated)")
         return real_run(configs, **kw)
 
-    monkeypatch.setattr(engine, "run", run)
+    monkeypatch.setattr(launch, "run", run)
     res = grokfast.sweep(TINY.replace(steps=20), grid={"width": [24, 32]}, seeds=[0, 1],
                          out=tmp_path / "s", backend="torch", figures=False)
     bad = [r for r in res.table if r["width"] == 32]
@@ -231,7 +231,7 @@ def test_a_failing_launch_is_recorded_and_the_others_run(tmp_path, monkeypatch):
     assert all(r["error"] is None and r["steps_done"] == 20 for r in good)
     assert "out of memory" in (tmp_path / "s" / "launch_001" / "error.txt").read_text()
     assert cli.main(["show", str(tmp_path / "s")]) == 0
-    monkeypatch.setattr(engine, "run", real_run)  # a resume retries the failed launch
+    monkeypatch.setattr(launch, "run", real_run)  # a resume retries the failed launch
     again = grokfast.sweep(None, out=tmp_path / "s", resume=True, figures=False)
     assert all(r["error"] is None for r in again.table)
 
@@ -375,7 +375,7 @@ def test_a_signal_caught_inside_a_launch_reaches_the_sweep():
     still finishes) must stop the sweep before its next launch."""
     import os
 
-    from grokfast.engine import _StopRequest
+    from grokfast.engine.signals import StopRequest as _StopRequest
     outer = _StopRequest().__enter__()
     try:
         inner = _StopRequest().__enter__()
