@@ -563,6 +563,8 @@ def write_report(path, b: Budget, sim, real, shared, sums: dict, timings: dict, 
             for r in rl["rows"]]
     L += _table(["seed", "‖θ − θ'‖ at the last probe", "σ_min(J) at the last probe"], rows)
     L += [""] + scaling_section(Path(path).parent)
+    from .prediction_text import prediction_section
+    L += [""] + prediction_section(Path(path).parent)
     Path(path).write_text("\n".join(L) + "\n")
 
 
@@ -647,8 +649,10 @@ def _json_default(v):
 
 def configure_parser(p) -> None:
     """Arguments of `grokfast reproduce` (called by grokfast.cli)."""
-    p.add_argument("what", choices=["paper", "scaling"], help="what to reproduce: paper (Fig. 5, "
-                   "Fig. 6 and more) or scaling (grok step against λη, grokfast.scaling)")
+    p.add_argument("what", choices=["paper", "scaling", "prediction"], help="what to reproduce: "
+                   "paper (Fig. 5, Fig. 6 and more), scaling (grok step against λη, "
+                   "grokfast.scaling) or prediction (Eq. 20's grok step model by model, "
+                   "grokfast.prediction)")
     p.add_argument("--quick", action="store_true",
                    help="paper: 2 seeds, 3000 Euler steps, 50k GD steps: about 1.5 minutes on 2 "
                         "CPU cores (full mode: 5 seeds, 5000 / 100k steps, about 5 minutes); "
@@ -660,27 +664,31 @@ def configure_parser(p) -> None:
     p.add_argument("--probe-every", type=int, metavar="N", help="probe every N GD steps")
     p.add_argument("--backend", default="auto", help="training backend: auto | triton | torch | "
                                                      "reference")
-    p.add_argument("--steps", type=int, metavar="N", help="scaling: GD steps at most per model")
-    p.add_argument("--weight-decays", metavar="A,B,…", help="scaling: the weight decays swept")
-    p.add_argument("--lrs", metavar="A,B,…", help="scaling: the learning rates swept")
-    p.add_argument("--report-only", action="store_true", help="scaling: rewrite summary, figures "
+    p.add_argument("--steps", type=int, metavar="N", help="scaling, prediction: GD steps at most per model")
+    p.add_argument("--weight-decays", metavar="A,B,…", help="scaling, prediction: the weight decays swept")
+    p.add_argument("--lrs", metavar="A,B,…", help="scaling, prediction: the learning rates swept")
+    p.add_argument("--report-only", action="store_true", help="scaling, prediction: rewrite summary, figures "
                    "and report of the finished run in --out (no training)")
     p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_reproduce(args) -> int:
-    if args.what == "scaling":
+    if args.what in ("scaling", "prediction"):
         unused = [f"--{n.replace('_', '-')}" for n in ("sim_steps", "real_steps", "probe_every")
                   if getattr(args, n) is not None]
         if unused:
-            raise GrokfastError(f"{', '.join(unused)}: options of `reproduce paper`; scaling takes "
-                                f"--steps, --seeds, --weight-decays, --lrs")
+            raise GrokfastError(f"{', '.join(unused)}: options of `reproduce paper`; {args.what} "
+                                f"takes --steps, --seeds, --weight-decays, --lrs")
+        if args.what == "prediction":
+            from .prediction import cmd_prediction
+            return cmd_prediction(args)
         from .scaling import cmd_scaling
         return cmd_scaling(args)
     unused = [f"--{n.replace('_', '-')}" for n in ("steps", "weight_decays", "lrs")
               if getattr(args, n) is not None] + (["--report-only"] if args.report_only else [])
     if unused:
-        raise GrokfastError(f"{', '.join(unused)}: options of `reproduce scaling`")
+        raise GrokfastError(f"{', '.join(unused)}: options of `reproduce scaling` and "
+                            f"`reproduce prediction`")
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-paper-{time.strftime('%Y%m%d-%H%M%S')}"
     reproduce_paper(out, quick=args.quick, seeds=args.seeds, sim_steps=args.sim_steps,
                     real_steps=args.real_steps, probe_every=args.probe_every, backend=args.backend)

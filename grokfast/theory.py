@@ -221,9 +221,23 @@ class SimResult:
                    wall_time=wall, meta=meta)
 
 
+def _check_start(W1_init, config: Config, seeds) -> torch.Tensor:
+    """W1_init as a detached tensor [n_models, d_in, width] fitting config (and seeds)."""
+    W1_init = torch.as_tensor(W1_init).detach()
+    d_in = config.d_in
+    if W1_init.dim() != 3 or tuple(W1_init.shape[1:]) != (d_in, config.width) or not len(W1_init):
+        raise GrokfastError(f"W1_init must be [n_models, {d_in}, {config.width}] for this config "
+                            f"(d_in, width); got {tuple(W1_init.shape)}")
+    if seeds is not None and len(list(seeds)) != len(W1_init):
+        raise GrokfastError(f"W1_init holds {len(W1_init)} models but seeds has {len(list(seeds))} "
+                            f"entries: give one seed (label) per model, or leave seeds out")
+    return W1_init
+
+
 def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optional[int] = None,
              log_every: Optional[int] = None, device=None, dtype: torch.dtype = torch.float64,
-             lam: float = 0.0, progress: bool = False) -> SimResult:
+             lam: float = 0.0, progress: bool = False,
+             W1_init: Optional[torch.Tensor] = None) -> SimResult:
     """Explicit Euler W1 ← W1 + η·dW1/dt on Eq. 20 (η = config.lr), W2 the minimum-norm interpolator.
 
     config: the task, width, activation and initialization (grokfast.model.init_params; preset
@@ -233,12 +247,18 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     dtype: float64 by default (paper-sim's train loss stays ~1e-24; in float32 it is ~1e-9 to 1e-7).
     lam: 0 for the paper's λ → 0 flow; > 0 for the ridge form (W2 then the ridge solution).
     Statistics are recorded at every s with s % log_every == 0 and at the last step.
+    W1_init: the first layers to start from, [n_models, d_in, width] (e.g. trained parameters at
+    some step), instead of init_params of each seed; seeds then only label the models (default
+    0 … n_models − 1) and must have one entry per model.
     """
     from .fourier import circle_statistics, embedding_blocks, neuron_ipr
 
     if not isinstance(config, Config):
         raise GrokfastError(f"simulate() needs a grokfast.Config, got {type(config).__name__}; "
                             f"use Config.preset('paper-sim')")
+    if W1_init is not None:
+        W1_init = _check_start(W1_init, config, seeds)
+        seeds = list(range(len(W1_init))) if seeds is None else seeds
     seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
     if not seeds:
         raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(5)")
@@ -257,7 +277,8 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     eta = float(config.lr)
     y_train, y_test = data.train_labels.to(device), data.test_labels.to(device)
     Y = data.Y_train.to(device=device, dtype=dtype)                          # [n, p]
-    W1 = torch.stack([init_params(config.replace(seed=s))[0] for s in seeds]).to(device, dtype)
+    W1 = (torch.stack([init_params(config.replace(seed=s))[0] for s in seeds]) if W1_init is None
+          else W1_init.clone()).to(device, dtype)
     W1_init = W1.detach().cpu().clone()
     X = data.X_train.to(device=device, dtype=dtype)                          # [n, d_in]
     X_test = data.X_test.to(device=device, dtype=dtype)

@@ -1,0 +1,284 @@
+"""`grokfast reproduce prediction`: does Eq. 20 tell, model by model, when a trained network groks?
+
+    grokfast reproduce prediction [--quick] [--out DIR] [--seeds N] [--steps N]
+                                  [--weight-decays A,B,…] [--lrs A,B,…] [--backend B]
+    grokfast reproduce prediction --report-only --out DIR   # the analysis again, no training
+
+trains paper-real over weight_decay × lr × seeds until it groks (DIR/sweep: grokfast.scaling's
+sweep, one launch per (weight decay, lr) with its seeds batched), then simulates the decoupled
+flow of Eq. 20 (grokfast.theory.simulate, λ → 0, float64, batched over models, on the trained
+models' own split) twice per model:
+
+  from its initialization     the same W1 the training started from (init_params of its seed).
+                              Eq. 20 with λ → 0 does not involve λ or η, so one simulation per seed
+                              serves every (weight decay, lr); predicted = T / (weight_decay · lr).
+  from its memorization step  W1 of the trained model at its memorization step (first logged step
+                              with train accuracy 1), taken by a second, short run of the same
+                              configs to that step (MemorizationSnapshot; bitwise the first run's
+                              trajectory, runs being deterministic); predicted = that step + T/(λη).
+
+T is the simulation's flow time to grok (first recorded step with test accuracy ≥ grok_threshold,
+times the Euler step), converted by grokfast.theory.sim_time_to_gd_steps. A simulation that has not
+grokked by `sim_time` units of flow time has no prediction. The Euler check simulates the seeds from
+their initialization again with half the Euler step: how far the prediction itself moves.
+
+DIR: config.json (base config), budget.json, timing.json, sweep/, memorization.npz (row, step, W1,
+W2 of every memorized model), sim_init/, sim_init_half/, sim_memorization/ (SimResult directories),
+prediction.csv, summary.json, report.md, prediction_scatter.png, prediction_cells.png (the analysis:
+grokfast.prediction_report).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import GrokfastError
+from .scaling import base_config, override, sweep_cells
+
+COLUMNS = ("weight_decay", "lr", "seed", "memorization_step", "grok_step", "predicted_from_init",
+           "predicted_from_memorization", "flow_time_trained", "flow_time_from_init",
+           "flow_time_from_memorization")
+SIM_THREADS = 1  # the batched float64 simulation: one thread is faster on a shared 2-core machine
+
+
+@dataclass
+class PredictionBudget:
+    weight_decays: tuple = (1e-4, 2e-4, 4e-4, 8e-4)
+    lrs: tuple = (1.0, 2.0)
+    seeds: int = 12
+    steps: int = 80_000
+    log_every: int = 100
+    sim_time: float = 12.0          # flow time simulated per model (one unit = 1/(λη) GD steps)
+    sim_eta: float = 1e-3           # Euler step, in flow time
+    sim_resolution: float = 0.02    # flow time between recorded simulation steps
+    bootstrap: int = 2000
+    mode: str = "full"
+
+    @property
+    def sim_steps(self) -> int:
+        return max(1, round(self.sim_time / self.sim_eta))
+
+    @property
+    def sim_log_every(self) -> int:
+        return max(1, round(self.sim_resolution / self.sim_eta))
+
+    @property
+    def products(self) -> list:
+        return sorted({wd * lr for wd in self.weight_decays for lr in self.lrs})
+
+
+def make_budget(quick: bool = False, seeds: Optional[int] = None, steps: Optional[int] = None,
+                weight_decays: Optional[Sequence[float]] = None,
+                lrs: Optional[Sequence[float]] = None) -> PredictionBudget:
+    """Full: weight decay 1e-4 … 8e-4 × lr 1, 2 × 12 seeds, 80 000 steps, 12 units of flow time
+    at Euler step 1e-3. --quick: weight decay 2e-4, 4e-4 × lr 2 × 8 seeds (16 models), 16 000
+    steps, 10 units at Euler step 2e-3. Overrides are checked as `reproduce scaling` checks them."""
+    b = PredictionBudget(weight_decays=(2e-4, 4e-4), lrs=(2.0,), seeds=8, steps=16_000,
+                         sim_time=10.0, sim_eta=2e-3, mode="quick") if quick else PredictionBudget()
+    return override(b, seeds, steps, weight_decays, lrs)
+
+
+def budget_of(out) -> PredictionBudget:
+    path = Path(out) / "budget.json"
+    if not path.is_file():
+        raise GrokfastError(f"{out} holds no `reproduce prediction` run (budget.json is missing): "
+                            f"run `grokfast reproduce prediction --out {out}` first")
+    d = json.loads(path.read_text())
+    return PredictionBudget(**{**d, "weight_decays": tuple(d["weight_decays"]),
+                               "lrs": tuple(d["lrs"])})
+
+
+def sim_config(base: Config, b: PredictionBudget) -> Config:
+    """The simulation's config: the trained models' task, split, width and init; lr = Euler step."""
+    return base.replace(lr=b.sim_eta, steps=b.sim_steps, log_every=b.sim_log_every,
+                        eval_every=b.sim_log_every, dtype="float64")
+
+
+def model_config(base: Config, row: dict) -> Config:
+    """The config of one sweep table row (the sweep builds its configs the same way)."""
+    return base.replace(weight_decay=row["weight_decay"], lr=row["lr"], seed=row["seed"])
+
+
+# ---------------------------------------------------------------------------------------- W1 at memorization
+class MemorizationSnapshot:
+    """Engine observer: copies (W1, W2) of model i at step at[i] (None: never); read-only, so the
+    run is bitwise the one without it."""
+
+    def __init__(self, at: Sequence[Optional[int]]):
+        self.at = [None if s is None else int(s) for s in at]
+        self.W1: list = [None] * len(self.at)
+        self.W2: list = [None] * len(self.at)
+
+    def pause_steps(self, steps: int):
+        return sorted({s for s in self.at if s is not None and s <= steps})
+
+    def observe(self, step: int, W1: torch.Tensor, W2: torch.Tensor) -> None:
+        for i, s in enumerate(self.at):
+            if s == step:
+                self.W1[i], self.W2[i] = W1[i].clone(), W2[i].clone()
+
+    def extras(self) -> list:
+        return [{} for _ in self.at]
+
+
+def memorization_snapshots(base: Config, table: Sequence[dict], backend: str = "auto") -> dict:
+    """(W1, W2) of every memorized model of `table` at its memorization step: one launch of the same
+    configs (all models batched), stopped right after the last of those steps.
+    Returns row [M] (table indices), step [M], seed [M], W1 [M, d_in, width], W2 [M, width, p] (numpy)."""
+    from .engine import run
+    rows = [i for i, r in enumerate(table) if r["memorization_step"] is not None
+            and r.get("error") is None]
+    if not rows:
+        raise GrokfastError("no model memorized its training set within the steps: nothing to "
+                            "simulate from memorization (give more --steps)")
+    at = [table[i]["memorization_step"] for i in rows]
+    snap = MemorizationSnapshot(at)
+    run([model_config(base, table[i]) for i in rows], backend=backend, observers=[snap],
+        max_steps=max(at) + 1)
+    missing = [rows[i] for i, w in enumerate(snap.W1) if w is None]
+    if missing:
+        raise GrokfastError(f"rows {missing}: the second run did not reach their memorization "
+                            f"step (a model diverged before it?)")
+    return dict(row=np.array(rows), step=np.array(at), seed=np.array([table[i]["seed"] for i in rows]),
+                W1=torch.stack(snap.W1).numpy(), W2=torch.stack(snap.W2).numpy())
+
+
+# ---------------------------------------------------------------------------------------- simulations
+def run_simulations(base: Config, b: PredictionBudget, snap: dict) -> dict:
+    """Eq. 20 from every seed's initialization (and again at half the Euler step), and from every
+    memorized model's W1 at its memorization step; name → (SimResult, wall seconds)."""
+    from .theory import simulate
+    from .torch_paths import intra_op_threads
+    cfg = sim_config(base, b)
+    half = cfg.replace(lr=b.sim_eta / 2, steps=2 * b.sim_steps, log_every=2 * b.sim_log_every,
+                       eval_every=2 * b.sim_log_every)
+    seeds = list(range(b.seeds))
+    jobs = {"sim_init": lambda: simulate(cfg, seeds=seeds),
+            "sim_init_half": lambda: simulate(half, seeds=seeds),
+            "sim_memorization": lambda: simulate(
+                cfg, seeds=[int(v) for v in snap["seed"]], W1_init=torch.from_numpy(snap["W1"]))}
+    out = {}
+    with intra_op_threads(SIM_THREADS, torch.device("cpu")):
+        for name, job in jobs.items():
+            t0 = time.perf_counter()
+            out[name] = (job(), time.perf_counter() - t0)
+    return out
+
+
+def flow_times(sim) -> list:
+    """Per simulated model: flow time to grok (first recorded step with test accuracy ≥
+    grok_threshold × the Euler step), None when it did not grok within the simulation."""
+    eta = sim.meta["eta"]
+    return [None if s is None else s * eta for s in sim.grok_step]
+
+
+def prediction_rows(base: Config, table: Sequence[dict], snap: dict, T_init: Sequence,
+                    T_mem: Sequence) -> list[dict]:
+    """One row per table row (COLUMNS): T_init[seed] from the seeds' simulations, T_mem[k] for the
+    k-th memorized model of snap; predicted values in GD steps (None: no grok within budget)."""
+    from .theory import sim_time_to_gd_steps
+    mem_of = {int(r): k for k, r in enumerate(snap["row"])}
+    out = []
+    for i, r in enumerate(table):
+        wd, lr, seed = r["weight_decay"], r["lr"], r["seed"]
+        t_init = T_init[seed]
+        k = mem_of.get(i)
+        t_mem = None if k is None else T_mem[k]
+        g = r["grok_step"]
+        out.append(dict(
+            weight_decay=wd, lr=lr, seed=seed, memorization_step=r["memorization_step"],
+            grok_step=g,
+            predicted_from_init=None if t_init is None else sim_time_to_gd_steps(t_init, lr, wd),
+            predicted_from_memorization=None if t_mem is None else
+            r["memorization_step"] + sim_time_to_gd_steps(t_mem, lr, wd),
+            flow_time_trained=None if g is None else g * wd * lr,
+            flow_time_from_init=t_init, flow_time_from_memorization=t_mem))
+    return out
+
+
+def write_csv(path, rows: Sequence[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow(["" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c]
+                    for c in COLUMNS])
+    Path(path).write_text(buf.getvalue())
+
+
+def read_csv(path) -> list[dict]:
+    """prediction.csv back as dicts (ints for seed and steps, floats, None where empty)."""
+    ints = ("seed", "memorization_step", "grok_step")
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out.append({k: None if v == "" else int(v) if k in ints else float(v)
+                        for k, v in r.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- entry points
+def reproduce_prediction(out, quick: bool = False, seeds: Optional[int] = None,
+                         steps: Optional[int] = None, weight_decays=None, lrs=None,
+                         backend: str = "auto", log=print,
+                         budget: Optional[PredictionBudget] = None) -> Path:
+    """Train, snapshot, simulate, then write_analysis; returns out. budget: a PredictionBudget
+    used as it is (instead of make_budget of the other arguments; the tests' tiny settings)."""
+    b = budget or make_budget(quick, seeds, steps, weight_decays, lrs)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise GrokfastError(f"{out} is not empty: choose a new --out directory (or --report-only "
+                            f"to redo the analysis of a finished run there)")
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_config(b)
+    (out / "config.json").write_text(base.to_json())
+    (out / "budget.json").write_text(json.dumps(asdict(b), indent=2))
+    swept, _ = sweep_cells(b, out / "sweep", backend, log, "prediction")
+    if not swept.complete:
+        raise GrokfastError(f"the sweep in {out / 'sweep'} did not finish")
+    timing = dict(training=swept.status["wall_time"], models=len(swept.table))
+    log(f"[prediction] W1 at the memorization step of {len(swept.table)} models …")
+    t0 = time.perf_counter()
+    snap = memorization_snapshots(swept.base, swept.table, backend)
+    np.savez(out / "memorization.npz", **snap)
+    timing["snapshots"] = time.perf_counter() - t0
+    log(f"[prediction] Eq. 20 from {b.seeds} initializations (Euler step η and η/2) and from "
+        f"{len(snap['row'])} memorized models, {b.sim_time:g} units of flow time …")
+    for name, (sim, wall) in run_simulations(swept.base, b, snap).items():
+        sim.save(out / name)
+        timing[name] = wall
+        log(f"[prediction] {name}: {wall:.1f} s")
+    timing["total"] = sum(v for k, v in timing.items() if k != "models")
+    (out / "timing.json").write_text(json.dumps(timing, indent=2))
+    from .prediction_report import write_analysis
+    s = write_analysis(out)
+    log(f"[prediction] median predicted / trained: from init {s['overall']['from_init']['median_ratio']:.3g}, "
+        f"from memorization {s['overall']['from_memorization']['median_ratio']:.3g}; wrote "
+        f"{out / 'report.md'}")
+    return out
+
+
+def cmd_prediction(args) -> int:
+    from .scaling import parse_floats
+    out = Path(args.out) if args.out else \
+        Path("runs") / f"reproduce-prediction-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.report_only:
+        if not args.out:
+            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
+        from .prediction_report import write_analysis
+        write_analysis(out)
+        print(f"[prediction] wrote {out / 'report.md'}")
+        return 0
+    reproduce_prediction(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
+                         weight_decays=parse_floats(args.weight_decays, "weight-decays"),
+                         lrs=parse_floats(args.lrs, "lrs"), backend=args.backend)
+    return 0
