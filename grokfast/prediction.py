@@ -9,7 +9,7 @@ sweep, one launch per (weight decay, lr) with its seeds batched), then simulates
 flow of Eq. 20 (grokfast.theory.simulate, λ → 0, float64, batched over models, on the trained
 models' own split) twice per model:
 
-  from its initialization     the same W1 the training started from (init_params of its seed).
+  from its initialization     the W1 the training started from (init_params of its seed, float32).
                               Eq. 20 with λ → 0 does not involve λ or η, so one simulation per seed
                               serves every (weight decay, lr); predicted = T / (weight_decay · lr).
   from its memorization step  W1 of the trained model at its memorization step (first logged step
@@ -20,12 +20,14 @@ models' own split) twice per model:
 T is the simulation's flow time to grok (first recorded step with test accuracy ≥ grok_threshold,
 times the Euler step), converted by grokfast.theory.sim_time_to_gd_steps. A simulation that has not
 grokked by `sim_time` units of flow time has no prediction. The Euler check simulates the seeds from
-their initialization again with half the Euler step: how far the prediction itself moves.
+their initialization again with half the Euler step: how far the prediction itself moves. The
+simulations run on one torch thread (SIM_THREADS), in float64 from the float32 parameters.
 
 DIR: config.json (base config), budget.json, timing.json, sweep/, memorization.npz (row, step, W1,
-W2 of every memorized model), sim_init/, sim_init_half/, sim_memorization/ (SimResult directories),
+W2 of every memorized model), sim/ (one SimResult: models 0 … seeds − 1 from the initializations,
+then one per memorized model in memorization.npz's order), sim_init_half/ (the Euler check),
 prediction.csv, summary.json, report.md, prediction_scatter.png, prediction_cells.png (the analysis:
-grokfast.prediction_report).
+grokfast.prediction_report; the report's text: grokfast.prediction_text).
 """
 from __future__ import annotations
 
@@ -153,24 +155,29 @@ def memorization_snapshots(base: Config, table: Sequence[dict], backend: str = "
 
 
 # ---------------------------------------------------------------------------------------- simulations
-def run_simulations(base: Config, b: PredictionBudget, snap: dict) -> dict:
-    """Eq. 20 from every seed's initialization (and again at half the Euler step), and from every
-    memorized model's W1 at its memorization step; name → (SimResult, wall seconds)."""
+def run_simulations(base: Config, b: PredictionBudget, snap: dict, log=print) -> dict:
+    """Eq. 20 in one batch from every seed's initial W1 (models 0 … seeds − 1: the trained models'
+    own float32 init_params, exactly where training started) and from every memorized model's W1 at
+    its memorization step (the rest, snap's order); and from the initial W1 again at half the Euler
+    step. name → (SimResult, wall seconds): "sim", "sim_init_half"."""
+    from .model import init_params
     from .theory import simulate
     from .torch_paths import intra_op_threads
     cfg = sim_config(base, b)
     half = cfg.replace(lr=b.sim_eta / 2, steps=2 * b.sim_steps, log_every=2 * b.sim_log_every,
                        eval_every=2 * b.sim_log_every)
     seeds = list(range(b.seeds))
-    jobs = {"sim_init": lambda: simulate(cfg, seeds=seeds),
-            "sim_init_half": lambda: simulate(half, seeds=seeds),
-            "sim_memorization": lambda: simulate(
-                cfg, seeds=[int(v) for v in snap["seed"]], W1_init=torch.from_numpy(snap["W1"]))}
+    W1_0 = torch.stack([init_params(base.replace(seed=s))[0] for s in seeds])
+    W1_mem = torch.from_numpy(snap["W1"])
+    jobs = {"sim": lambda: simulate(cfg, seeds=seeds + [int(v) for v in snap["seed"]],
+                                    W1_init=torch.cat([W1_0.to(W1_mem.dtype), W1_mem])),
+            "sim_init_half": lambda: simulate(half, seeds=seeds, W1_init=W1_0)}
     out = {}
     with intra_op_threads(SIM_THREADS, torch.device("cpu")):
         for name, job in jobs.items():
             t0 = time.perf_counter()
             out[name] = (job(), time.perf_counter() - t0)
+            log(f"[prediction] {name}: {out[name][1]:.1f} s")
     return out
 
 
@@ -251,12 +258,12 @@ def reproduce_prediction(out, quick: bool = False, seeds: Optional[int] = None,
     snap = memorization_snapshots(swept.base, swept.table, backend)
     np.savez(out / "memorization.npz", **snap)
     timing["snapshots"] = time.perf_counter() - t0
-    log(f"[prediction] Eq. 20 from {b.seeds} initializations (Euler step η and η/2) and from "
-        f"{len(snap['row'])} memorized models, {b.sim_time:g} units of flow time …")
-    for name, (sim, wall) in run_simulations(swept.base, b, snap).items():
+    log(f"[prediction] Eq. 20 from {b.seeds} initializations and {len(snap['row'])} memorization "
+        f"steps, {b.sim_time:g} units of flow time; the initializations again at half the Euler "
+        f"step …")
+    for name, (sim, wall) in run_simulations(swept.base, b, snap, log).items():
         sim.save(out / name)
         timing[name] = wall
-        log(f"[prediction] {name}: {wall:.1f} s")
     timing["total"] = sum(v for k, v in timing.items() if k != "models")
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     from .prediction_report import write_analysis

@@ -171,15 +171,14 @@ def write_analysis(out) -> dict:
     out = Path(out)
     b = budget_of(out)
     swept = SweepResult.load(out / "sweep")
-    for name in ("memorization.npz", "sim_init", "sim_init_half", "sim_memorization"):
+    for name in ("memorization.npz", "sim", "sim_init_half"):
         if not (out / name).exists():
             raise GrokfastError(f"{out / name} is missing: the run in {out} did not finish; start "
                                 f"it again in a new --out directory")
     with np.load(out / "memorization.npz") as z:
         snap = {k: z[k] for k in z.files}
-    sims = {n: SimResult.load(out / n) for n in ("sim_init", "sim_init_half", "sim_memorization")}
-    T_init, T_half, T_mem = (flow_times(sims[n]) for n in ("sim_init", "sim_init_half",
-                                                           "sim_memorization"))
+    T_all, T_half = (flow_times(SimResult.load(out / n)) for n in ("sim", "sim_init_half"))
+    T_init, T_mem = T_all[:b.seeds], T_all[b.seeds:]
     rows = prediction_rows(swept.base, swept.table, snap, T_init, T_mem)
     write_csv(out / "prediction.csv", rows)
     s = summarize(rows, b.bootstrap)

@@ -13,6 +13,7 @@ from grokfast.cli import main
 from grokfast.prediction import (PredictionBudget, make_budget, model_config, read_csv,
                                  reproduce_prediction, sim_config)
 from grokfast.prediction_report import ranks, spearman
+from grokfast.model import init_params
 from grokfast.theory import sim_time_to_gd_steps, simulate
 from grokfast.torch_paths import intra_op_threads
 
@@ -57,7 +58,7 @@ def test_predicted_values_are_simulate_by_hand(run_dir):
         W1_mem = grokfast.train(cfg.replace(steps=r["memorization_step"])).params["W1"]
         assert snap["row"][k] == k and torch.equal(torch.from_numpy(snap["W1"][k]), W1_mem)
         with intra_op_threads(1, torch.device("cpu")):
-            init = simulate(sc, seeds=[r["seed"]])
+            init = simulate(sc, W1_init=init_params(cfg)[0][None])
             mem = simulate(sc, W1_init=W1_mem[None])
         t_init, t_mem = _first_grok_time(init, 0), _first_grok_time(mem, 0)
         wd, lr = r["weight_decay"], r["lr"]
@@ -128,3 +129,12 @@ def test_budgets_and_bad_input(tmp_path):
     assert main(["reproduce", "prediction", "--report-only"]) == 2
     assert main(["reproduce", "prediction", "--report-only", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "prediction", "--lrs", "x"]) == 2
+
+
+def test_paper_report_links_the_prediction(run_dir, tmp_path):
+    from grokfast.prediction_text import prediction_section
+    assert "Not run yet" in "\n".join(prediction_section(tmp_path))
+    (tmp_path / "prediction").mkdir()
+    (tmp_path / "prediction" / "summary.json").write_text((run_dir / "summary.json").read_text())
+    text = "\n".join(prediction_section(tmp_path))
+    assert "[prediction/report.md](prediction/report.md)" in text and "median predicted / trained" in text
