@@ -52,9 +52,11 @@ def why_lines(s: dict, b) -> list:
     for name, label in NAMES:
         bad = [c for c in cells if not c[name]["holds"]]
         good = [c for c in cells if c[name]["holds"]]
+        meds = [c[name]["median_ratio"] for c in cells if math.isfinite(c[name]["median_ratio"])]
+        span = f" Cell medians span {min(meds):.2f}–{max(meds):.2f}." if meds else ""
         out.append(f"- {label}: the median ratio is within ±{COLLAPSE_TOLERANCE:.0%} of 1 at "
                    f"{', '.join(_cell(c) for c in good) or 'no cell'}; outside at "
-                   f"{', '.join(f'{_cell(c)} {_ratio(c[name])}' for c in bad) or 'no cell'}.")
+                   f"{', '.join(f'{_cell(c)} {_ratio(c[name])}' for c in bad) or 'no cell'}.{span}")
     for c in cells:
         if c["trained_grokked"] < c["n"]:
             out.append(f"- {_cell(c)}: {c['n'] - c['trained_grokked']} of {c['n']} trained "

@@ -221,17 +221,24 @@ class SimResult:
                    wall_time=wall, meta=meta)
 
 
-def _check_start(W1_init, config: Config, seeds) -> torch.Tensor:
-    """W1_init as a detached tensor [n_models, d_in, width] fitting config (and seeds)."""
-    W1_init = torch.as_tensor(W1_init).detach()
+def _start(config: Config, seeds, W1_init) -> tuple[list, torch.Tensor]:
+    """(seed labels, starting W1 [n_models, d_in, width] on the CPU): init_params of each seed
+    (default [config.seed]), or W1_init checked against config and seeds."""
+    if W1_init is None:
+        seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
+        if not seeds:
+            raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(5)")
+        return seeds, torch.stack([init_params(config.replace(seed=s))[0] for s in seeds])
+    W1 = torch.as_tensor(W1_init).detach()
     d_in = config.d_in
-    if W1_init.dim() != 3 or tuple(W1_init.shape[1:]) != (d_in, config.width) or not len(W1_init):
+    if W1.dim() != 3 or tuple(W1.shape[1:]) != (d_in, config.width) or not len(W1):
         raise GrokfastError(f"W1_init must be [n_models, {d_in}, {config.width}] for this config "
-                            f"(d_in, width); got {tuple(W1_init.shape)}")
-    if seeds is not None and len(list(seeds)) != len(W1_init):
-        raise GrokfastError(f"W1_init holds {len(W1_init)} models but seeds has {len(list(seeds))} "
-                            f"entries: give one seed (label) per model, or leave seeds out")
-    return W1_init
+                            f"(d_in, width); got {tuple(W1.shape)}")
+    seeds = list(range(len(W1))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(W1):
+        raise GrokfastError(f"W1_init holds {len(W1)} models but seeds has {len(seeds)} entries: "
+                            f"give one seed (label) per model, or leave seeds out")
+    return seeds, W1.clone()
 
 
 def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optional[int] = None,
@@ -256,12 +263,7 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     if not isinstance(config, Config):
         raise GrokfastError(f"simulate() needs a grokfast.Config, got {type(config).__name__}; "
                             f"use Config.preset('paper-sim')")
-    if W1_init is not None:
-        W1_init = _check_start(W1_init, config, seeds)
-        seeds = list(range(len(W1_init))) if seeds is None else seeds
-    seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
-    if not seeds:
-        raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(5)")
+    seeds, W1 = _start(config, seeds, W1_init)
     steps = config.steps if steps is None else int(steps)
     log_every = config.log_every if log_every is None else int(log_every)
     if steps < 0 or log_every < 1:
@@ -277,8 +279,7 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     eta = float(config.lr)
     y_train, y_test = data.train_labels.to(device), data.test_labels.to(device)
     Y = data.Y_train.to(device=device, dtype=dtype)                          # [n, p]
-    W1 = (torch.stack([init_params(config.replace(seed=s))[0] for s in seeds]) if W1_init is None
-          else W1_init.clone()).to(device, dtype)
+    W1 = W1.to(device, dtype)
     W1_init = W1.detach().cpu().clone()
     X = data.X_train.to(device=device, dtype=dtype)                          # [n, d_in]
     X_test = data.X_test.to(device=device, dtype=dtype)
