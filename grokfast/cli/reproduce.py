@@ -7,11 +7,13 @@ from pathlib import Path
 
 from grokfast.errors import GrokfastError
 from grokfast.reproduce.paper import reproduce_paper
+from grokfast.reproduce.prediction import reproduce_prediction
+from grokfast.reproduce.prediction import write_analysis as prediction_analysis
 from grokfast.reproduce.scaling import reproduce_scaling, write_analysis
 
 
 def configure(p) -> None:
-    sub = p.add_subparsers(dest="what", required=True, metavar="{paper,scaling}")
+    sub = p.add_subparsers(dest="what", required=True, metavar="{paper,scaling,prediction}")
     paper = sub.add_parser("paper", help="Fig. 5, Fig. 6 and more, with a report")
     paper.add_argument("--quick", action="store_true", help="2 seeds, 3000 Euler steps, 50k GD "
                        "steps: about 1.5 minutes on 2 CPU cores (full mode: 5 seeds, 5000 / 100k "
@@ -32,6 +34,18 @@ def configure(p) -> None:
     scaling.add_argument("--report-only", action="store_true", help="rewrite summary, figures and "
                          "report of the finished run in --out (no training)")
     scaling.set_defaults(func=cmd_scaling)
+    prediction = sub.add_parser("prediction", help="Eq. 20's grok step model by model against "
+                                "trained paper-real models")
+    prediction.add_argument("--quick", action="store_true", help="16 models, a few minutes")
+    _common(prediction, "prediction")
+    prediction.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 per (weight decay, "
+                            "lr)")
+    prediction.add_argument("--steps", type=int, metavar="N", help="GD steps at most per model")
+    prediction.add_argument("--weight-decays", metavar="A,B,…", help="the weight decays swept")
+    prediction.add_argument("--lrs", metavar="A,B,…", help="the learning rates swept")
+    prediction.add_argument("--report-only", action="store_true", help="redo prediction.csv, "
+                            "summary, figures and report of the finished run in --out (no training)")
+    prediction.set_defaults(func=cmd_prediction)
 
 
 def _common(p, what: str) -> None:
@@ -51,7 +65,7 @@ def cmd_paper(args) -> int:
     return 0
 
 
-def floats(text, name):
+def parse_floats(text, name):
     """--NAME A,B,… as floats (None when not given)."""
     if text is None:
         return None
@@ -70,6 +84,20 @@ def cmd_scaling(args) -> int:
         print(f"[scaling] exponent {s['fit']['slope']:.3f}; wrote {out / 'report.md'}")
         return 0
     reproduce_scaling(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
-                      weight_decays=floats(args.weight_decays, "weight-decays"),
-                      lrs=floats(args.lrs, "lrs"), backend=args.backend)
+                      weight_decays=parse_floats(args.weight_decays, "weight-decays"),
+                      lrs=parse_floats(args.lrs, "lrs"), backend=args.backend)
+    return 0
+
+
+def cmd_prediction(args) -> int:
+    out = _out(args)
+    if args.report_only:
+        if not args.out:
+            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
+        prediction_analysis(out)
+        print(f"[prediction] wrote {out / 'report.md'}")
+        return 0
+    reproduce_prediction(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
+                         weight_decays=parse_floats(args.weight_decays, "weight-decays"),
+                         lrs=parse_floats(args.lrs, "lrs"), backend=args.backend)
     return 0

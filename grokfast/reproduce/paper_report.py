@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .prediction_text import prediction_section
 from .report import cell as _f
 from .report import md_table as _table
 
@@ -27,6 +28,7 @@ def write_report(path, b, sim, real, shared, sums: dict, timings: dict, backend:
     for section in (_title, _settings, _fig6, _circles, _fig5, _beyond):
         L += section(b, sim, real, shared, sums, timings)
     L += [""] + scaling_section(Path(path).parent)
+    L += [""] + prediction_section(Path(path).parent)
     Path(path).write_text("\n".join(L) + "\n")
 
 

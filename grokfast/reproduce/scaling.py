@@ -76,6 +76,13 @@ def make_budget(quick: bool = False, seeds: Optional[int] = None, steps: Optiona
                 lrs: Optional[Sequence[float]] = None) -> ScalingBudget:
     b = ScalingBudget(weight_decays=(2e-4, 4e-4), lrs=(2.0, 4.0), steps=16_000,
                       mode="quick") if quick else ScalingBudget()
+    return override(b, seeds, steps, weight_decays, lrs)
+
+
+def override(b, seeds: Optional[int] = None, steps: Optional[int] = None,
+             weight_decays: Optional[Sequence[float]] = None, lrs: Optional[Sequence[float]] = None):
+    """b (any budget with seeds, steps, log_every, weight_decays, lrs, mode) with the command
+    line's overrides applied and checked (GrokfastError saying what to give)."""
     if any(v is not None for v in (seeds, steps, weight_decays, lrs)):
         b.mode += ", overridden"
     if seeds is not None:
@@ -244,12 +251,7 @@ def reproduce_scaling(out, quick: bool = False, seeds: Optional[int] = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(b)
-    grid = {"weight_decay": list(b.weight_decays), "lr": list(b.lrs)}
-    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok")
-    log(f"[scaling] sweep: weight_decay {list(b.weight_decays)} × lr {list(b.lrs)} × {b.seeds} "
-        f"seeds, {b.steps} steps, stop_at grok …")
-    swept = sweep(base, out=out / "sweep", max_models_per_launch=b.seeds, **common)
-    log(f"[scaling] sweep: {swept.status['wall_time']:.1f} s")
+    swept, common = sweep_cells(b, out / "sweep", backend, log, "scaling")
     if alone:
         log("[scaling] the same models, one launch each …")
         lone = sweep(base, out=out / "alone", max_models_per_launch=1, figures=False, **common)
@@ -258,6 +260,19 @@ def reproduce_scaling(out, quick: bool = False, seeds: Optional[int] = None,
     log(f"[scaling] exponent {s['fit']['slope']:.3f} [{s['fit']['lo']:.3f}, {s['fit']['hi']:.3f}] "
         f"(theory −1); wrote {out / 'report.md'}")
     return out
+
+
+def sweep_cells(b, out, backend: str = "auto", log=print, tag: str = "scaling"):
+    """paper-real (base_config(b)) over weight_decay × lr × b.seeds seeds, stop_at grok, one
+    launch per (weight decay, lr) with its seeds batched, into `out`; (SweepResult, the sweep's
+    arguments but out and the launch cap)."""
+    grid = {"weight_decay": list(b.weight_decays), "lr": list(b.lrs)}
+    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok")
+    log(f"[{tag}] sweep: weight_decay {list(b.weight_decays)} × lr {list(b.lrs)} × {b.seeds} "
+        f"seeds, {b.steps} steps, stop_at grok …")
+    swept = sweep(base_config(b), out=out, max_models_per_launch=b.seeds, **common)
+    log(f"[{tag}] sweep: {swept.status['wall_time']:.1f} s")
+    return swept, common
 
 
 def budget_of(out) -> ScalingBudget:

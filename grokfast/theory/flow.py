@@ -222,14 +222,32 @@ class SimResult:
                    wall_time=wall, meta=meta)
 
 
-def _check_simulation(config, seeds, steps, log_every, device, lam):
-    """simulate()'s arguments, validated: (seeds, steps, log_every, device)."""
+def _start(config: Config, seeds, W1_init) -> tuple[list, torch.Tensor]:
+    """(seed labels, starting W1 [n_models, d_in, width] on the CPU): init_params of each seed
+    (default [config.seed]), or W1_init checked against config and seeds."""
+    if W1_init is None:
+        seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
+        if not seeds:
+            raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(5)")
+        return seeds, torch.stack([init_params(config.replace(seed=s))[0] for s in seeds])
+    W1 = torch.as_tensor(W1_init).detach()
+    d_in = config.d_in
+    if W1.dim() != 3 or tuple(W1.shape[1:]) != (d_in, config.width) or not len(W1):
+        raise GrokfastError(f"W1_init must be [n_models, {d_in}, {config.width}] for this config "
+                            f"(d_in, width); got {tuple(W1.shape)}")
+    seeds = list(range(len(W1))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(W1):
+        raise GrokfastError(f"W1_init holds {len(W1)} models but seeds has {len(seeds)} entries: "
+                            f"give one seed (label) per model, or leave seeds out")
+    return seeds, W1.clone()
+
+
+def _check_simulation(config, seeds, steps, log_every, device, lam, W1_init):
+    """simulate()'s arguments, validated: (seeds, starting W1 on the CPU, steps, log_every, device)."""
     if not isinstance(config, Config):
         raise GrokfastError(f"simulate() needs a grokfast.Config, got {type(config).__name__}; "
                             f"use Config.preset('paper-sim')")
-    seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
-    if not seeds:
-        raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(5)")
+    seeds, W1 = _start(config, seeds, W1_init)
     steps = config.steps if steps is None else int(steps)
     log_every = config.log_every if log_every is None else int(log_every)
     if steps < 0 or log_every < 1:
@@ -239,7 +257,7 @@ def _check_simulation(config, seeds, steps, log_every, device, lam):
     device = torch.device(device if device is not None else config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GrokfastError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
-    return seeds, steps, log_every, device
+    return seeds, W1, steps, log_every, device
 
 
 def _record(rows: dict, config, data, s, eta, W1, B, H, X_test, y_train, y_test):
@@ -268,7 +286,8 @@ def _record(rows: dict, config, data, s, eta, W1, B, H, X_test, y_train, y_test)
 
 def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optional[int] = None,
              log_every: Optional[int] = None, device=None, dtype: torch.dtype = torch.float64,
-             lam: float = 0.0, progress: bool = False) -> SimResult:
+             lam: float = 0.0, progress: bool = False,
+             W1_init: Optional[torch.Tensor] = None) -> SimResult:
     """Explicit Euler W1 ← W1 + η·dW1/dt on Eq. 20 (η = config.lr), W2 the minimum-norm interpolator.
 
     config: the task, width, activation and initialization (grokfast.model.init_params; preset
@@ -278,16 +297,19 @@ def simulate(config: Config, seeds: Optional[Sequence[int]] = None, steps: Optio
     dtype: float64 by default (paper-sim's train loss stays ~1e-24; in float32 it is ~1e-9 to 1e-7).
     lam: 0 for the paper's λ → 0 flow; > 0 for the ridge form (W2 then the ridge solution).
     Statistics are recorded at every s with s % log_every == 0 and at the last step.
+    W1_init: the first layers to start from, [n_models, d_in, width] (e.g. trained parameters at
+    some step), instead of init_params of each seed; seeds then only label the models (default
+    0 … n_models − 1) and must have one entry per model.
     """
-    seeds, steps, log_every, device = _check_simulation(config, seeds, steps, log_every, device,
-                                                        lam)
+    seeds, W1, steps, log_every, device = _check_simulation(config, seeds, steps, log_every,
+                                                            device, lam, W1_init)
     data = make_dataset(config)
     if lam == 0 and config.width < config.n_train:
         _gram_factor(torch.zeros(config.n_train, config.width), 0.0)  # raises the width message
     eta = float(config.lr)
     y_train, y_test = data.train_labels.to(device), data.test_labels.to(device)
     Y = data.Y_train.to(device=device, dtype=dtype)                          # [n, p]
-    W1 = torch.stack([init_params(config.replace(seed=s))[0] for s in seeds]).to(device, dtype)
+    W1 = W1.to(device, dtype)
     W1_init = W1.detach().cpu().clone()
     X = data.X_train.to(device=device, dtype=dtype)                          # [n, d_in]
     X_test = data.X_test.to(device=device, dtype=dtype)

@@ -97,7 +97,9 @@ def test_rows_kernel_rejects_bad_launches(monkeypatch):
     bufs = [torch.empty(M, n, c.width, dtype=dt), torch.empty(M, 2, c.width, c.p, dtype=dt),
             torch.empty(M, 3, 3, dtype=torch.float64), torch.zeros(M, int(common.N_HP), dtype=torch.float64),
             torch.zeros(M, dtype=torch.int32), torch.ones(M, dtype=torch.int32)]
-    from grokfast.kernels.errors import KernelError  # the kernels' own error (the backend translates it)
+    from grokfast.kernels.errors import (
+        KernelError,  # the kernels' own error (the backend translates it)
+    )
     with pytest.raises(KernelError, match="dtype torch.float16.*backend='torch'"):
         rows_fwd_bwd(spec, theta.half(), idx, labels, *bufs)
     with pytest.raises(KernelError, match="idx has dtype torch.int64"):
