@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -113,7 +114,12 @@ class Config:
     grok_threshold: float = 0.99
 
     def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        try:
+            betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise GrokfastError(f"betas={self.betas!r} must be two numbers in [0, 1), e.g. "
+                                f"betas=(0.9, 0.999) (--set betas=0.9,0.999)") from None
+        object.__setattr__(self, "betas", betas)
         self.validate()
 
     # ---------------------------------------------------------------- validation
@@ -146,7 +152,8 @@ class Config:
                  f"p={self.p} is not prime — choose e.g. p=11, 97 or 113")
         need(self.width >= 1, f"width={self.width}: the hidden layer needs at least 1 unit")
         need(self.steps >= 0, f"steps={self.steps}: must be ≥ 0")
-        need(self.seed >= 0 and self.split_seed >= 0, "seed and split_seed must be ≥ 0")
+        need(0 <= self.seed < 2 ** 63 and 0 <= self.split_seed < 2 ** 63,
+             f"seed={self.seed} and split_seed={self.split_seed} must lie in [0, 2**63)")
         need((self.train_frac is None) != (self.n_test is None),
              "set exactly one of train_frac and n_test (setting one with Config.replace or --set "
              "clears the other)")
@@ -186,8 +193,8 @@ class Config:
              f"eval_every={self.eval_every} must be a positive multiple of log_every={self.log_every}")
         need(0.0 < self.grok_threshold <= 1.0,
              f"grok_threshold={self.grok_threshold} must lie in (0, 1]")
-        need(isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda"),
-             f"device={self.device!r}: use 'cpu' or 'cuda' (or 'cuda:N')")
+        need(isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device),
+             f"device={self.device!r}: use 'cpu' or 'cuda' (or 'cuda:N', N a device number)")
 
     # ---------------------------------------------------------------- derived sizes
     @property
@@ -256,6 +263,22 @@ class Config:
         except json.JSONDecodeError as e:
             raise GrokfastError(f"config JSON is not valid: {e}") from None
         return cls.from_dict(d)
+
+    def with_settings(self, assignments) -> "Config":
+        """Apply 'key=value' strings (the CLI's --set) all at once, so that their order never
+        matters (log_every and eval_every, train_frac and n_test); a key given twice: the last."""
+        changes = {}
+        for assignment in assignments:
+            if "=" not in assignment:
+                raise GrokfastError(f"--set {assignment!r}: write key=value, e.g. --set lr=0.5")
+            key, text = (t.strip() for t in assignment.split("=", 1))
+            _check_names({key: None})
+            changes.pop(key, None)
+            changes[key] = parse_value(key, text)
+        split = [k for k in changes if k in ("train_frac", "n_test")]
+        if len(split) == 2 and None not in (changes["train_frac"], changes["n_test"]):
+            changes[split[0]] = None  # the later of the two sets the split
+        return self.replace(**changes) if changes else self
 
     def with_setting(self, assignment: str) -> "Config":
         """Apply one 'key=value' string (as from the CLI's --set), parsing value by the field's type."""

@@ -19,9 +19,10 @@ from grokfast.errors import GrokfastError
 
 def train(config: Config, seeds=None, **options):
     """Train with the reference loop. Same arguments and result as grokfast.train (backend fixed)."""
-    if "backend" in options:
-        raise GrokfastError("grokfast.reference.train always runs backend 'reference': drop "
-                            "backend=, or call grokfast.train(..., backend=...)")
+    backend = options.pop("backend", "reference")
+    if backend != "reference":
+        raise GrokfastError(f"grokfast.reference.train always runs the reference loop, not "
+                            f"backend={backend!r}: call grokfast.train(config, backend={backend!r})")
     return _train(config, seeds=seeds, backend="reference", **options)
 
 

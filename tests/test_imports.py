@@ -20,7 +20,7 @@ ROOMS = {
     "grokfast.errors": ("ground", 0), "grokfast.config": ("ground", 0),
     "grokfast.data": ("ground", 0), "grokfast.model": ("ground", 0),
     "grokfast.filters": ("ground", 0), "grokfast.profiling": ("ground", 0),
-    "grokfast.plotting": ("ground", 0),
+    "grokfast.plotting": ("ground", 0), "grokfast.inputs": ("ground", 0),
     "grokfast.kernels": ("kernels", 0),
     "grokfast.backends": ("backends", 1), "grokfast.store": ("store", 1),
     "grokfast.theory": ("theory", 1),
@@ -34,7 +34,7 @@ ROOMS = {
 
 def room(module: str) -> tuple:
     for prefix in sorted(ROOMS, key=len, reverse=True):
-        if module == prefix or module.startswith(prefix + "."):
+        if module == prefix or (prefix != "grokfast" and module.startswith(prefix + ".")):
             return ROOMS[prefix]
     raise AssertionError(f"{module} is in no room of the layer table: add it to ROOMS")
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from grokfast.errors import GrokfastError
+from grokfast.store.ownership import translate
 
 from . import reproduce, show, sweep, train
 
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
         return e.code
     try:
         return args.func(args)
+    except OSError as e:  # translated at the boundary: what happened and what to do
+        print(f"error: {translate(e, getattr(args, 'out', None), 'use')}", file=sys.stderr)
+        return 2
     except GrokfastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,10 +39,7 @@ def add_run_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def config_from_args(args) -> Config:
-    config = Config.preset(args.preset or "paper-real")
-    for assignment in args.set or []:
-        config = config.with_setting(assignment)
-    return config
+    return Config.preset(args.preset or "paper-real").with_settings(args.set or [])
 
 
 def parse_window(text):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from grokfast.errors import GrokfastError
 from grokfast.store.history import RUN_FILE, read_events, read_run
+from grokfast.store.ownership import live_status
 from grokfast.store.result import Result
 from grokfast.sweeps import SweepResult
 
@@ -26,7 +27,7 @@ def cmd_show(args) -> int:
     if (d / RUN_FILE).is_file():
         events = read_events(d)
         last = f"; last event: {events[-1]['event']} at step {events[-1]['step']}" if events else ""
-        print(f"{d}: status {read_run(d).get('status', 'unknown')}{last}")
+        print(f"{d}: status {live_status(d, read_run(d).get('status', 'unknown'))}{last}")
     for sub in dirs:
         r = Result.load(sub)
         c = r.config

@@ -5,10 +5,10 @@ import sys
 import time
 from pathlib import Path
 
-from grokfast.config import Config
 from grokfast.engine import train
 from grokfast.errors import GrokfastError
-from grokfast.store.checkpoint import load_checkpoint
+from grokfast.store.ownership import owned
+from grokfast.store.recovery import resume_point
 
 from .common import add_run_options, config_from_args, parse_seeds, parse_window
 
@@ -25,12 +25,11 @@ def cmd_train(args) -> int:
     """Train (or --resume) a run streamed into --out; exit 0, 1 if a model diverged, 130 if a
     signal stopped it (resumable), 2 on bad input."""
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    resume = None
     if args.resume:
-        config, seeds, resume = _resume_from_args(args, seeds)
         out = Path(args.resume)
-        print(f"grokfast train: resuming {out} at step {resume['step']} of {_config_steps(config, resume)}"
-              f", backend {resume['backend']}", flush=True)
+        with owned(out, create=False):  # held through train(), which takes it again
+            config, resume = _resume_from_args(args)
+            return _train(args, config, seeds, out, resume)
     else:
         config = config_from_args(args)
         preset = args.preset or "paper-real"
@@ -40,6 +39,11 @@ def cmd_train(args) -> int:
               f"{config.width}, {config.activation}, {config.loss} ({config.loss_reduction}), "
               f"{config.optimizer} lr={config.lr:g} weight_decay={config.weight_decay:g}, "
               f"{config.steps} steps, backend {args.backend}", flush=True)
+    return _train(args, config, seeds, out, None)
+
+
+def _train(args, config, seeds, out, resume) -> int:
+    """train() as the command runs it; resume: the run directory, or its checkpoint already read."""
     try:
         result = train(config, seeds=seeds, backend=args.backend, out=out, progress=not args.quiet,
                        handle_signals=True, resume=resume, checkpoint_every=args.checkpoint_every,
@@ -62,22 +66,20 @@ def cmd_train(args) -> int:
     return 130 if any(r.stop_reason == "signal" for r in results) else 0
 
 
-def _config_steps(config, ckpt) -> int:
-    return config.steps if config is not None else Config.from_dict(ckpt["configs"][0]).steps
-
-
-def _resume_from_args(args, seeds):
-    """(config or None for the saved one, seeds, checkpoint) for `grokfast train --resume DIR`."""
+def _resume_from_args(args):
+    """(config or None for the saved one, what train resumes from) for `grokfast train --resume
+    DIR`: its verified checkpoint, read once with the directory held, or DIR itself when the run
+    had no checkpoint (train then starts it over in place, saying so)."""
     if args.preset:
         raise GrokfastError("--resume continues the saved config; drop --preset (only --set "
                             "steps=N may change, to extend the run)")
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise GrokfastError(f"--resume {args.resume} writes into that directory; drop --out "
                             f"{args.out}")
-    ckpt = load_checkpoint(Path(args.resume))
-    if not args.set:
-        return None, seeds, ckpt
-    config = Config.from_dict(ckpt["configs"][0])
-    for assignment in args.set:
-        config = config.with_setting(assignment)
-    return config, seeds, ckpt
+    ckpt, saved, _ = resume_point(Path(args.resume))
+    config = saved[0].with_settings(args.set) if args.set else None
+    if ckpt is None:
+        return config, Path(args.resume)
+    print(f"grokfast train: resuming {args.resume} at step {ckpt['step']} of "
+          f"{(config or saved[0]).steps}, backend {ckpt['backend']}", flush=True)
+    return config, ckpt

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from grokfast.backends.base import Stepper, check_batch
@@ -26,13 +27,16 @@ from grokfast.data import make_dataset
 from grokfast.errors import GrokfastError
 from grokfast.model import evaluate
 from grokfast.profiling import nvtx_range, profiler_start, profiler_stop
+from grokfast.inputs import check_seeds
 from grokfast.store.checkpoint import set_rng_state
+from grokfast.store.ownership import owned
 from grokfast.store.result import Result, ResultBatch
 
 from .chunks import chunk_size, next_cut
-from .monitor import Progress, apply_grok_stops, digest, progress_bar, update_bar
-from .options import RunOptions
-from .resume import open_checkpoint, resume_configs
+from .monitor import (Progress, apply_grok_stops, check_params, digest, final_divergence,
+                      progress_bar, update_bar)
+from .options import FIRST_CHECKPOINT_SECONDS, RunOptions
+from .resume import resume_dir, resume_plan
 from .signals import StopRequest
 from .sink import MemorySink, RunDirSink
 
@@ -69,22 +73,19 @@ def train(config: Optional[Config], seeds=None, **options):
     """
     opts = RunOptions.of("train", options, internal=("single", "on_chunk", "curves"))
     resume, out = opts.resume, opts.out
-    if resume is not None:
-        resume, out = open_checkpoint(resume, out)
-        configs, single = resume_configs(resume, config, seeds)
-    else:
+    if resume is None:  # everything checked before the directory is touched
         if not isinstance(config, Config):
             raise GrokfastError(f"train() needs a grokfast.Config, got {type(config).__name__}; "
                                 f"use Config.preset('paper-real') or Config(...)")
         single = seeds is None
-        if single:
-            configs = [config]
-        else:
-            seeds = [int(s) for s in seeds]
-            if not seeds:
-                raise GrokfastError("seeds is empty: pass at least one seed, e.g. seeds=range(4)")
-            configs = [config.replace(seed=s) for s in seeds]
-    results = _run(configs, dataclasses.replace(opts, out=out, resume=resume, single=single))
+        configs = [config] if single else [config.replace(seed=s) for s in check_seeds(seeds)]
+        opts.check(config.steps)
+    else:
+        out = resume_dir(resume, out)
+    with owned(out, create=resume is None, new=resume is None):
+        if resume is not None:  # read with the directory held: nobody else writes it meanwhile
+            configs, single, resume = resume_plan(resume, out, config, seeds)
+        results = _run(configs, dataclasses.replace(opts, out=out, resume=resume, single=single))
     return results[0] if single else ResultBatch(results)
 
 
@@ -127,7 +128,10 @@ def _run(configs: Sequence[Config], opts: RunOptions) -> list[Result]:
     configs = list(configs)
     check_batch(configs)
     opts = dataclasses.replace(opts, observers=tuple(opts.observers))
-    return _Launch(configs, opts.resolved(configs)).run()
+    opts.check(configs[0].steps)
+    out = opts.out if opts.out is not None or isinstance(opts.resume, dict) else opts.resume
+    with owned(out, create=opts.resume is None, new=opts.resume is None):
+        return _Launch(configs, opts.resolved(configs)).run()
 
 
 class _Launch:
@@ -141,8 +145,15 @@ class _Launch:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise GrokfastError(f"device={first.device!r} but CUDA is not available here; "
                                 f"use --set device=cpu")
-        self.data = make_dataset(first)
-        self.stepper: Stepper = make_stepper(opts.backend, configs, self.data, device)
+        try:
+            self.data = make_dataset(first)
+            self.stepper: Stepper = make_stepper(opts.backend, configs, self.data, device)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+                raise
+            raise GrokfastError(f"not enough memory for {self.M} model(s) of width {first.width} "
+                                f"(p={first.p}, {first.dtype}) on {first.device}: lower width or "
+                                f"the number of seeds ({type(e).__name__}: {str(e)[:120]})") from None
         resume = opts.resume
         self.chunk = chunk_size(opts.chunk_steps or (resume or {}).get("chunk")
                                 or self.stepper.preferred_chunk, self.log_every)
@@ -165,6 +176,8 @@ class _Launch:
         self.reason = None       # why this call stopped before the end
         self.hard = False        # a second signal broke into a chunk
         self.t0 = self.last_checkpoint = time.perf_counter()
+        seconds = opts.checkpoint_seconds
+        self.first_checkpoint = None if seconds is None else min(seconds, FIRST_CHECKPOINT_SECONDS)
 
     def run(self) -> list[Result]:
         self.sink.event("resumed" if self.opts.resume is not None else "started", self.prog.step,
@@ -179,6 +192,9 @@ class _Launch:
                 self.loop()
             except KeyboardInterrupt:
                 self.hard = True
+            except OSError as e:  # disk full, read-only, …: keep a truthful, resumable directory
+                self.sink.os_failure(self.prog.step, self.wall(), e)
+                raise
             if self.profiling_open:
                 self.profiler(False)
             if self.hard and self.sink.hard_stop(self.prog.step, self.wall()):
@@ -214,6 +230,7 @@ class _Launch:
         with nvtx_range("evaluation"):
             n_valid, events = digest(self.configs, rows, prog, step, n, opts.stop_at,
                                      opts.stop_patience)
+            events += check_params(self.configs, self.stepper, prog, step, n, self.log_every)
             prog.step = step + n
             if opts.stop_at and (prog.step % self.chunk == 0 or prog.step == self.steps):
                 events += apply_grok_stops(self.configs, prog)
@@ -246,6 +263,8 @@ class _Launch:
 
     def checkpoint_due(self) -> bool:
         every, seconds = self.opts.checkpoint_every, self.opts.checkpoint_seconds
+        if self.first_checkpoint is not None and self.last_checkpoint == self.t0:
+            seconds = self.first_checkpoint  # the first one early: a minute of work is never lost
         return bool((every and self.prog.step % every == 0) or
                     (seconds and time.perf_counter() - self.last_checkpoint >= seconds))
 
@@ -282,6 +301,8 @@ class _Launch:
             with nvtx_range("evaluation"):
                 final = evaluate(c, self.data, W1, W2)
             final["norm"] = float(torch.sqrt(W1.double().pow(2).sum() + W2.double().pow(2).sum()))
+        if final and prog.diverged[i] is None and not np.isfinite(final["train_loss"]):
+            self.report([final_divergence(c, i, prog, self.log_every)])  # θ finite, loss not
         why = prog.stop_reason[i] or (reason if interrupted and prog.active[i] else None)
         return Result(config=c, history=self.sink.history(i), params={"W1": W1, "W2": W2},
                       backend=self.stepper.backend, wall_time=elapsed,

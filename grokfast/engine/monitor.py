@@ -59,8 +59,27 @@ def digest(configs, rows: dict, prog: Progress, step0: int, n: int, stop_at, pat
         if stop_at == "grok" and prog.grok_met[i] < 0:
             _grok_streak(c, i, h, prog, patience)
         if len(bad):
-            events.append(_diverged(c, i, int(rows["step"][i, bad[0]]), prog))
+            s = int(rows["step"][i, bad[0]])
+            last = max(s - c.log_every, 0)  # the row before it (in this chunk or the last)
+            events.append(_diverged(c, i, s, prog, (last, s), "train loss"))
     return n_valid, events
+
+
+def check_params(configs, stepper, prog: Progress, step0: int, n: int, log_every: int) -> list:
+    """Models still active whose parameters θ_{step0+n} are not all finite, though every recorded
+    row was (the divergence fell between rows): stopped as diverged, with the step range."""
+    import torch
+    active = np.nonzero(prog.active)[0]
+    if not len(active):
+        return []
+    W1, W2 = stepper.params()
+    bad = ~(torch.isfinite(W1.flatten(1)).all(1) & torch.isfinite(W2.flatten(1)).all(1)).numpy()
+    events = []
+    end = step0 + n
+    for i in active[bad[active]]:
+        last = max((end - 1) // log_every * log_every, 0)  # θ of the last recorded row was finite
+        events.append(_diverged(configs[i], i, end, prog, (last, end), "parameters"))
+    return events
 
 
 def _milestones(c, i: int, h: dict, prog: Progress) -> list:
@@ -90,13 +109,30 @@ def _grok_streak(c, i: int, h: dict, prog: Progress, patience: int) -> None:
         prog.streak[i] = streak[-1]
 
 
-def _diverged(c, i: int, s: int, prog: Progress) -> tuple:
-    prog.diverged[i] = (f"non-finite train loss at step {s} (seed {c.seed}); history before "
-                        f"it is kept. Lower lr (now {c.lr:g}) or use loss_reduction='mean'")
+def final_divergence(c, i: int, prog: Progress, log_every: int) -> tuple:
+    """Model i ended with finite parameters but a non-finite training loss: diverged, between
+    its last recorded row (finite) and its last step."""
+    end = int(prog.steps_done[i])
+    last = max((end - 1) // log_every * log_every, 0)
+    return _diverged(c, i, end, prog, (last, end), "train loss")
+
+
+def _diverged(c, i: int, s: int, prog: Progress, span: tuple, what: str) -> tuple:
+    prog.diverged[i] = (f"non-finite {what} at step {s} (seed {c.seed}), finite at step "
+                        f"{span[0]}: diverged within steps {span[0] + 1}–{span[1]}; history "
+                        f"before it is kept. Lower lr (now {c.lr:g}) or use loss_reduction='mean'")
     prog.steps_done[i] = s
     prog.active[i] = False
     prog.stop_reason[i] = "diverged"
-    return ("diverged", dict(at=s, model=int(i), seed=c.seed, message=prog.diverged[i]))
+    return ("diverged", dict(at=s, model=int(i), seed=c.seed, message=prog.diverged[i],
+                             steps=[span[0] + 1, span[1]]))
+
+
+def diverged_steps(message) -> str:
+    """"A–B", the steps a Result.diverged message says the divergence fell within ("" if none)."""
+    import re
+    m = re.search(r"within steps (\d+)–(\d+)", message or "")
+    return f"{m.group(1)}–{m.group(2)}" if m else ""
 
 
 def apply_grok_stops(configs, prog: Progress) -> list:

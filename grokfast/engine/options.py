@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,6 +15,9 @@ from .resume import open_checkpoint, saved_choices
 
 STOP_AT = (None, "none", "grok")
 DEFAULT_CHECKPOINT_SECONDS = 300.0
+# the first checkpoint of a call comes after at most this many seconds (then every
+# checkpoint_seconds), so that a run killed early loses at most this much work
+FIRST_CHECKPOINT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,8 @@ class RunOptions:
         """GrokfastError naming the first bad option; returns the profile window (A, B) or None."""
         check_choice("backend", self.backend, BACKENDS)
         check_choice("stop_at", self.stop_at, STOP_AT)
-        _positive("stop_patience", self.stop_patience)
         _positive("chunk_steps", self.chunk_steps)
+        _positive("stop_patience", self.stop_patience)
         _positive("max_time", self.max_time, float)
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("checkpoint_seconds", self.checkpoint_seconds, float)
@@ -91,8 +95,8 @@ class RunOptions:
 
 
 def _positive(name: str, v, kind=int) -> None:
-    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0
-                          or (kind is int and int(v) != v) or not math.isfinite(v)):
+    if v is not None and (not isinstance(v, numbers.Integral if kind is int else numbers.Real)
+                          or isinstance(v, bool) or not math.isfinite(v) or v <= 0):
         raise GrokfastError(f"{name}={v!r} must be a positive {'integer' if kind is int else 'number'}")
 
 

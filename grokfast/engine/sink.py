@@ -32,6 +32,7 @@ from grokfast.store.history import (
 
 from .chunks import rows_before
 from .monitor import Progress
+from grokfast.store.ownership import real_dir
 
 
 class MemorySink:
@@ -69,34 +70,33 @@ class RunDirSink:
                  resume: Optional[dict]):
         self.launch = launch
         M = len(configs)
-        if resume is None:
-            taken = [n for n in (RUN_FILE, "checkpoint.pt", HISTORY_DIR) if (launch / n).exists()]
-            if taken:
-                raise GrokfastError(f"{launch} already holds a run ({taken[0]}): continue it with "
-                                    f"--resume {launch} (train(..., resume=DIR)) or choose another "
-                                    f"--out directory")
-            launch.mkdir(parents=True, exist_ok=True)
+        sums = {}
+        if resume is None:  # the directory was claimed (grokfast.ownership.claim_new)
+            real_dir(launch, create=True)
             self.models = model_dirs(launch, M, single)
             row0 = 0
         else:
             self.models = read_run(launch)["models"]
+            if len(self.models) != M:
+                raise GrokfastError(f"{launch / RUN_FILE} lists {len(self.models)} models but the "
+                                    f"checkpoint holds {M}: restore run.json from a copy")
             row0 = int(resume["rows"])
             truncate_history(launch, row0)
             for tmp in [*launch.glob(".*.tmp"), *(launch / HISTORY_DIR).glob(".*.tmp")]:
                 tmp.unlink()  # left by a process killed mid-write
+            sums = resume.get("chunks") or {}
         self._write_configs(configs)
         self.run = dict(format=RUN_FORMAT, n_models=M, models=self.models, backend=backend,
                         seeds=[c.seed for c in configs], steps=configs[0].steps,
                         log_every=configs[0].log_every, layout="single" if single else "batch",
-                        status="running")
+                        status="running", chunks=dict(sums))
         atomic_json(launch / RUN_FILE, self.run)
-        self.writer = HistoryWriter(launch, M, row0=row0)
+        self.writer = HistoryWriter(launch, M, row0=row0, sums=sums)
         self.events = EventLog(launch)
 
     def _write_configs(self, configs: Sequence[Config]) -> None:
         for c, m in zip(configs, self.models):
-            d = self.launch / m
-            d.mkdir(parents=True, exist_ok=True)
+            d = real_dir(self.launch / m, create=True)
             for stale in ("result.json", "params.npz", "history.npz", "extras.npz", "curves.png",
                           "curves.error.txt"):
                 (d / stale).unlink(missing_ok=True)
@@ -123,7 +123,9 @@ class RunDirSink:
                 configs=[c.to_dict() for c in configs], chunk=chunk, stop_at=stop_at,
                 stop_patience=patience, step=prog.step, rows=self.writer.rows,
                 launch=prog.to_dict(wall()), stepper=stepper.state_dict(), params=stepper.params(),
-                rng=rng_state(), time=time.time()))
+                rng=rng_state(), time=time.time(), chunks=dict(self.writer.sums)))
+            self.run["chunks"] = dict(self.writer.sums)
+            atomic_json(self.launch / RUN_FILE, self.run)
             done = time.perf_counter()
             self.event("checkpoint", prog.step, wall(), seconds=round(done - t, 6))
         return done
@@ -156,8 +158,23 @@ class RunDirSink:
         self.set_status("interrupted" if interrupted else "finished")
         self.close()
 
+    def os_failure(self, step: int, wall: float, error: OSError) -> None:
+        """An OSError (disk full, …) stopped the run: mark it interrupted where the disk still
+        takes it (else a reader sees the stale "running" as interrupted: no lock is held)."""
+        try:
+            self.event("interrupted", step, wall, reason=f"{type(error).__name__}: {error}",
+                       checkpoint="kept the last complete checkpoint")
+            self.set_status("interrupted")
+        except OSError:
+            pass
+        try:
+            self.events.close()
+        except OSError:
+            pass
+
     def set_status(self, status: str) -> None:
         self.run["status"] = status
+        self.run["chunks"] = dict(self.writer.sums)
         atomic_json(self.launch / RUN_FILE, self.run)
 
     def close(self) -> None:

@@ -115,6 +115,7 @@ def _keep_previous(path: Path, prev: Path) -> None:
         tmp.unlink(missing_ok=True)
         os.link(path, tmp)
         os.replace(tmp, prev)
+        tmp.unlink(missing_ok=True)  # prev was already this file: rename(2) did nothing
     except OSError:
         tmp.unlink(missing_ok=True)
         with open(path, "rb") as src:

@@ -8,16 +8,21 @@ One launch (one ``train``/``sweep`` call with ``out=L``, one model or a batch) w
                                     only the rows it really recorded (none after it stopped)
     L/events.jsonl                  one JSON object per line: started, memorized, grokked, …
     L/checkpoint.pt                 grokfast.checkpoint
+    L/run.lock                      held (flock) by the process writing L (grokfast.ownership)
     model directory                 L itself for one model, else L/model_000, L/model_001, …:
                                     config.json from the start; params.npz, result.json and
                                     curves.png when the run ends (result.json points to L's history)
 
+run.json also records the SHA-256 of every chunk (``"chunks"``, at each checkpoint and at the
+end; the checkpoint holds the same list), checked when a column is read (grokfast.integrity).
+Model names read back from run.json must be the names model_dirs makes (grokfast.ownership).
 Chunk files are written whole (temporary file, fsync, rename), so a reader — ``Result.load`` or
 ``grokfast show`` on a running or killed run — only ever sees complete chunks, and each column
 loads lazily (one zip member per model and statistic).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,6 +36,9 @@ import numpy as np
 from grokfast.errors import GrokfastError
 from grokfast.model import STAT_NAMES
 
+from .integrity import file_problem, sha256_bytes
+from .ownership import MODEL_NAME, check_names, open_append, read_json, real_dir
+
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
 HISTORY_DIR = "history"
@@ -42,8 +50,11 @@ def atomic_write(path: Path, write: Callable) -> None:
     """Call write(f) on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a stale one (or a link planted there) is never written through
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o644)
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -51,6 +62,13 @@ def atomic_write(path: Path, write: Callable) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+    """A matplotlib figure written as PNG by rename (a link at `path` is replaced, not followed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
 
 
 def atomic_json(path: Path, obj) -> None:
@@ -77,8 +95,11 @@ def model_dirs(launch: Path, n_models: int, single: bool) -> list[str]:
 
 
 def read_run(launch: Path) -> dict:
-    with open(Path(launch) / RUN_FILE) as f:
-        return json.load(f)
+    """run.json, its model names checked (plain names of the form model_dirs makes)."""
+    path = Path(launch) / RUN_FILE
+    run = read_json(path)
+    check_names(run.get("models"), MODEL_NAME, str(path))
+    return run
 
 
 def find_launch(model_dir: Path) -> Optional[tuple[Path, int]]:
@@ -116,10 +137,13 @@ def contiguous_chunks(launch: Path, rows: Optional[int] = None) -> list[Path]:
     for r0, r1, p in chunk_files(launch):
         if rows is not None and r1 > rows:
             break
-        if r0 != end:
+        if r0 > end:
             raise GrokfastError(f"{Path(launch) / HISTORY_DIR} misses rows {end}–{r0 - 1} of the "
                                 f"history (a chunk file was removed); the run cannot be read past "
                                 f"row {end}")
+        if r0 < end:
+            raise GrokfastError(f"{p} overlaps rows {r0}–{end - 1}, already in an earlier chunk "
+                                f"(a file that grokfast did not write): remove it")
         out.append(p)
         end = r1
     if rows is not None and end != rows:
@@ -145,9 +169,9 @@ class HistoryWriter:
     """
 
     def __init__(self, launch: Path, n_models: int, row0: int = 0, flush_values: int = 1 << 18,
-                 flush_seconds: float = 30.0):
-        self.dir = Path(launch) / HISTORY_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+                 flush_seconds: float = 30.0, sums: Optional[dict] = None):
+        self.dir = real_dir(Path(launch) / HISTORY_DIR, create=True)
+        self.sums = dict(sums or {})      # chunk file name → SHA-256 (grokfast.integrity)
         self.n_models = n_models
         self.rows = row0                  # rows durable on disk
         self.flush_values = flush_values
@@ -181,7 +205,12 @@ class HistoryWriter:
         for k in STAT_NAMES:
             for i in range(self.n_models):
                 arrays[f"{k}/{i}"] = np.concatenate([rows[k][i, : nv[i]] for rows, nv in self._pieces])
-        atomic_write(self.dir / f"chunk_{r0:012d}_{r1:012d}.npz", lambda f: np.savez(f, **arrays))
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        name = f"chunk_{r0:012d}_{r1:012d}.npz"
+        atomic_write(self.dir / name, lambda f: f.write(data))
+        self.sums[name] = sha256_bytes(data)
         self.rows, self._pieces, self._buffered = r1, [], 0
 
 
@@ -202,6 +231,8 @@ class LazyHistory(Mapping):
 
     def refresh(self) -> None:
         self.chunks = contiguous_chunks(self.launch, self._rows)
+        has_run = (self.launch / RUN_FILE).is_file()
+        self._sums = (read_run(self.launch).get("chunks") or {}) if has_run else {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.names:
@@ -209,8 +240,20 @@ class LazyHistory(Mapping):
         key = f"{name}/{self.index}"
         parts = []
         for p in self.chunks:
-            with np.load(p) as z:
-                parts.append(z[key])
+            problem = file_problem(p, self._sums.get(p.name))
+            try:
+                if problem is None:
+                    with np.load(p) as z:
+                        parts.append(z[key])
+            except KeyError:
+                problem = f"it has no column {key}"
+            except Exception as e:  # BadZipFile, a bad CRC, a torn file: the chunk is damaged
+                problem = f"it cannot be read ({type(e).__name__}: {e})"
+            if problem is not None:
+                raise GrokfastError(f"history chunk {p} is damaged: {problem}. The rows before "
+                                    f"it are intact; restore it from a copy (or resume: "
+                                    f"`grokfast train --resume {self.launch}` continues from a "
+                                    f"checkpoint whose history is intact, if there is one)")
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def __iter__(self):
@@ -232,7 +275,7 @@ class EventLog:
 
     def __init__(self, launch: Path):
         self.path = Path(launch) / EVENTS_FILE
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open_append(self.path)
 
     def emit(self, event: str, step: int, wall: float, **fields) -> dict:
         rec = {"event": event, "step": int(step), "wall": round(float(wall), 6),
@@ -254,9 +297,9 @@ def read_events(launch: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return out
+    return [e for e in out if isinstance(e, dict) and "event" in e and "step" in e]

@@ -12,8 +12,8 @@ history written so far and the parameters of the last checkpoint, with ``interru
 """
 from __future__ import annotations
 
-import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,6 +26,8 @@ from grokfast.errors import GrokfastError
 from grokfast.plotting import pyplot
 
 from .history import LazyHistory, atomic_json, atomic_write, find_launch, read_run
+from .integrity import check_result_files, result_checksums
+from .ownership import live_status, os_errors, read_json
 
 
 def first_step(history: dict, name: str, threshold: float) -> Optional[int]:
@@ -122,33 +124,43 @@ class Result:
         meta = dict(backend=self.backend, wall_time=self.wall_time, steps_done=self.steps_done,
                     diverged=self.diverged, interrupted=self.interrupted, final=self.final,
                     memorization_step=self.memorization_step, grok_step=self.grok_step,
-                    stop_reason=self.stop_reason, history=history_ref or "history.npz")
+                    stop_reason=self.stop_reason, history=history_ref or "history.npz",
+                    checksums=result_checksums(d, ["config.json", "params.npz", *(
+                        [] if history_ref else ["history.npz"]), *(
+                        ["extras.npz"] if self.extras else [])]))
         atomic_json(d / "result.json", meta)
         if not curves:
             return d
         try:
             plot_curves(self, d / "curves.png")
         except Exception as e:  # a plot must never lose a run
-            (d / "curves.error.txt").write_text(f"could not draw curves.png: {e!r}\n")
+            text = f"could not draw curves.png: {e!r}\n".encode()
+            atomic_write(d / "curves.error.txt", lambda f: f.write(text))
         return d
 
     @classmethod
     def load(cls, directory) -> "Result":
-        """A saved run, a streamed run, or the part so far of a running or killed streamed run."""
-        d = Path(directory)
+        """A saved run, a streamed run, or the part so far of a running or killed streamed run.
+        Files with a checksum in result.json are verified; a damaged one is a GrokfastError
+        naming it."""
+        with os_errors(directory, "read"):
+            return cls._load(Path(directory))
+
+    @classmethod
+    def _load(cls, d: Path) -> "Result":
         if not (d / "config.json").is_file():
             find_launch(d)  # raises, naming the model directories, when d holds a batch
             raise GrokfastError(f"{d} is not a grokfast run directory: config.json is missing "
                                 f"(save one with Result.save or `grokfast train --out DIR`)")
-        config = Config.from_json((d / "config.json").read_text())
-        meta = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else {}
+        meta = read_json(d / "result.json") if (d / "result.json").is_file() else {}
+        check_result_files(d, meta)
+        config = Config.from_dict(read_json(d / "config.json"))
         ref = meta.get("history", "history.npz")
         if isinstance(ref, dict) and (d / "params.npz").is_file():
-            history = LazyHistory(d / ref["launch"], ref["index"])
+            history = LazyHistory(_history_launch(d, ref), ref.get("index"))
             milestones = {k: meta.get(k) for k in ("memorization_step", "grok_step")}
         elif (d / "history.npz").is_file() and (d / "params.npz").is_file():
-            with np.load(d / "history.npz") as h:
-                history = {k: h[k] for k in h.files}
+            history = _npz(d / "history.npz", tensors=False)
             milestones = {}
         else:
             launch = find_launch(d)
@@ -157,12 +169,8 @@ class Result:
                 raise GrokfastError(f"{d} is not a grokfast run directory: {missing} is missing "
                                     f"(save one with Result.save or `grokfast train --out DIR`)")
             return _load_partial(config, *launch)
-        with np.load(d / "params.npz") as pz:
-            params = {k: torch.from_numpy(pz[k].copy()) for k in pz.files}
-        extras = {}
-        if (d / "extras.npz").is_file():
-            with np.load(d / "extras.npz") as ez:
-                extras = {k: ez[k] for k in ez.files}
+        params = _npz(d / "params.npz", tensors=True)
+        extras = _npz(d / "extras.npz", tensors=False) if (d / "extras.npz").is_file() else {}
         return cls(config=config, history=history, params=params,
                    backend=meta.get("backend", "unknown"), wall_time=meta.get("wall_time", 0.0),
                    steps_done=meta.get("steps_done", 0), diverged=meta.get("diverged"),
@@ -239,6 +247,7 @@ def _load_partial(config: Config, launch: Path, index: int) -> Result:
     from .checkpoint import load_checkpoint
 
     run = read_run(launch)
+    status = live_status(launch, run.get("status", "unknown"))
     history = LazyHistory(launch, index)
     params, steps_done, wall, where = {}, 0, 0.0, "no checkpoint yet"
     try:
@@ -257,11 +266,29 @@ def _load_partial(config: Config, launch: Path, index: int) -> Result:
         final = evaluate(config, make_dataset(config), params["W1"], params["W2"])
         final["norm"] = float(torch.sqrt(params["W1"].double().pow(2).sum()
                                          + params["W2"].double().pow(2).sum()))
-    note = (f"partial run (status {run.get('status', 'unknown')}: running, or killed): {upto}, "
+    note = (f"partial run (status {status}): {upto}, "
             f"{where}; continue it with `grokfast train --resume {launch}`")
     return Result(config=config, history=history, params=params, backend=run.get("backend", "unknown"),
                   wall_time=wall, steps_done=steps_done, interrupted=True, final=final,
                   stop_reason=note)
+
+
+def _history_launch(d: Path, ref: dict) -> Path:
+    """The launch directory a result.json points to: d itself or its parent, nothing else."""
+    if ref.get("launch") not in (".", "..") or not isinstance(ref.get("index"), int):
+        raise GrokfastError(f"{d / 'result.json'} points its history to {ref!r}, not a place "
+                            f"grokfast writes: restore the file")
+    return d / ref["launch"]
+
+
+def _npz(path: Path, tensors: bool) -> dict:
+    """Every array of an .npz (torch tensors if asked); GrokfastError naming a damaged file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: torch.from_numpy(z[k].copy()) if tensors else z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise GrokfastError(f"{path} is damaged ({type(e).__name__}: {e}): restore it from a copy, "
+                            f"or train the run again") from None
 
 
 def _atomic_npz(path: Path, arrays: dict) -> None:
@@ -300,7 +327,8 @@ def plot_curves(result: Result, path) -> None:
     fig.suptitle(f"p={c.p} {c.operation} {c.encoding} width={c.width} {c.activation} {c.loss} "
                  f"{c.optimizer} lr={c.lr:g} wd={c.weight_decay:g} seed={c.seed}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .history import save_figure
+    save_figure(fig, path)
     plt.close(fig)
 
 

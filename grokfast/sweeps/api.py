@@ -16,16 +16,10 @@ from grokfast.engine import run
 from grokfast.engine.signals import StopRequest
 from grokfast.errors import GrokfastError, check_choice, closest
 from grokfast.store.history import atomic_json
+from grokfast.store.ownership import DirLock, claim_new, os_errors
 from grokfast.store.result import ResultBatch
 
-from .files import (
-    PLAN_FILE,
-    STATUS_FILE,
-    check_same_plan,
-    resumed,
-    sweep_lock,
-    write_plan,
-)
+from .files import LOCK_FILE, STATUS_FILE, check_same_plan, resumed, write_plan
 from .grid import check_grid, check_seeds
 from .launch import launch_finished, run_launch
 from .local import LocalExecutor
@@ -84,12 +78,7 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
                                 f"use Config.preset('paper-real') or Config(...)")
         sweep_dir = Path(out) if out is not None else \
             Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (sweep_dir / PLAN_FILE).exists():
-            raise GrokfastError(f"{sweep_dir} already holds a sweep ({PLAN_FILE}): finish it with "
-                                f"`grokfast sweep --resume {sweep_dir}` (resume=True) or choose "
-                                f"another --out directory")
-        if sweep_dir.exists() and any(sweep_dir.iterdir()):
-            raise GrokfastError(f"{sweep_dir} is not empty: choose a new --out directory")
+        claim_new(sweep_dir, "sweep")  # refused before anything is written (again once locked)
     axes = check_grid(grid)
     seeds = check_seeds(seeds, config)
     launches = plan(config, axes, seeds, max_models_per_launch=max_models_per_launch,
@@ -98,14 +87,13 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
     if executor == "ray":  # before anything is written: a missing Ray fails cleanly
         from .ray import RayExecutor
         runner = RayExecutor(address=ray_address, cpus_per_launch=cpus_per_launch)
-    if resume:
-        check_same_plan(sweep_dir, launches)
-    else:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_plan(sweep_dir, config, axes, seeds, opts, launches, max_models_per_launch,
-                   launch_memory)
-
-    with sweep_lock(sweep_dir):
+    with os_errors(sweep_dir), DirLock(sweep_dir, LOCK_FILE, "sweep", create=not resume):
+        if resume:
+            check_same_plan(sweep_dir, launches)
+        else:
+            claim_new(sweep_dir, "sweep")
+            write_plan(sweep_dir, config, axes, seeds, opts, launches, max_models_per_launch,
+                       launch_memory)
         return _run_sweep(sweep_dir, launches, axes, opts, runner, progress, figures, phase_rules)
 
 
@@ -164,7 +152,10 @@ def _run_sweep(sweep_dir: Path, launches: list, axes: dict, opts: SweepOptions, 
                       wall_time=time.perf_counter() - t0, model_steps=model_steps,
                       model_steps_per_s=model_steps / max(time.perf_counter() - t0, 1e-9),
                       errors=sum(r["error"] is not None for r in table.by_row.values()))
-        atomic_json(sweep_dir / STATUS_FILE, status)
+        try:
+            atomic_json(sweep_dir / STATUS_FILE, status)
+        except OSError:  # disk full: the stale "running" reads as interrupted (no lock held)
+            pass
     result = SweepResult.load(sweep_dir)
     if figures:
         result.plot(rules=phase_rules)

@@ -1,17 +1,15 @@
-"""The sweep directory's own files: plan.json (written once, checked on resume), status.json and
-the sweep.lock held while a sweep runs there."""
+"""The sweep directory's own files: plan.json (written once, checked on resume, its launch names
+validated) and status.json; the sweep.lock a sweep holds is grokfast.store.ownership's DirLock."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
 from grokfast.store.history import atomic_json
+from grokfast.store.ownership import LAUNCH_NAME, SWEEP_LOCK, check_names, read_json
 
 from .grid import check_grid
 from .options import SweepOptions
@@ -19,36 +17,8 @@ from .plan import Launch, model_bytes
 
 PLAN_FILE = "plan.json"
 STATUS_FILE = "status.json"
-LOCK_FILE = "sweep.lock"
+LOCK_FILE = SWEEP_LOCK
 SWEEP_FORMAT = "grokfast-sweep/1"
-
-
-@contextmanager
-def sweep_lock(sweep_dir: Path):
-    """An exclusive lock on DIR/sweep.lock while a sweep runs there (released when the process
-    ends, even by SIGKILL): a second `grokfast sweep --resume DIR` at the same time is refused."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    f = open(sweep_dir / LOCK_FILE, "a+")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise GrokfastError(f"{sweep_dir} is being run by {holder}: wait for it to end (or stop "
-                                f"it) before resuming") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()
-
 
 
 def write_plan(sweep_dir: Path, base: Config, axes: dict, seeds: list, opts: SweepOptions,
@@ -78,10 +48,17 @@ def read_plan(sweep_dir) -> dict:
     if not path.is_file():
         raise GrokfastError(f"{sweep_dir} is not a sweep directory ({PLAN_FILE} is missing): pass a "
                             f"directory written by `grokfast sweep --out DIR`")
-    plan_ = json.loads(path.read_text())
+    plan_ = read_json(path)
     if plan_.get("format") != SWEEP_FORMAT:
         raise GrokfastError(f"{path}: unknown format {plan_.get('format')!r} (expected "
                             f"{SWEEP_FORMAT})")
+    try:
+        check_names([l["name"] for l in plan_["launches"]], LAUNCH_NAME, str(path), "launch")
+        for k in ("base", "grid", "seeds", "options", "rows"):
+            plan_[k]
+    except (KeyError, TypeError):
+        raise GrokfastError(f"{path} is damaged (a field is missing): restore it from a copy, or "
+                            f"start the sweep again elsewhere") from None
     return plan_
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from grokfast.config import Config, field_names, parse_value
 from grokfast.errors import GrokfastError, closest
+from grokfast.inputs import check_seeds as check_distinct_seeds
 
 
 def parse_values(name: str, text: str) -> list:
@@ -113,14 +114,5 @@ def check_grid(grid) -> dict:
 
 
 def check_seeds(seeds, base: Config) -> list[int]:
-    if seeds is None:
-        return [base.seed]
-    try:
-        seeds = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise GrokfastError(f"seeds={seeds!r}: give a list of integers, e.g. seeds=range(8)") from None
-    if not seeds:
-        raise GrokfastError("seeds is empty: give at least one seed, e.g. seeds=range(4)")
-    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise GrokfastError(f"seeds={seeds}: give distinct seeds ≥ 0")
-    return seeds
+    """The seeds of every grid point (default: the config's seed), validated (grokfast.inputs)."""
+    return [base.seed] if seeds is None else check_distinct_seeds(seeds)

@@ -2,7 +2,6 @@
 checkpoint, or read back its rows when it finished; the same rows wherever it runs."""
 from __future__ import annotations
 
-import shutil
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,9 +14,11 @@ from grokfast.backends.torch.paths import intra_op_threads
 from grokfast.config import Config
 from grokfast.data import make_dataset
 from grokfast.engine import run
+from grokfast.engine.monitor import diverged_steps
 from grokfast.errors import GrokfastError
 from grokfast.store.checkpoint import CHECKPOINT
 from grokfast.store.history import RUN_FILE, atomic_write, read_run
+from grokfast.store.ownership import Locked, clear_run, owned, real_dir, translate
 from grokfast.store.result import Result
 
 from .options import SweepOptions
@@ -49,14 +50,19 @@ def launch_finished(launch_dir: Path) -> bool:
 
 def _train_launch(launch: Launch, d: Path, options: SweepOptions, on_chunk) -> list:
     configs = list(launch.configs)
-    if launch_finished(d):
-        return [Result.load(d / m) for m in read_run(d)["models"]]
+    with owned(d):
+        if launch_finished(d):
+            return [Result.load(d / m) for m in read_run(d)["models"]]
+        if not (d / CHECKPOINT).is_file():
+            clear_run(d)  # started but never checkpointed (or failed): it starts over
+        return _run_launch_dir(configs, d, options, on_chunk)
+
+
+def _run_launch_dir(configs: list, d: Path, options: SweepOptions, on_chunk) -> list:
     kw = dict(options.run_options(), out=d, on_chunk=on_chunk)
     if (d / CHECKPOINT).is_file():
         kw.pop("chunk_steps")  # the checkpoint's
         return run(configs, resume=d, **kw)
-    if d.exists():
-        shutil.rmtree(d)  # started but never checkpointed (or failed): nothing to keep
     kw["chunk_steps"] = options.chunk_steps or lone_chunk(configs[0], options.backend)
     return run(configs, single=False, **kw)
 
@@ -74,13 +80,24 @@ def run_launch(launch: Launch, sweep_dir, options: SweepOptions, *,
     try:
         with threads:
             results = _train_launch(launch, d, options, on_chunk)
+    except OSError as e:  # the disk, not the launch: stop the sweep (resumable), say what to do
+        raise translate(e, d) from None
     except Exception as e:  # recorded in the table; the other launches go on
         message = f"{type(e).__name__}: {e}"
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write(d / ERROR_FILE, lambda f: f.write(traceback.format_exc().encode()))
+        if not isinstance(e, Locked):  # a directory another process holds is not written to
+            _record_error(d, traceback.format_exc())
         return failed_rows(launch, message)
     (d / ERROR_FILE).unlink(missing_ok=True)
     return [_row(launch, c, r) for c, r in zip(launch.configs, results)]
+
+
+def _record_error(d: Path, text: str) -> None:
+    """error.txt of a failed launch, where the disk still takes it (the row records it anyway)."""
+    try:
+        real_dir(d, create=True)
+        atomic_write(d / ERROR_FILE, lambda f: f.write(text.encode()))
+    except (OSError, GrokfastError):
+        pass
 
 
 def _row(launch: Launch, c: Config, r) -> dict:
@@ -90,8 +107,8 @@ def _row(launch: Launch, c: Config, r) -> dict:
                final_train_loss=f.get("train_loss"), final_train_acc=f.get("train_acc"),
                final_test_loss=f.get("test_loss"), final_test_acc=f.get("test_acc"),
                final_norm=f.get("norm"), steps_done=int(r.steps_done), stop_reason=r.stop_reason,
-               diverged=bool(r.diverged), launch=launch.name, wall_time=float(r.wall_time),
-               error=None)
+               diverged=bool(r.diverged), diverged_steps=diverged_steps(r.diverged) or None,
+               launch=launch.name, wall_time=float(r.wall_time), error=None)
     return row
 
 

@@ -231,7 +231,8 @@ def plot_phase_diagram(result, a: str, b: str, path, rules: PhaseRules) -> None:
     fig.suptitle(f"{a} × {b}{pooled}, seeds {_seed_text(result.seeds)}\n"
                  + "\n".join(textwrap.wrap(rules.describe(), 120)), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from grokfast.store.history import save_figure
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -304,5 +305,6 @@ def plot_time_to_grok(result, a: str, path) -> None:
         ax.text(0.01, 0.01, f"pooled over {', '.join(others)}", transform=ax.transAxes, fontsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from grokfast.store.history import save_figure
+    save_figure(fig, path)
     plt.close(fig)

@@ -280,7 +280,8 @@ _watching: Optional[int] = None
 
 
 def _append(path: Path, obj: dict) -> None:
-    with open(path, "a") as f:
+    from grokfast.store.ownership import open_append  # never through a symlink
+    with open_append(path) as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())

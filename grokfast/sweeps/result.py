@@ -1,7 +1,6 @@
 """A sweep directory loaded: plan, table and status (SweepResult)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,10 +8,11 @@ import numpy as np
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError, closest
-from grokfast.store.history import read_run
+from grokfast.store.history import atomic_write, read_run
+from grokfast.store.ownership import live_status, read_json
 from grokfast.store.result import Result
 
-from .files import STATUS_FILE, read_plan, saved_grid
+from .files import LOCK_FILE, STATUS_FILE, read_plan, saved_grid
 from .plan import Launch
 from .table import _FLOAT_COLUMNS, _INT_COLUMNS, COLUMNS, RESULTS_FILE, read_table
 
@@ -47,7 +47,9 @@ class SweepResult:
         launches = [Launch(l["index"], l["name"], tuple(l["rows"]),
                            tuple(configs[i] for i in l["rows"]), tuple(axes))
                     for l in saved["launches"]]
-        status = json.loads((d / STATUS_FILE).read_text()) if (d / STATUS_FILE).is_file() else {}
+        status = read_json(d / STATUS_FILE) if (d / STATUS_FILE).is_file() else {}
+        if status.get("status") is not None:
+            status["status"] = live_status(d, status["status"], LOCK_FILE)
         return cls(dir=d, base=base, axes=axes, seeds=saved["seeds"], plan=launches,
                    table=read_table(d / RESULTS_FILE, tuple(axes)), status=status,
                    options=saved["options"])
@@ -93,7 +95,8 @@ class SweepResult:
         try:
             return plot_sweep(self, rules=rules)
         except Exception as e:  # a figure must never lose a sweep
-            (self.dir / "figures.error.txt").write_text(f"could not draw the figures: {e!r}\n")
+            text = f"could not draw the figures: {e!r}\n".encode()
+            atomic_write(self.dir / "figures.error.txt", lambda f: f.write(text))
             return []
 
     def summary(self, rules=None) -> str:

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 from grokfast.config import parse_value
+from grokfast.errors import GrokfastError
 from grokfast.store.history import atomic_write
 
 # results.csv: the swept fields first (grid order), then these.
 COLUMNS = ("seed", "memorization_step", "grok_step", "final_train_loss", "final_train_acc",
            "final_test_loss", "final_test_acc", "final_norm", "steps_done", "stop_reason",
-           "diverged", "launch", "wall_time", "error")
+           "diverged", "diverged_steps", "launch", "wall_time", "error")
 _INT_COLUMNS = ("seed", "memorization_step", "grok_step", "steps_done")
 _FLOAT_COLUMNS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
                   "final_norm", "wall_time")
@@ -59,8 +60,19 @@ def _parse_cell(name: str, text: str, axes: Sequence[str]):
 def read_table(path: Path, axes: Sequence[str]) -> list[dict]:
     if not Path(path).is_file():
         return []
-    with open(path, newline="") as f:
-        return [{k: _parse_cell(k, v, axes) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [{k: _parse_cell(k, v, axes) for k, v in r.items()} for r in csv.DictReader(f)]
+    except (UnicodeDecodeError, csv.Error, ValueError, TypeError, AttributeError,
+            GrokfastError) as e:
+        raise GrokfastError(f"{path} is damaged ({type(e).__name__}: {e}): `grokfast sweep "
+                            f"--resume {Path(path).parent}` rewrites it from the launches") from None
+    for r in rows:
+        r.setdefault("diverged_steps", None)  # a table written before the column existed
+        if None in r or any(k not in r for k in ("seed", "launch")):
+            raise GrokfastError(f"{path} is damaged (a row does not match its header): `grokfast "
+                                f"sweep --resume {Path(path).parent}` rewrites it")
+    return rows
 
 
 class Table:

@@ -156,6 +156,10 @@ def test_corrupt_checkpoint_is_refused(tmp_path, saved_run, damage, words):
     shutil.copytree(saved_run, d)
     path = d / "checkpoint.pt"
     path.write_bytes(damage(path.read_bytes()))
+    # the previous checkpoint verifies: the resume continues from it (issue 18)
+    assert grokfast.train(None, resume=shutil.copytree(d, tmp_path / "copy")).steps_done == BASE.steps
+    prev = d / "checkpoint.prev.pt"
+    prev.write_bytes(damage(prev.read_bytes()))
     with pytest.raises(GrokfastError, match=f"corrupt.*{words}.*checkpoint.prev.pt"):
         grokfast.train(None, resume=d)
 
@@ -263,7 +267,7 @@ def test_sigkill_leaves_a_loadable_partial_run_that_resumes_bitwise(tmp_path, ba
                                                   backend=backend).params, "checkpoint params")
     assert cli.main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "status running" in shown and "partial run" in shown
+    assert "status interrupted" in shown and "partial run" in shown  # a stale "running"
     assert_same_run(whole, grokfast.train(None, resume=out))
 
 

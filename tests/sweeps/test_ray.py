@@ -165,7 +165,7 @@ def test_driver_killed_then_resume_runs_only_what_is_missing(tmp_path, long_loca
     finally:
         _end_group(proc)
     assert proc.returncode == -signal.SIGKILL
-    assert SweepResult.load(out).status["status"] == "running"
+    assert SweepResult.load(out).status["status"] == "interrupted"  # stale "running"
     assert not attempts(out, last, "finished")
 
     resumed = _cli_sweep("--resume", str(out))

@@ -108,7 +108,7 @@ def test_every_model_of_a_sweep_equals_it_trained_alone(swept):
             final_train_loss=f["train_loss"], final_train_acc=f["train_acc"],
             final_test_loss=f["test_loss"], final_test_acc=f["test_acc"], final_norm=f["norm"],
             steps_done=alone.steps_done, stop_reason=alone.stop_reason,
-            diverged=bool(alone.diverged), error=None)], "wall_time", "launch")
+            diverged=bool(alone.diverged), diverged_steps=None, error=None)], "wall_time", "launch")
         stopped += row["stop_reason"] == "grok"
     assert stopped >= 4  # early stops happened, at the steps a lone run stops at
 
@@ -179,7 +179,7 @@ def test_a_sweep_running_elsewhere_is_not_resumed_twice(swept):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 4242\n")
         held.flush()
-        with pytest.raises(GrokfastError, match="being run by pid 4242"):
+        with pytest.raises(GrokfastError, match="being written by pid 4242"):
             grokfast.sweep(None, out=swept.dir, resume=True, figures=False)
     assert grokfast.sweep(None, out=swept.dir, resume=True, figures=False).table == swept.table
 
@@ -322,7 +322,7 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_table(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     partial = SweepResult.load(out)
     assert [r["launch"] for r in partial.table] == ["launch_000"] * 2
-    assert partial.status["status"] == "running"
+    assert partial.status["status"] == "interrupted"  # its "running" is stale: no lock held
     events0 = read_events(out / "launch_000")
 
     assert cli.main(["sweep", "--resume", str(out), "--quiet"]) == 0
