@@ -1,8 +1,9 @@
 """The package's imports run one way, counting every import, inside functions too:
 
-    ground (errors, config, data, model, filters, profiling, plotting), kernels
+    kernels (import nothing of the package)
+      → ground (errors, config, data, model, filters, profiling, plotting, inputs, numerics)
       → backends/, store/, theory/   (none of the three imports another)
-      → engine/ → sweeps/ → reproduce/ → cli/ → the package's public face (grokfast, grokfast.reference)
+      → tracking/ (loggers: TensorBoard) → engine/ → sweeps/ → reproduce/ → cli/ → the package's public face (grokfast, grokfast.reference)
 
 No module imports a module of a higher layer or of another room of its own layer, no import circle
 exists anywhere, and the kernels import nothing of the package but themselves.
@@ -21,9 +22,10 @@ ROOMS = {
     "grokfast.data": ("ground", 0), "grokfast.model": ("ground", 0),
     "grokfast.filters": ("ground", 0), "grokfast.profiling": ("ground", 0),
     "grokfast.plotting": ("ground", 0), "grokfast.inputs": ("ground", 0),
-    "grokfast.kernels": ("kernels", 0),
+    "grokfast.kernels": ("kernels", -1),
     "grokfast.backends": ("backends", 1), "grokfast.store": ("store", 1),
     "grokfast.theory": ("theory", 1),
+    "grokfast.tracking": ("tracking", 1.5),
     "grokfast.engine": ("engine", 2),
     "grokfast.sweeps": ("sweeps", 3),
     "grokfast.reproduce": ("reproduce", 4),

@@ -1,8 +1,8 @@
-"""Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast reproduce`
-(also `python -m grokfast`).
+"""Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast export`,
+`grokfast reproduce` (also `python -m grokfast`).
 
 Bad input prints one line `error: ...` (no traceback) and exits with status 2. One module per
-command (train, sweep, show, reproduce), the options train and sweep share declared once (common).
+command (train, sweep, show, export, reproduce), the options train and sweep share declared once (common).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from grokfast.errors import GrokfastError
 from grokfast.store.ownership import translate
 
-from . import reproduce, show, sweep, train
+from . import export, reproduce, show, sweep, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "--seeds, packed into launches; results.csv and "
                                                  "figures"))
     show.configure(sub.add_parser("show", help="summarize a saved run or sweep directory"))
+    export.configure(sub.add_parser("export", help="write a finished run's or sweep's files for "
+                                                   "another viewer"))
     reproduce.configure(sub.add_parser("reproduce", help="reproduce the paper's figures and a "
                                                          "report"))
     return parser

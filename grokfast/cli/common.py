@@ -36,6 +36,10 @@ def add_run_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--max-time", type=float, metavar="S", help=f"stop {'the run' if what == 'run' else 'the sweep'} after S "
                    "seconds (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", help=(
+        "TensorBoard event files in OUT/tensorboard/, live" if what == "run" else "every plan row "
+        "as a TensorBoard run in OUT/tensorboard/ with HParams, live") + " (pip install "
+        "\"grokfast[tensorboard]\")")
 
 
 def config_from_args(args) -> Config:

@@ -38,6 +38,8 @@ def cmd_sweep(args) -> int:
     options = dict(backend=args.backend, max_time=args.max_time,
                    checkpoint_every=args.checkpoint_every,
                    checkpoint_seconds=args.checkpoint_seconds)
+    if args.tensorboard:
+        options["tensorboard"] = True
     executor = "ray" if args.ray is not None else "local"
     ray = dict(executor=executor, ray_address=args.ray,
                cpus_per_launch=args.cpus_per_launch)

@@ -49,7 +49,8 @@ def _train(args, config, seeds, out, resume) -> int:
                        handle_signals=True, resume=resume, checkpoint_every=args.checkpoint_every,
                        checkpoint_seconds=args.checkpoint_seconds, stop_at=args.stop_at,
                        stop_patience=args.stop_patience, max_steps=args.max_steps,
-                       max_time=args.max_time, profile_steps=parse_window(args.profile_steps))
+                       max_time=args.max_time, profile_steps=parse_window(args.profile_steps),
+                       tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         print(f"stopped at once (second interrupt): {out} keeps the history written so far and its "
               f"last complete checkpoint; `grokfast show {out}` reads it, `grokfast train --resume "

@@ -25,16 +25,23 @@ from grokfast.backends.registry import make_stepper
 from grokfast.config import Config
 from grokfast.data import make_dataset
 from grokfast.errors import GrokfastError
+from grokfast.inputs import check_seeds
 from grokfast.model import evaluate
 from grokfast.profiling import nvtx_range, profiler_start, profiler_stop
-from grokfast.inputs import check_seeds
 from grokfast.store.checkpoint import set_rng_state
 from grokfast.store.ownership import owned
 from grokfast.store.result import Result, ResultBatch
 
 from .chunks import chunk_size, next_cut
-from .monitor import (Progress, apply_grok_stops, check_params, digest, final_divergence,
-                      progress_bar, update_bar)
+from .monitor import (
+    Progress,
+    apply_grok_stops,
+    check_params,
+    digest,
+    final_divergence,
+    progress_bar,
+    update_bar,
+)
 from .options import FIRST_CHECKPOINT_SECONDS, RunOptions
 from .resume import resume_dir, resume_plan
 from .signals import StopRequest
@@ -59,7 +66,10 @@ def train(config: Optional[Config], seeds=None, **options):
     options (keywords, the fields of grokfast.options.RunOptions; an unknown one is a GrokfastError
     naming the closest): backend, out, progress, handle_signals, chunk_steps, observers, resume,
     checkpoint_every, checkpoint_seconds, stop_at, stop_patience, max_steps, max_time,
-    profile_steps (as described here and in run).
+    profile_steps, tensorboard, loggers (as described here and in run).
+    tensorboard=True: TensorBoard event files in out/tensorboard/, live (grokfast.tracking.
+    tensorboard; needs tensorboardX). loggers: more trackers (grokfast.tracking.Logger); both
+    need out.
 
     Long runs (see run for the details):
     resume: a run directory to continue from its checkpoint, bitwise equal to the uninterrupted run
@@ -164,7 +174,8 @@ class _Launch:
         else:
             self.prog = Progress.start(self.M)
         self.start_step = self.prog.step
-        self.sink = (RunDirSink(Path(opts.out), configs, opts.single, self.stepper.backend, resume)
+        self.sink = (RunDirSink(Path(opts.out), configs, opts.single, self.stepper.backend, resume,
+                                opts.loggers)
                      if opts.out is not None else MemorySink())
         self.pauses = sorted({int(s) for ob in opts.observers for s in ob.pause_steps(self.steps)
                               if self.start_step <= s <= self.steps})

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 from grokfast.backends.base import BACKENDS
 from grokfast.config import Config
 from grokfast.errors import GrokfastError, check_choice, closest
+from grokfast.tracking import require_tensorboard, resolve_loggers
 
 from .resume import open_checkpoint, saved_choices
 
@@ -46,6 +47,8 @@ class RunOptions:
     profile_steps: Any = None
     on_chunk: Optional[Callable] = None
     curves: bool = True
+    tensorboard: Any = False                 # True: grokfast.tracking.tensorboard; or a Logger
+    loggers: Sequence = ()                   # more trackers (grokfast.tracking.Logger)
     window: Optional[tuple] = None           # profile_steps as (A, B), set by resolved
 
     @classmethod
@@ -73,6 +76,11 @@ class RunOptions:
             raise GrokfastError(f"max_steps={self.max_steps!r} must be an integer ≥ 0")
         if self.out is None and (self.checkpoint_every or self.checkpoint_seconds):
             raise GrokfastError("checkpoints need a run directory: pass out=DIR (--out DIR)")
+        if self.tensorboard is True:
+            require_tensorboard()  # a missing tensorboardX fails before the directory is touched
+        if self.out is None and self.resume is None and (self.tensorboard or self.loggers):
+            raise GrokfastError("tensorboard / loggers write beside a run directory: pass out=DIR "
+                                "(--out DIR)")
         return _profile_window(self.profile_steps, steps)
 
     def resolved(self, configs: Sequence[Config]) -> "RunOptions":
@@ -91,7 +99,8 @@ class RunOptions:
             self, out=out, resume=resume, backend=backend,
             stop_at=None if stop_at == "none" else stop_at, stop_patience=int(stop_patience or 3),
             single=len(configs) == 1 if single is None else single,
-            checkpoint_seconds=checkpoint_seconds, window=window)
+            checkpoint_seconds=checkpoint_seconds, window=window, tensorboard=False,
+            loggers=resolve_loggers(self.tensorboard, self.loggers))
 
 
 def _positive(name: str, v, kind=int) -> None:

@@ -8,10 +8,9 @@ hands the loaded dict on.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
-
-import logging
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError

@@ -29,10 +29,11 @@ from grokfast.store.history import (
     sync_dir,
     truncate_history,
 )
+from grokfast.store.ownership import real_dir
+from grokfast.tracking import RunInfo
 
 from .chunks import rows_before
 from .monitor import Progress
-from grokfast.store.ownership import real_dir
 
 
 class MemorySink:
@@ -67,7 +68,7 @@ class RunDirSink:
     """The run directory of a streaming launch: model directories, run.json, history, events."""
 
     def __init__(self, launch: Path, configs: Sequence[Config], single: bool, backend: str,
-                 resume: Optional[dict]):
+                 resume: Optional[dict], loggers: Sequence = ()):
         self.launch = launch
         M = len(configs)
         sums = {}
@@ -93,6 +94,10 @@ class RunDirSink:
         atomic_json(launch / RUN_FILE, self.run)
         self.writer = HistoryWriter(launch, M, row0=row0, sums=sums)
         self.events = EventLog(launch)
+        # trackers (grokfast.tracking): started at the first event, after the history is truncated
+        self.loggers = list(loggers)
+        self._info = RunInfo(launch, tuple(configs), tuple(self.models), row0)
+        self._logging = False
 
     def _write_configs(self, configs: Sequence[Config]) -> None:
         for c, m in zip(configs, self.models):
@@ -103,10 +108,25 @@ class RunDirSink:
             atomic_write(d / "config.json", lambda f, c=c: f.write(c.to_json().encode()))
 
     def event(self, name: str, step: int, wall: float, **fields_) -> None:
-        self.events.emit(name, step, wall, **{k: v for k, v in fields_.items() if v is not None})
+        rec = self.events.emit(name, step, wall,
+                               **{k: v for k, v in fields_.items() if v is not None})
+        if self.loggers and not self._logging:
+            self._logging = True
+            for lg in self.loggers:
+                lg.on_start(self._info)
+        for lg in self.loggers:
+            lg.on_event(rec)
 
     def append(self, rows: dict, n_valid: np.ndarray) -> None:
         self.writer.append(rows, n_valid)
+        for lg in self.loggers:
+            lg.on_chunk(rows, n_valid)
+
+    def _finish_loggers(self, results, status: str) -> None:
+        if self._logging:
+            for lg in self.loggers:
+                lg.on_finish(results, status)
+            self._logging = False
 
     def checkpoint(self, stepper, prog: Progress, configs, chunk: int, stop_at, patience: int,
                    wall: Callable[[], float], log_every: int) -> float:
@@ -136,6 +156,7 @@ class RunDirSink:
         self.writer.flush()
         self.event("interrupted", step, wall, reason="second signal",
                    checkpoint="kept the last complete checkpoint")
+        self._finish_loggers(None, "interrupted")
         self.set_status("interrupted")
         self.close()
         return True
@@ -155,6 +176,7 @@ class RunDirSink:
         else:
             self.event("finished", prog.step, elapsed, steps_done=done,
                        stop_reasons=prog.stop_reason if any(prog.stop_reason) else None)
+        self._finish_loggers(results, "interrupted" if interrupted else "finished")
         self.set_status("interrupted" if interrupted else "finished")
         self.close()
 

@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
+
+from .checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from .history import RUN_FILE, atomic_write, read_run, sync_dir
 from .integrity import chunk_problems
 from .ownership import clear_run, read_json

@@ -41,7 +41,7 @@ def sweep(config: Optional[Config] = None, *, grid=None, seeds=None, out=None, e
     "logspace:1e-5:1e-2:7", "linspace:A:B:N", "range:A:B"); any field but seed, shape-changing
     ones included. seeds: list of seeds (default: config.seed). options: SweepOptions fields
     (backend, stop_at, stop_patience, max_time, checkpoint_every, checkpoint_seconds, chunk_steps,
-    threads, handle_signals). executor: "local" (one launch after another here) or "ray"
+    threads, handle_signals, curves, tensorboard). executor: "local" (one launch after another here) or "ray"
     (grokfast.sweeps.ray.RayExecutor(address=ray_address, cpus_per_launch=...)).
     max_models_per_launch / launch_memory (bytes): the cap on models per launch (launch_capacity).
     resume: continue the sweep in out (config, grid and seeds may be left out: the saved ones).

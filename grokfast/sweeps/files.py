@@ -84,7 +84,7 @@ def resumed(sweep_dir: Path, config, grid, seeds, options: dict, max_models, lau
                                 f"without it")
     opts = dict(saved["options"])
     changeable = ("max_time", "checkpoint_every", "checkpoint_seconds", "threads",
-                  "handle_signals", "curves")
+                  "handle_signals", "curves", "tensorboard")
     for k, v in options.items():
         if k in changeable:
             opts[k] = v

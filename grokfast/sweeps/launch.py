@@ -20,6 +20,7 @@ from grokfast.store.checkpoint import CHECKPOINT
 from grokfast.store.history import RUN_FILE, atomic_write, read_run
 from grokfast.store.ownership import Locked, clear_run, owned, real_dir, translate
 from grokfast.store.result import Result
+from grokfast.tracking.tensorboard import sweep_logger
 
 from .options import SweepOptions
 from .plan import Launch
@@ -49,17 +50,20 @@ def launch_finished(launch_dir: Path) -> bool:
 
 
 def _train_launch(launch: Launch, d: Path, options: SweepOptions, on_chunk) -> list:
-    configs = list(launch.configs)
     with owned(d):
         if launch_finished(d):
             return [Result.load(d / m) for m in read_run(d)["models"]]
         if not (d / CHECKPOINT).is_file():
             clear_run(d)  # started but never checkpointed (or failed): it starts over
-        return _run_launch_dir(configs, d, options, on_chunk)
+        return _run_launch_dir(launch, d, options, on_chunk)
 
 
-def _run_launch_dir(configs: list, d: Path, options: SweepOptions, on_chunk) -> list:
+def _run_launch_dir(launch: Launch, d: Path, options: SweepOptions, on_chunk) -> list:
+    configs = list(launch.configs)
     kw = dict(options.run_options(), out=d, on_chunk=on_chunk)
+    if options.tensorboard:
+        kw["tensorboard"] = sweep_logger(d.parent, launch.axes, configs,
+                                         lambda i, r: _row(launch, configs[i], r))
     if (d / CHECKPOINT).is_file():
         kw.pop("chunk_steps")  # the checkpoint's
         return run(configs, resume=d, **kw)

@@ -26,6 +26,8 @@ class SweepOptions:
     handle_signals: Ctrl-C / SIGTERM stop the launch after its current chunk, checkpointed.
     curves: draw each model's curves.png (off by default: ~0.5 s of matplotlib per model; draw one
     later with grokfast.store.result.plot_curves(SweepResult.result(i), path)).
+    tensorboard: every plan row as a TensorBoard run in DIR/tensorboard/, live, with its HParams
+    session (grokfast.tracking.tensorboard; needs tensorboardX).
     """
 
     backend: str = "auto"
@@ -38,6 +40,7 @@ class SweepOptions:
     threads: Optional[int] = None
     handle_signals: bool = False
     curves: bool = False
+    tensorboard: bool = False
 
     def validate(self) -> "SweepOptions":
         """GrokfastError naming the first bad option: the fields shared with grokfast.train by

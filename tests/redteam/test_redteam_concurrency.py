@@ -7,12 +7,12 @@ import signal
 import time
 
 import pytest
+from bitwise import assert_bitwise
+from redteam_helpers import CHUNK, TINY, child, run_cli, snapshot
 
 import grokfast
 from grokfast import GrokfastError, Result
 from grokfast.store.ownership import DirLock, lock_held
-from redteam_helpers import CHUNK, TINY, child, run_cli, snapshot
-from bitwise import assert_bitwise
 
 
 @pytest.fixture(autouse=True)

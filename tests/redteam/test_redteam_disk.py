@@ -5,12 +5,12 @@ import json
 import os
 
 import pytest
+from bitwise import assert_bitwise
+from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli
 
 import grokfast
 from grokfast import GrokfastError, Result, SweepResult
 from grokfast import sink as sink_mod
-from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli
-from bitwise import assert_bitwise
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,12 @@ the sweep row (diverged, diverged_steps) and the exit status (1)."""
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
+from redteam_helpers import run_cli
 
 import grokfast
 from grokfast import Config, Result
-from redteam_helpers import run_cli
 
 WILD = Config.preset("paper-real", lr=1e4)
 

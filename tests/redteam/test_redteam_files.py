@@ -4,13 +4,13 @@ run directory without checksums still loads and resumes."""
 import json
 
 import pytest
+from bitwise import assert_bitwise
+from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli
 
 import grokfast
 from grokfast import GrokfastError, Result, SweepResult
 from grokfast.store.checkpoint import load_checkpoint, save_checkpoint
 from grokfast.store.history import chunk_files
-from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli
-from bitwise import assert_bitwise
 
 
 @pytest.fixture(autouse=True)

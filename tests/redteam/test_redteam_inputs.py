@@ -1,11 +1,11 @@
 """Red team, bad inputs: each is one GrokfastError (CLI: one `error:` line, exit 2) before any
 work, and the directory it was pointed at is left as it was (not even created)."""
 import pytest
+from redteam_helpers import TINY, assert_clean_error, run_cli, snapshot, tiny_args
 
 import grokfast
 from grokfast import Config, GrokfastError
 from grokfast.config import PRESETS
-from redteam_helpers import TINY, assert_clean_error, run_cli, snapshot, tiny_args
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -7,11 +7,11 @@ import signal
 import time
 
 import pytest
+from bitwise import assert_bitwise
+from redteam_helpers import CHUNK, TINY, child
 
 import grokfast
 from grokfast import Result
-from redteam_helpers import CHUNK, TINY, child
-from bitwise import assert_bitwise
 
 
 class Killed(BaseException):
@@ -108,8 +108,8 @@ def test_killed_between_keeping_previous_and_the_rename(tmp_path, monkeypatch, r
                                           ("config.json", "grokfast.store.history")])
 def test_killed_while_saving_the_result(tmp_path, monkeypatch, ref, name, module):
     d = tmp_path / "run"
-    import grokfast.store.result as res
     import grokfast.engine.sink as sink
+    import grokfast.store.result as res
     real, seen = res.atomic_write, []
     finishing = []
 

@@ -5,10 +5,17 @@ import json
 import os
 
 import pytest
+from redteam_helpers import (
+    CHUNK,
+    TINY,
+    assert_clean_error,
+    run_cli,
+    snapshot,
+    tiny_args,
+)
 
 import grokfast
 from grokfast import GrokfastError, Result, ResultBatch, SweepResult
-from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli, snapshot, tiny_args
 
 
 @pytest.fixture(autouse=True)

@@ -2,14 +2,21 @@
 import json
 import time
 
-import numpy as np
 import pytest
+from bitwise import assert_bitwise
+from redteam_helpers import (
+    CHUNK,
+    TINY,
+    assert_clean_error,
+    child,
+    run_cli,
+    snapshot,
+    tiny_args,
+)
 
 import grokfast
 from grokfast import GrokfastError, Result
 from grokfast.store.history import chunk_files
-from redteam_helpers import (CHUNK, TINY, assert_clean_error, child, run_cli, snapshot, tiny_args)
-from bitwise import assert_bitwise
 
 
 @pytest.fixture(autouse=True)
