@@ -25,6 +25,7 @@ of a step (6·N·width·p per model: Ŷ = H W2, Hᵀ dŶ, dŶ W2ᵀ) against the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -89,7 +90,10 @@ def long_config(steps: int, dry_run: bool) -> Config:
 
 
 def provider_config(case: Case, provider: str) -> Config:
-    """The case's config as `provider` runs it (triton-tf32: precision="tf32")."""
+    """The case's config as `provider` runs it (triton-tf32: precision="tf32"; torch without numba,
+    as on the GPU machine's stack: numerics="host", which on CUDA is what runs anyway)."""
+    if provider == "torch" and importlib.util.find_spec("numba") is None:
+        return case.config.replace(numerics="host")
     return case.config.replace(precision="tf32") if provider == "triton-tf32" else case.config
 
 

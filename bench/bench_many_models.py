@@ -12,7 +12,7 @@ slows all alike):
   steps); with torch's threads (all cores) and with one thread. On a busy machine the two-thread
   loop collapses (OpenMP threads waiting on each other), so the ratio is taken to the better one.
 - `torch-mkl-1t`: the torch backend's path before the many-model work (MKL GEMMs, one thread, no
-  threads over models), forced with kernel="mkl", shards=1.
+  threads over models), forced with kernel="mkl", shards=1 (numerics "host").
 - `torch`: the torch backend as the engine picks it (numba kernels, threads over models).
 Reported: model-steps/s (median over repeats, and the spread), the ratio to the better vmap, and
 the GFLOP/s of the three GEMMs of a model-step (3 · 2·N·width·p).
@@ -48,6 +48,8 @@ def setup(provider: str, models: int, config: Config = CONFIG):
     if provider.startswith("vmap"):
         return _vmap_loop(configs, data, threads=1 if provider == "vmap-1t" else None)
     kw = dict(kernel="mkl", shards=1) if provider == "torch-mkl-1t" else {}
+    if kw:  # MKL's GEMMs are the host-tuned numerics
+        configs = [c.replace(numerics="host") for c in configs]
     stepper = TorchStepper(configs, data, torch.device("cpu"), **kw)
     active = np.ones(models, bool)
     stepper.advance(0, 3, active)

@@ -7,7 +7,10 @@
 #      every case is reported (no -x);
 #   2. the benchmark table of bench/bench_gpu.py (paper-real, width 512 gromov-like, 64 seeds batched
 #      against 64 sequential reference runs; Triton at precision ieee and tf32 side by side) and one
-#      timed 10⁶-step paper-real run.
+#      timed 10⁶-step paper-real run;
+#   3. the GPU's numerics fingerprint: SHA-256 of two fixed short runs on the Triton backend
+#      (`grokfast fingerprint`), to compare GPUs of one model (bitwise run to run there); the dry
+#      run prints the CPU's instead, checked against the committed golden hashes.
 #
 #   bash bench/gpu_check.sh            # on the GPU machine, from anywhere in the repository
 #   bash bench/gpu_check.sh --dry-run  # on a CPU machine: the same steps, tiny, in Triton's interpreter
@@ -22,7 +25,7 @@
 # is the number of failed steps (2 when grokfast cannot be made importable). Environment: PYTHON
 # (default python3), LONG_STEPS (default 10⁶), LONG_BUDGET_S (default 45: the long run stops there
 # and reports its rate and projection), GPU_CHECK_VENV (where the throwaway venv goes, default
-# $TMPDIR/grokfast-gpu-check-venv). Time limits: 180 s for the tests, 150 s for the benchmarks.
+# $TMPDIR/grokfast-gpu-check-venv). Time limits: 180 s for the tests, 110 s for the benchmarks, 25 s for the fingerprint.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -42,7 +45,8 @@ REPORT="$OUT_DIR/gpu_check.md"
 ((PLAN)) || : >"$REPORT"
 FAILED=0
 TESTS_LIMIT_S=180
-BENCH_LIMIT_S=150
+BENCH_LIMIT_S=110
+FINGERPRINT_LIMIT_S=25
 KILL_AFTER_S=15
 
 say() { echo "$@" | tee -a "$REPORT"; }
@@ -103,21 +107,30 @@ if ((DRY)); then
     TESTS=(tests/kernels/test_kernel_compile.py "tests/backends/test_triton_backend.py::test_engine_history_matches_reference"
            "tests/backends/test_triton_backend.py::test_tf32_within_documented_tolerance")
     BENCH=(bench/bench_gpu.py --dry-run --long 30)
+    if "$PY" -c "import numba" >/dev/null 2>&1; then
+        FINGERPRINT=(-m grokfast fingerprint --runs paper-real-16-models)
+    else  # the GPU machine's stack has no numba: the portable CPU path cannot run there
+        FINGERPRINT=(-c "print('numerics fingerprint skipped: numba is not installed for this python')")
+    fi
     TESTS_LIMIT_S=480  # no GPU budget here; a 2-core CPU compiles every kernel for sm_90 (~1–2 min)
 else
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
         --format=csv,noheader 2>&1 | tee -a "$REPORT"
     TESTS=(tests/backends/test_triton_backend.py tests/kernels/test_kernel_rows.py tests/kernels/test_kernel_update.py)
     BENCH=(bench/bench_gpu.py --repeats 5 --long "${LONG_STEPS:-1000000}" --long-budget "${LONG_BUDGET_S:-45}")
+    FINGERPRINT=(-m grokfast fingerprint --backend triton --device cuda
+                 --runs paper-real-float32,paper-real-16-models)
 fi
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP)
 if ((PLAN)); then
     echo "tests_limit_s=$TESTS_LIMIT_S"
     echo "bench_limit_s=$BENCH_LIMIT_S"
+    echo "fingerprint_limit_s=$FINGERPRINT_LIMIT_S"
     echo "kill_after_s=$KILL_AFTER_S"
     echo "long_budget_s=${LONG_BUDGET_S:-45}"
     echo "tests: ${PYTEST[*]} ${TESTS[*]}"
     echo "bench: $PY ${BENCH[*]}"
+    echo "fingerprint: $PY ${FINGERPRINT[*]}"
     exit 0
 fi
 make_importable || exit 2
@@ -133,6 +146,7 @@ else
     FAILED=$((FAILED + 1))
 fi
 step "benchmark table and the long paper-real run" "$BENCH_LIMIT_S" "$PY" "${BENCH[@]}"
+step "numerics fingerprint" "$FINGERPRINT_LIMIT_S" "$PY" "${FINGERPRINT[@]}"
 
 say ""
 say "failed steps: $FAILED (report: $REPORT)"

@@ -35,6 +35,7 @@ GRAD_FILTERS = ("none", "ema", "ma")
 FILTER_TYPES = ("mean", "sum")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+NUMERICS = ("portable", "host")
 
 
 def is_prime(n: int) -> bool:
@@ -61,7 +62,9 @@ class Config:
     ``filter_normalize_lr`` (divide lr by 1 + lamb). ``orthograd``: ⊥Grad before the base step.
     ``fixed_norm``: rescale θ after every step to keep ‖θ‖ at its initial value (Omnigrok).
     Run: ``steps``, ``seed`` (initialization), ``dtype``, ``device``, ``precision`` (GPU matmul
-    precision of the Triton engine), ``log_every`` (statistics recorded every this many steps),
+    precision of the Triton engine), ``numerics`` (CPU arithmetic of the torch backend: "portable",
+    the same bits on every x86-64 CPU, or "host", the host-tuned MKL / vector-width paths),
+    ``log_every`` (statistics recorded every this many steps),
     ``eval_every`` (test metrics; a multiple of log_every), ``grok_threshold``.
     """
 
@@ -109,6 +112,7 @@ class Config:
     dtype: str = "float32"
     device: str = "cpu"
     precision: str = "ieee"
+    numerics: str = "portable"
     log_every: int = 100
     eval_every: int = 100
     grok_threshold: float = 0.99
@@ -134,7 +138,7 @@ class Config:
                             ("loss_reduction", REDUCTIONS), ("loss_dtype", LOSS_DTYPES),
                             ("optimizer", OPTIMIZERS), ("grad_filter", GRAD_FILTERS),
                             ("filter_type", FILTER_TYPES), ("dtype", DTYPES),
-                            ("precision", PRECISIONS)):
+                            ("precision", PRECISIONS), ("numerics", NUMERICS)):
             check_choice(name, getattr(self, name), valid)
         for name in ("p", "width", "steps", "seed", "split_seed", "warmup_steps", "filter_window",
                      "log_every", "eval_every"):

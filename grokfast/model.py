@@ -38,7 +38,8 @@ def init_params(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
     "torch": nn.Linear(bias=False)'s default, kaiming_uniform(a=√5) = U(−1/√fan_in, 1/√fan_in), drawn
     in nn.Linear's [out, in] layout (so W1 equals nn.Linear(d_in, width).weight.T for the same
     generator). "normal": N(0, init_std²), init_std defaulting to 1/√fan_in. Both times init_scale.
-    Drawn in float64 and rounded once, so float32 and float64 runs start from the same point.
+    Drawn in float64 and rounded once, so float32 and float64 runs start from the same point; the
+    same bits on every CPU (the uniform is scaled in separate ops; the normal has mean 0).
     """
     gen = torch.Generator().manual_seed(config.seed)
     shapes = ((config.width, config.d_in), (config.p, config.width))  # nn.Linear [out, in]
@@ -46,8 +47,10 @@ def init_params(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
     for out_f, in_f in shapes:
         w = torch.empty(out_f, in_f, dtype=torch.float64)
         if config.init == "torch":
+            # U(−b, b) = u·2b − b from u ~ U(0, 1) in two roundings: torch's uniform_(−b, b) forms
+            # u·(to − from) + from with an FMA under its AVX2 / AVX-512 builds only
             bound = 1.0 / math.sqrt(in_f)
-            w.uniform_(-bound, bound, generator=gen)
+            w.uniform_(0.0, 1.0, generator=gen).mul_(2 * bound).add_(-bound)
         else:
             std = config.init_std if config.init_std is not None else 1.0 / math.sqrt(in_f)
             w.normal_(0.0, std, generator=gen)
@@ -60,25 +63,33 @@ def activate(name: str, z: torch.Tensor) -> torch.Tensor:
     return torch.relu(z) if name == "relu" else z * z
 
 
-def data_loss(logits: torch.Tensor, labels: torch.Tensor, config: Config) -> torch.Tensor:
-    """The data loss L (no weight decay) in the configured loss, reduction and loss dtype.
+def data_loss(logits: torch.Tensor, labels: torch.Tensor, config: Config,
+              fixed_order: bool = False) -> torch.Tensor:
+    """The data loss L (no weight decay) in the configured loss, reduction and loss dtype;
+    `fixed_order`: every sum in the written order of grokfast.numerics (portable numerics; not
+    differentiable).
 
     mse: Σ (Ŷ − Y)² over all n·p outputs, divided by n·p for "mean".
     cross_entropy: Σ_i (logsumexp(Ŷ_i) − Ŷ_{i,c}), divided by n for "mean".
     stablemax: Σ_i −log(s(Ŷ_{i,c}) / Σ_j s(Ŷ_{i,j})), s(x) = x + 1 (x ≥ 0), 1/(1 − x) (x < 0).
     """
+    from . import numerics
+
     n, p = logits.shape
+    add_all = numerics.total if fixed_order else torch.sum
     if config.loss == "mse":
         y = torch.nn.functional.one_hot(labels, p).to(logits.dtype)
-        total = ((logits - y) ** 2).sum()
+        total = add_all((logits - y) ** 2)
         return total / (n * p) if config.loss_reduction == "mean" else total
     z = logits.double() if config.loss_dtype == "float64" else logits
     if config.loss == "cross_entropy":
-        per = torch.logsumexp(z, dim=1) - z.gather(1, labels[:, None])[:, 0]
+        lse = numerics.logsumexp(z) if fixed_order else torch.logsumexp(z, dim=1)
+        per = lse - z.gather(1, labels[:, None])[:, 0]
     else:
         s = stablemax_s(z)
-        per = torch.log(s.sum(1)) - torch.log(s.gather(1, labels[:, None])[:, 0])
-    total = per.sum() / n if config.loss_reduction == "mean" else per.sum()
+        s_sum = numerics.row_sum(s) if fixed_order else s.sum(1)
+        per = torch.log(s_sum) - torch.log(s.gather(1, labels[:, None])[:, 0])
+    total = add_all(per) / n if config.loss_reduction == "mean" else add_all(per)
     return total.to(logits.dtype)
 
 
@@ -113,13 +124,20 @@ def forward(W1: torch.Tensor, W2: torch.Tensor, index: torch.Tensor, activation:
 
 @torch.no_grad()
 def evaluate(config: Config, data, W1: torch.Tensor, W2: torch.Tensor) -> dict:
-    """Train and test loss and accuracy of one model's parameters, as floats."""
+    """Train and test loss and accuracy of one model's parameters, as floats (with portable
+    numerics on the CPU through grokfast.numerics, the same bits on every CPU)."""
+    from . import numerics
+
+    portable = config.numerics == "portable" and W1.device.type == "cpu"
     out = {}
     for split, index, labels in (("train", data.index_train, data.train_labels),
                                  ("test", data.index_test, data.test_labels)):
-        logits = forward(W1, W2, index.to(W1.device), config.activation)
+        if portable:
+            logits = numerics.logits(W1, W2, index, config.activation)
+        else:
+            logits = forward(W1, W2, index.to(W1.device), config.activation)
         labels = labels.to(W1.device)
-        out[f"{split}_loss"] = float(data_loss(logits, labels, config))
+        out[f"{split}_loss"] = float(data_loss(logits, labels, config, fixed_order=portable))
         out[f"{split}_acc"] = float(accuracy(logits, labels))
     return out
 

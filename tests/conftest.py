@@ -101,8 +101,19 @@ def drawn(monkeypatch):
     import matplotlib.figure
     import numpy as np
 
+    import grokfast.store.history as history
+
     figures = {}
     save = matplotlib.figure.Figure.savefig
+    save_figure = history.save_figure
+    naming = []  # the file a save_figure call is writing (it renders into a buffer first)
+
+    def named(fig, path, *args, **kwargs):
+        naming.append(os.path.basename(str(path)))
+        try:
+            return save_figure(fig, path, *args, **kwargs)
+        finally:
+            naming.pop()
 
     def capture(fig, path, *args, **kwargs):
         axes = []
@@ -115,8 +126,10 @@ def drawn(monkeypatch):
                          "points": points, "texts": [t.get_text() for t in ax.texts],
                          "images": [np.asarray(im.get_array()) for im in ax.images],
                          "title": ax.get_title()})
-        figures[os.path.basename(str(path))] = axes
+        name = naming[-1] if naming else os.path.basename(str(path))
+        figures[name] = axes
         return save(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    monkeypatch.setattr(history, "save_figure", named)
     return figures

@@ -2,6 +2,7 @@
 the configs the GPU benchmarks build carry device="cuda" on a CUDA machine (backend="triton" refuses
 a "cpu" config there, the interpreter accepts it), every GPU test case is reported (no pytest -x),
 and the script's time limits leave a rerun inside a 15-minute GPU budget."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,12 +58,15 @@ def test_gpu_tests_run_every_case_and_the_existing_test_files():
         files = [t.split("::")[0] for t in tests if t.startswith("tests/")]
         assert files and all((ROOT / f).is_file() for f in files), files
         assert p["bench"].split()[1] == "bench/bench_gpu.py" and (ROOT / "bench/bench_gpu.py").is_file()
+        if not flags or importlib.util.find_spec("numba"):  # the dry run skips it without numba
+            assert p["fingerprint"].split()[1:4] == ["-m", "grokfast", "fingerprint"], p["fingerprint"]
 
 
 def test_time_limits_leave_a_rerun_in_a_15_minute_budget():
     p = plan()
-    tests, bench, kill = (int(p[k]) for k in ("tests_limit_s", "bench_limit_s", "kill_after_s"))
-    assert tests + bench + 2 * kill <= 360  # 6 minutes a run: two runs and a machine start fit 15
+    tests, bench, finger, kill = (int(p[k]) for k in ("tests_limit_s", "bench_limit_s",
+                                                      "fingerprint_limit_s", "kill_after_s"))
+    assert tests + bench + finger + 3 * kill <= 360  # 6 minutes a run: two runs and a start fit 15
     assert int(p["long_budget_s"]) < bench / 2
     assert "--long-budget" in p["bench"].split() and p["bench"].split()[-1] == p["long_budget_s"]
 

@@ -22,6 +22,7 @@ ROOMS = {
     "grokfast.data": ("ground", 0), "grokfast.model": ("ground", 0),
     "grokfast.filters": ("ground", 0), "grokfast.profiling": ("ground", 0),
     "grokfast.plotting": ("ground", 0), "grokfast.inputs": ("ground", 0),
+    "grokfast.numerics": ("ground", 0),
     "grokfast.kernels": ("kernels", -1),
     "grokfast.backends": ("backends", 1), "grokfast.store": ("store", 1),
     "grokfast.theory": ("theory", 1),

@@ -47,8 +47,8 @@ BACKENDS = ("auto", "triton", "torch", "reference")
 SHARED_FIELDS = ("p", "operation", "pairs", "encoding", "train_frac", "n_test", "split_seed",
                  "label_noise", "width", "activation", "loss", "loss_reduction", "loss_dtype",
                  "optimizer", "grad_filter", "filter_window", "filter_type", "filter_warmup",
-                 "orthograd", "fixed_norm", "steps", "dtype", "device", "precision", "log_every",
-                 "eval_every")
+                 "orthograd", "fixed_norm", "steps", "dtype", "device", "precision", "numerics",
+                 "log_every", "eval_every")
 
 
 @runtime_checkable

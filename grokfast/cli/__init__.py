@@ -1,8 +1,8 @@
 """Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast export`,
-`grokfast reproduce` (also `python -m grokfast`).
+`grokfast reproduce`, `grokfast fingerprint` (also `python -m grokfast`).
 
 Bad input prints one line `error: ...` (no traceback) and exits with status 2. One module per
-command (train, sweep, show, export, reproduce), the options train and sweep share declared once (common).
+command (train, sweep, show, export, reproduce, fingerprint), the options train and sweep share declared once (common).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from grokfast.errors import GrokfastError
 from grokfast.store.ownership import translate
 
-from . import export, reproduce, show, sweep, train
+from . import export, fingerprint, reproduce, show, sweep, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "another viewer"))
     reproduce.configure(sub.add_parser("reproduce", help="reproduce the paper's figures and a "
                                                          "report"))
+    fingerprint.configure(sub.add_parser("fingerprint", help="hash fixed short runs and compare "
+                                         "them with the committed golden hashes"))
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
+from grokfast.numerics import param_norm
 from grokfast.plotting import pyplot
 
 from .history import LazyHistory, atomic_json, atomic_write, find_launch, read_run
@@ -121,7 +122,8 @@ class Result:
         _atomic_npz(d / "params.npz", {k: v.detach().cpu().numpy() for k, v in self.params.items()})
         if self.extras:
             _atomic_npz(d / "extras.npz", {k: np.asarray(v) for k, v in self.extras.items()})
-        meta = dict(backend=self.backend, wall_time=self.wall_time, steps_done=self.steps_done,
+        meta = dict(backend=self.backend, numerics=self.config.numerics,
+                    wall_time=self.wall_time, steps_done=self.steps_done,
                     diverged=self.diverged, interrupted=self.interrupted, final=self.final,
                     memorization_step=self.memorization_step, grok_step=self.grok_step,
                     stop_reason=self.stop_reason, history=history_ref or "history.npz",
@@ -264,8 +266,7 @@ def _load_partial(config: Config, launch: Path, index: int) -> Result:
     final = {}
     if params and torch.isfinite(params["W1"]).all() and torch.isfinite(params["W2"]).all():
         final = evaluate(config, make_dataset(config), params["W1"], params["W2"])
-        final["norm"] = float(torch.sqrt(params["W1"].double().pow(2).sum()
-                                         + params["W2"].double().pow(2).sum()))
+        final["norm"] = param_norm(params["W1"], params["W2"], config.numerics == "portable")
     note = (f"partial run (status {status}): {upto}, "
             f"{where}; continue it with `grokfast train --resume {launch}`")
     return Result(config=config, history=history, params=params, backend=run.get("backend", "unknown"),

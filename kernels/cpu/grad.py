@@ -16,15 +16,21 @@ it out, one row per model):
 Every inner loop runs over the width, contiguous, through 1-D row views, so LLVM vectorizes it
 (indexed as θ[m, a + k] with a row offset read from i0/i1, the gather and the ∇W1 scatter stayed
 scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The sums:
-    Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     a dot product over k, compiled with reassociation allowed
-                                         (LLVM's vector partial sums: the order is fixed by the
-                                         compiled loop and w alone)
+    Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     k = 0 … w−1 in order (forward_portable: vectorized
+                                         across n through Hᵀ, eight k per pass, parenthesized);
+                                         forward (numerics "host"): a dot product over k compiled
+                                         with reassociation allowed, LLVM's vector partial sums,
+                                         whose order depends on the host's vector width
     ∇W2[k, j] = Σ_n H[n, k] dŶ[n, j]     n = 0 … N−1 in order (vectorized across k)
     dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    j = 0 … p−1 in order (vectorized across k)
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x)
-The unrolled loops (eight or four j, or four n, per pass over a row) keep each sum's order, written out
-with parentheses. No multiply–add is fused (no fast-math contraction). The models of a call run
+The unrolled loops (eight or four j or k, or four n, per pass over a row) keep each sum's order,
+written out with parentheses. No multiply–add is fused: without fastmath numba gives LLVM no
+`contract` flag, so it never forms an FMA. Every loop but forward's Ŷ sum therefore computes the
+same bits whatever vector width LLVM compiles it for (SSE2, AVX2, AVX-512, or NEON): vectorizing
+across independent outputs never changes an order. tests/test_portability.py checks it under
+NUMBA_CPU_NAME / NUMBA_CPU_FEATURES targets from generic x86-64 to AVX-512. The models of a call run
 one after another through the same compiled loops with the same trip counts, so model m's bits do
 not depend on M, on which thread runs it (the caller's threads over models), on alignment or on
 MKL: batch invariance by construction. They differ from MKL's GEMMs in the reference by summation
@@ -188,6 +194,79 @@ def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
         if quadratic:
             for r in range(P1):
                 grad[m, r] += grad[m, r]                           # × 2, exact
+
+
+@njit(cache=True, nogil=True)
+def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
+                             logits):
+    """As _forward_kernel, with Ŷ summed over k in order; ht [w, NP] and yt [p, NP] are scratch
+    (Hᵀ and Ŷᵀ of the model in hand, NP ≥ N columns, those from N on zero in ht)."""
+    N, w = Z.shape[1], Z.shape[2]
+    p, NP = logits.shape[2], ht.shape[1]
+    for m in models:
+        t = theta[m]
+        for j in range(p):                                         # W2ᵀ [p, w]
+            row = w2t[m, j]
+            for k in range(w):
+                row[k] = t[P1 + k * p + j]
+        for n in range(N):
+            a, b = i0[n] * w, i1[n] * w                            # Z = W1[a] + W1[b]
+            ra, rb, zr, hr = t[a:a + w], t[b:b + w], Z[m, n], H[m, n]
+            if quadratic:
+                for k in range(w):
+                    z = ra[k] + rb[k]
+                    zr[k] = z
+                    hr[k] = z * z
+            else:
+                for k in range(w):
+                    z = ra[k] + rb[k]
+                    zr[k] = z
+                    hr[k] = z if not z <= 0 else zero              # NaN stays NaN
+        h = H[m]
+        for k in range(w):                                         # Hᵀ [w, N]
+            r = ht[k]
+            for n in range(N):
+                r[n] = h[n, k]
+        for j in range(p):                                         # Ŷᵀ[j] = Σ_k W2[k, j] Hᵀ[k],
+            y = yt[j]                                              # k in order, eight per pass,
+            for n in range(NP):                                    # all NP columns (no tail)
+                y[n] = zero
+            w2 = t[P1 + j:]                                        # W2[k, j] = w2[k·p]
+            k = 0
+            while k + 8 <= w:
+                c0, c1, c2, c3 = w2[k * p], w2[(k + 1) * p], w2[(k + 2) * p], w2[(k + 3) * p]
+                c4, c5, c6, c7 = w2[(k + 4) * p], w2[(k + 5) * p], w2[(k + 6) * p], w2[(k + 7) * p]
+                h0, h1, h2, h3 = ht[k], ht[k + 1], ht[k + 2], ht[k + 3]
+                h4, h5, h6, h7 = ht[k + 4], ht[k + 5], ht[k + 6], ht[k + 7]
+                for n in range(NP):
+                    y[n] = ((((((((y[n] + h0[n] * c0) + h1[n] * c1) + h2[n] * c2) + h3[n] * c3)
+                              + h4[n] * c4) + h5[n] * c5) + h6[n] * c6) + h7[n] * c7)
+                k += 8
+            while k < w:
+                c0, h0 = w2[k * p], ht[k]
+                for n in range(NP):
+                    y[n] = y[n] + h0[n] * c0
+                k += 1
+        for n in range(N):                                         # Ŷ = (Ŷᵀ)ᵀ
+            out = logits[m, n]
+            for j in range(p):
+                out[j] = yt[j, n]
+
+
+def forward_portable(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
+                     logits) -> None:
+    """forward with Ŷ[n, j] summed over k = 0 … w−1 in order: the same bits on every CPU
+    (numerics "portable"). ht [w, NP] and yt [p, NP]: scratch of the working dtype, NP ≥ N
+    (scratch_columns(N)), ht zero-filled once (its columns N … NP−1 are never written: padding
+    N to a multiple of 16 leaves the vectorized loop no scalar tail; a column's sum never reads
+    another column, so NP changes no bit)."""
+    _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
+                             logits)
+
+
+def scratch_columns(N: int) -> int:
+    """NP for forward_portable's scratch: N rounded up to a multiple of 16."""
+    return -(-N // 16) * 16
 
 
 def forward(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> None:

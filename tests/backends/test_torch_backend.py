@@ -42,7 +42,9 @@ def run_both(c: Config, steps: int, split: int = 17, paths=("auto",)):
     h_ref = advance_in_two(ref, steps, split)
     torch_runs = {}
     for path in paths:
-        tb = TorchStepper([c], data, CPU, **PATHS.get(path, {}))
+        kw = PATHS.get(path, {})
+        host = kw.get("kernel") == "mkl"  # MKL's GEMMs are the host-tuned numerics
+        tb = TorchStepper([c.replace(numerics="host") if host else c], data, CPU, **kw)
         torch_runs[path] = (tb, advance_in_two(tb, steps, split))
     return ref, h_ref, torch_runs
 
@@ -158,7 +160,8 @@ BITWISE = {
     "ce-nesterov-ma": (dict(loss="cross_entropy", optimizer="sgd", momentum=0.8, nesterov=True,
                             lr=0.3, grad_filter="ma", filter_window=3), {}),
     "concat-quadratic-adam-index_add": (dict(encoding="concat", activation="quadratic",
-                                             optimizer="adam", lr=1e-2, **ORDERED),
+                                             optimizer="adam", lr=1e-2, numerics="host",
+                                             **ORDERED),
                                         PATHS["mkl-index_add-embedding_bag"]),
     "stablemax-float32-two-threads": (dict(loss="stablemax", dtype="float32", lr=0.5),
                                       dict(threads=2)),
@@ -255,7 +258,8 @@ def test_whole_run_groks_at_the_reference_steps(kernel, monkeypatch):
     monkeypatch.setattr(paths, "NUMBA_MAX_WORK", 0 if kernel == "mkl" else paths.NUMBA_MAX_WORK)
     c = Config(p=23, pairs="ordered", encoding="concat", n_test=None, train_frac=0.5, width=64,
                activation="quadratic", init="normal", optimizer="adamw", lr=1e-2, weight_decay=1.0,
-               betas=(0.9, 0.98), steps=400, log_every=10, eval_every=10)
+               betas=(0.9, 0.98), steps=400, log_every=10, eval_every=10,
+               numerics="host" if kernel == "mkl" else "portable")
     fast = grokfast.train(c, backend="torch")
     ref = grokfast.train(c, backend="reference")
     assert fast.backend == "torch" and ref.backend == "reference"
@@ -334,7 +338,11 @@ def test_a_large_launch_of_small_models_is_cut_into_shards_of_at_most_64():
         finally:
             torch.set_num_threads(old)
     gromov = Config.preset("gromov")
-    assert shard_count([gromov] * 256, "cpu", None, None) == 1  # large activations: intra-op
+    host = gromov.replace(numerics="host")
+    assert shard_count([host] * 256, "cpu", None, None) == 1  # large activations: intra-op MKL
+    # portable numerics: the numba kernels step each large model on one thread, threads over models
+    assert shard_count([gromov] * 256, "cpu", None, None) == torch.get_num_threads()
+    assert shard_count([gromov], "cpu", None, None) == 1
 
 
 def test_many_models_agree_with_the_reference():
@@ -359,6 +367,9 @@ def test_paths_are_a_pure_function_of_sizes():
     assert choose_paths(1, **paper) == Paths("dense", "gather", "numba", 1)
     assert choose_paths(64, **paper) == Paths("dense", "embedding_bag", "numba", 1)
     assert choose_paths(1, **gromov) == Paths("index_add", "embedding_bag", "mkl", 2)
+    assert choose_paths(1, **gromov, portable=True).kernel == "numba"  # every size
+    with pytest.raises(GrokfastError, match="numerics='host'"):
+        choose_paths(1, **gromov, portable=True, kernel="mkl")
     assert choose_paths(1, **paper, numba_available=False).kernel == "mkl"
     assert choose_paths(1, **{**paper, "device_type": "cuda"}, kernel="mkl").dw1 == "dense"
     with pytest.raises(GrokfastError, match="numba"):

@@ -112,7 +112,7 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
 _LONG = """
     import time
     import grokfast
-    from redteam import TINY
+    from redteam_helpers import TINY
     append = grokfast.engine.sink.RunDirSink.append
     def slow(self, *a):
         time.sleep(0.05)  # ≤ 1000 steps/s: a short reference run after the kill
@@ -155,7 +155,7 @@ def test_staggered_writer_refused_reader_reads(tmp_path, capsys):
 _RACE = """
     import os, sys, time
     import grokfast
-    from redteam import TINY
+    from redteam_helpers import TINY
     from grokfast import GrokfastError
     go = {go!r}
     while not os.path.exists(go):

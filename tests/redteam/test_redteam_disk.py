@@ -10,7 +10,7 @@ from redteam_helpers import CHUNK, TINY, assert_clean_error, run_cli
 
 import grokfast
 from grokfast import GrokfastError, Result, SweepResult
-from grokfast import sink as sink_mod
+from grokfast.engine import sink as sink_mod
 
 
 @pytest.fixture(autouse=True)

@@ -37,13 +37,13 @@ def whole_run(d):
 # 1 ---------------------------------------------------------------- divergence in the last steps
 def test_1_divergence_in_last_unlogged_steps_is_reported(tmp_path, capsys):
     d = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", "--preset", "paper-real", "--set", "lr=1e4",
+    code, out, err = run_cli(capsys, "train", "--preset", "paper-real", "--set", "lr=3e4",
                              "--set", "steps=99", "--quiet", "--out", d)
     assert code == 1, (out, err)
     meta = json.loads((d / "result.json").read_text())
     assert meta["diverged"] and "99" in meta["diverged"], meta
     assert meta["stop_reason"] == "diverged"
-    cfg = grokfast.Config.preset("paper-real", lr=1e4, steps=99)
+    cfg = grokfast.Config.preset("paper-real", lr=3e4, steps=99)
     sw = grokfast.sweep(cfg, grid={"weight_decay": [1e-4]}, out=tmp_path / "sw", figures=False)
     row = sw.table[0]
     assert row["diverged"] is True and row["stop_reason"] == "diverged", row
@@ -125,7 +125,7 @@ def test_4_two_resumes_of_one_run(tmp_path):
 _SWEEP = """
     import os, sys, time
     import importlib
-    sw = importlib.import_module('grokfast.sweep')
+    sw = importlib.import_module('grokfast.sweeps.api')
     from grokfast import cli
     if {slow_plan!r}:
         write = sw.write_plan
@@ -139,6 +139,7 @@ _SWEEP = """
             time.sleep(3.0)
             return run(*a, **k)
         sw.run_launch = slow_run
+        importlib.import_module('grokfast.sweeps.local').run_launch = slow_run
     go = {go!r}
     while not os.path.exists(go):
         time.sleep(0.005)

@@ -1,11 +1,13 @@
 """The torch backend's loss gradient ∂L/∂Ŷ for M models at once, formed in the operation order in
-which autograd forms it from the reference's loss (grokfast.model.data_loss)."""
+which autograd forms it from the reference's loss (grokfast.model.data_loss); with portable numerics
+the sums over classes (logsumexp, stablemax's Σ s) run in the written order of grokfast.numerics."""
 from __future__ import annotations
 
 import torch
 
 from grokfast.config import Config
 from grokfast.model import stablemax_s
+from grokfast.numerics import logsumexp, row_sum
 
 
 class LossGrad:
@@ -13,10 +15,10 @@ class LossGrad:
     (working dtype), for training labels [N]; cross-entropy and stablemax in float64 when
     loss_dtype says so."""
 
-    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor):
+    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor, portable: bool = False):
         M, N, p = out.shape
         dt, dev = out.dtype, out.device
-        self.config, self.out = c, out
+        self.config, self.out, self.portable = c, out, portable
         lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
         self.same_dtype = lt == dt
         one = torch.ones((), dtype=lt, device=dev)
@@ -24,6 +26,12 @@ class LossGrad:
             # d/dŶ Σ(Ŷ − Y)²/(N·p) = (Ŷ − Y)·2·fl(1/(N·p)), as autograd forms it
             self.Y = torch.nn.functional.one_hot(labels, p).to(dt)
             self.mse_scale = (one / (N * p) if c.loss_reduction == "mean" else one) * 2
+            # portable on the CPU: the same two roundings in one numba pass (kernels/cpu/update)
+            self.fused = None
+            if portable and dev.type == "cpu" and out.is_contiguous():
+                from grokfast.kernels.cpu import update as cpu_update
+                self.fused = (cpu_update, labels.numpy().astype("int64"), out.numpy(),
+                              self.mse_scale.numpy()[()])
         else:
             g = one / N if c.loss_reduction == "mean" else one          # ∂L/∂(per-sample loss)
             self.row_grad = g
@@ -35,17 +43,23 @@ class LossGrad:
         """∂L/∂Ŷ in the working dtype (the buffer `out`)."""
         c, out = self.config, self.out
         if c.loss == "mse":
+            if self.fused is not None and logits.is_contiguous():
+                kernel, labels, dst, scale = self.fused
+                kernel.mse_grad(logits.numpy(), labels, scale, dst)
+                return out
             return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
         z = logits if self.same_dtype else self.z_loss.copy_(logits)
         if c.loss == "cross_entropy":
             # ∂/∂z (logsumexp(z) − z_c)·g = g·exp(z − lse) − g·e_c
-            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            lse = (logsumexp(z)[..., None] if self.portable
+                   else torch.logsumexp(z, dim=-1, keepdim=True))
             dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None).exp_()
             dz.mul_(self.row_grad).sub_(self.onehot_g)
         else:
             # stablemax: L_i = log Σ_j s(z_j) − log s(z_c); ∂s/∂z = 1 (z ≥ 0), r² with r = 1/(1 − z)
             s = stablemax_s(z)
-            ds = (self.row_grad / s.sum(-1, keepdim=True)).expand_as(s) - self.onehot_g / s
+            s_sum = row_sum(s)[..., None] if self.portable else s.sum(-1, keepdim=True)
+            ds = (self.row_grad / s_sum).expand_as(s) - self.onehot_g / s
             r = torch.reciprocal(1 - torch.clamp(z, max=0))
             dz = torch.where(z < 0, ds * (r * r), ds)
         if dz is not out:

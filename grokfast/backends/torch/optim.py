@@ -7,6 +7,12 @@ update is a few elementwise ops over all models and both layers. Per-model hyper
 (`a.add(b, alpha=x)` and `addcmul(a, b, x)` give the same bits); the per-step scalars (−lr, Adam's
 bias corrections) come from `schedule`, computed in float64 as torch.optim computes them.
 
+Numerics. torch's vectorized addcmul_, add_(alpha=), lerp_ fuse the multiply and the add (an FMA)
+under its AVX2 / AVX-512 capabilities and not under its default one, so their bits depend on the
+CPU. With numerics "portable" (the default) every update is written as separate mul / add / div /
+sqrt ops, one IEEE rounding each, the same on every CPU (`fused` False); "host" keeps torch.optim's
+fused ops (bitwise torch.optim on one CPU).
+
 `ModelRows` is the common part of every component that keeps per-model state (these optimizers,
 grokfast.grad_filters): the named state tensors, a per-model counter, copies of frozen models'
 rows (snapshot / restore) and the state dict in the layout of grokfast.stepper.
@@ -93,6 +99,13 @@ class GD(ModelRows):
         dt, dev = theta.dtype, theta.device
         self.configs, self.dtype, self.device, self.tmp, self.tmp2 = configs, dt, dev, tmp, tmp2
         self.wd = per_model([ci.weight_decay for ci in configs], dt, dev)
+        self.fused = configs[0].numerics == "host"
+        # plain GD, portable, on the CPU: one numba pass (kernels/cpu/update.gd_step), the same
+        # roundings as the separate ops
+        self.gd_kernel = None
+        if type(self) is GD and not self.fused and dev.type == "cpu" and theta.is_contiguous():
+            from grokfast.kernels.cpu import update as cpu_update
+            self.gd_kernel = cpu_update
         self.any_wd = any(ci.weight_decay != 0 for ci in configs)
         self._constant_schedule = None
 
@@ -100,9 +113,21 @@ class GD(ModelRows):
         """One update of θ from the gradient G ([M, S]; G may be overwritten). `offset`: steps of
         the chunk done before this one."""
         (neg_lr,) = sched
+        if self.gd_kernel is not None:
+            self.gd_kernel.gd_step(theta.numpy(), G.numpy(), neg_lr.numpy()[:, 0],
+                                   self.wd.numpy()[:, 0], theta.shape[1])
+            return
         if self.any_wd:
-            G.addcmul_(theta, self.wd)                              # g + wd·θ
-        theta.addcmul_(self._direction(G, offset), neg_lr)
+            self._add_product(G, theta, self.wd)                    # g + wd·θ
+        self._add_product(theta, self._direction(G, offset), neg_lr)
+
+    def _add_product(self, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> None:
+        """a ← a + b·x ([M, 1] x): one fused op (host) or a product then a sum (portable), in
+        tmp2 (b may be tmp, never tmp2)."""
+        if self.fused:
+            a.addcmul_(b, x)
+        else:
+            a.add_(torch.mul(b, x, out=self.tmp2))
 
     def _direction(self, G: torch.Tensor, offset: int) -> torch.Tensor:
         return G
@@ -166,7 +191,10 @@ class SGD(GD):
         start_rows(buf, G, self.steps_taken + offset == 0)          # first: buf = g
         if not self.any_nesterov:
             return buf
-        nest = torch.addcmul(G, buf, self.momentum, out=self.tmp)   # g + m·buf
+        if self.fused:
+            nest = torch.addcmul(G, buf, self.momentum, out=self.tmp)   # g + m·buf
+        else:
+            nest = torch.mul(buf, self.momentum, out=self.tmp).add_(G)
         return nest if self.all_nesterov else torch.where(self.nesterov, nest, buf)
 
 
@@ -194,11 +222,21 @@ class Adam(GD):
         if self.decoupled:
             theta.mul_(decay)                                           # θ·(1 − lr·wd)
         elif self.any_wd:
-            G.addcmul_(theta, self.wd)
-        self.exp_avg.lerp_(G, self.one_minus_beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(torch.mul(G, self.one_minus_beta2, out=tmp), G)
+            self._add_product(G, theta, self.wd)
+        if self.fused:
+            self.exp_avg.lerp_(G, self.one_minus_beta1)
+            self.exp_avg_sq.mul_(self.beta2).addcmul_(torch.mul(G, self.one_minus_beta2, out=tmp),
+                                                      G)
+        else:  # m + (g − m)·(1 − β1);  v·β2 + (g·(1 − β2))·g
+            self.exp_avg.add_(torch.sub(G, self.exp_avg, out=tmp).mul_(self.one_minus_beta1))
+            self.exp_avg_sq.mul_(self.beta2).add_(torch.mul(G, self.one_minus_beta2, out=tmp)
+                                                  .mul_(G))
         denom = torch.sqrt(self.exp_avg_sq, out=tmp).div_(bc2_sqrt).add_(self.eps)
-        theta.addcdiv_(torch.mul(self.exp_avg, neg_step_size, out=self.tmp2), denom)
+        step = torch.mul(self.exp_avg, neg_step_size, out=self.tmp2)
+        if self.fused:
+            theta.addcdiv_(step, denom)
+        else:
+            theta.add_(step.div_(denom))
 
 
 def make_optimizer(configs: Sequence[Config], theta: torch.Tensor, tmp: torch.Tensor,

@@ -17,7 +17,7 @@ bench/bench_cpu.py has the side-by-side table):
   paper-real), index_add_ above (0.8–1.3 ms vs 7.0 ms at gromov size, where the dense product would
   add 0.56 GFLOP to the three GEMMs' 0.84). A CSR sparse product was ~0.3–0.6 ms faster there but
   is a beta API without a documented order.
-- Kernel: the numba forward / backward (kernels/cpu_grad.py) up to NUMBA_MAX_WORK per model-step,
+- Kernel: the numba forward / backward (kernels/cpu/grad.py) up to NUMBA_MAX_WORK per model-step,
   MKL's GEMMs above (torch_backend's docstring has the A/B).
 - Threads over models (sharded.ShardedStepper): a launch of M ≥ 2·MIN_MODELS_PER_SHARD small
   models is cut into one contiguous shard per intra-op thread, or more where a shard would hold
@@ -37,7 +37,7 @@ from grokfast.errors import GrokfastError
 DW1_METHODS = ("auto", "dense", "index_add")
 FIRST_LAYER_METHODS = ("auto", "gather", "embedding_bag")
 KERNELS = ("auto", "numba", "mkl")
-# The numba forward/backward (kernels/cpu_grad.py) replaces the MKL GEMMs up to this much work per
+# The numba forward/backward (kernels/cpu/grad.py) replaces the MKL GEMMs up to this much work per
 # model-step, N·width·p multiply–adds per GEMM (paper-real: 8.3e4; gromov: 1.4e8, MKL's).
 NUMBA_MAX_WORK = 2_000_000
 # Threads over models: a launch of small models is cut into contiguous shards of at least this
@@ -68,18 +68,19 @@ class Paths(NamedTuple):
     """The code paths of one TorchStepper (see choose_paths)."""
     dw1: str            # "dense" (Xᵀ dZ GEMM) or "index_add" (fixed-order segmented sum)
     first_layer: str    # "gather" (index_select + add) or "embedding_bag"
-    kernel: str         # "numba" (kernels/cpu_grad.py) or "mkl" (torch's GEMMs)
+    kernel: str         # "numba" (kernels/cpu/grad.py) or "mkl" (torch's GEMMs)
     threads: int        # intra-op threads while stepping
 
 
 def choose_paths(M: int, N: int, d_in: int, width: int, p: int, device_type: str, *,
                  dw1: str = "auto", first_layer: str = "auto", kernel: str = "auto",
                  threads: Optional[int] = None, num_threads: int = 1,
-                 numba_available: bool = True) -> Paths:
+                 numba_available: bool = True, portable: bool = False) -> Paths:
     """The paths for M models of N training rows, d_in inputs, width hidden units and p outputs on
     a `device_type` device; the "auto" / None arguments chosen by size, the others checked and
     kept. num_threads: the caller's intra-op threads (torch.get_num_threads()); numba_available:
-    whether kernels/cpu_grad.py imports. Only the first layer looks at M (both choices exact)."""
+    whether kernels/cpu/grad.py imports; portable: numerics "portable" (the numba kernels at every
+    size, on one thread per shard of models). Only the first layer looks at M (both exact)."""
     for name, value, valid in (("dw1", dw1, DW1_METHODS),
                                ("first_layer", first_layer, FIRST_LAYER_METHODS),
                                ("kernel", kernel, KERNELS)):
@@ -100,8 +101,15 @@ def choose_paths(M: int, N: int, d_in: int, width: int, p: int, device_type: str
         dw1 = "dense"  # index_add_ accumulates with atomics off the CPU
     # the numba loops or MKL's GEMMs, chosen by per-model size only (never by M, so that a model
     # computes the same bits alone and in any batch)
+    portable = portable and cpu
+    if portable and kernel == "mkl":
+        raise GrokfastError("kernel='mkl' is the host-tuned path: set numerics='host' to use it")
+    if portable and not numba_available:
+        raise GrokfastError("numerics='portable' needs the numba package: pip install numba (or "
+                            "set numerics='host')")
     if kernel == "auto":
-        kernel = "numba" if cpu and N * width * p <= NUMBA_MAX_WORK and numba_available else "mkl"
+        small = N * width * p <= NUMBA_MAX_WORK
+        kernel = "numba" if cpu and (small or portable) and numba_available else "mkl"
     if kernel == "numba" and not cpu:
         raise GrokfastError("kernel='numba' is the CPU path; on CUDA use the triton backend (or "
                             "kernel='mkl')")
@@ -126,7 +134,8 @@ def shard_count(configs: Sequence[Config], device, shards: Optional[int],
         return 1
     c = configs[0]
     if c.n_train * c.width >= SMALL_ACTIVATIONS:
-        return 1
+        # large models: portable numerics step each on one thread, so threads go over models
+        return min(M, torch.get_num_threads()) if c.numerics == "portable" else 1
     return max(1, min(torch.get_num_threads(), M // MIN_MODELS_PER_SHARD),
                -(-M // MAX_MODELS_PER_SHARD))
 

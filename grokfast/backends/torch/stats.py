@@ -4,7 +4,9 @@ the reference's definitions; the losses by model.data_loss itself).
 
 A one-stage full reduction splits across threads differently for M = 1 than for M > 1; reducing
 each model's rows first, then the row sums, keeps every model's summation order independent of the
-batch. The element products go to a scratch [M, S] buffer (θ's layout).
+batch. The element products go to a scratch [M, S] buffer (θ's layout). With portable numerics
+(`fixed=True`, the stepper's `portable`) the sums run in the written order of grokfast.numerics
+instead of torch's vector-width lanes.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 
 from grokfast.config import Config
 from grokfast.model import STAT_NAMES, accuracy, cosine, data_loss, min_margin
+from grokfast.numerics import row_sum
 
 # Statistic names in the order of the rows collected per recorded step.
 STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
@@ -24,60 +27,66 @@ def scratch_like(x: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     return buf[:, : x[0].numel()].view(x.shape)
 
 
-def dot(x: torch.Tensor, y: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """⟨x, y⟩ per model of layers [M, R, C], summed in two fixed stages (rows, then their sums)."""
-    return torch.mul(x, y, out=scratch_like(x, scratch)).sum(-1).sum(-1)
+def dot(x: torch.Tensor, y: torch.Tensor, scratch: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+    """⟨x, y⟩ per model of layers [M, R, C], summed in two fixed stages (rows, then their sums),
+    or with `fixed` in the written order of numerics.row_sum over each model's R·C products."""
+    prod = torch.mul(x, y, out=scratch_like(x, scratch))
+    if fixed:
+        return row_sum(prod.view(x.shape[0], -1))
+    return prod.sum(-1).sum(-1)
 
 
-def sumsq(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+def sumsq(x: torch.Tensor, scratch: torch.Tensor, fixed: bool = False) -> torch.Tensor:
     """Σ x² per model of a layer [M, R, C]; see dot."""
-    return dot(x, x, scratch)
+    return dot(x, x, scratch, fixed)
 
 
 def orthograd_(W: torch.Tensor, G: torch.Tensor, tmp: torch.Tensor, tmp2: torch.Tensor,
-               eps: float = 1e-30) -> None:
+               eps: float = 1e-30, fixed: bool = False) -> None:
     """⊥Grad on one layer, per model: g⊥ = g − (⟨w, g⟩/(⟨w, w⟩ + ε))·w, rescaled to ‖g‖."""
     g_orth = scratch_like(W, tmp2)
-    proj = dot(W, G, tmp) / (sumsq(W, tmp) + eps)                       # [M]
+    proj = dot(W, G, tmp, fixed) / (sumsq(W, tmp, fixed) + eps)         # [M]
     torch.mul(W, proj[:, None, None], out=g_orth)
     torch.sub(G, g_orth, out=g_orth)
-    scale = torch.sqrt(sumsq(G, tmp)) / (torch.sqrt(sumsq(g_orth, tmp)) + eps)
+    scale = torch.sqrt(sumsq(G, tmp, fixed)) / (torch.sqrt(sumsq(g_orth, tmp, fixed)) + eps)
     torch.mul(g_orth, scale[:, None, None], out=G)
 
 
 def fixed_norm_(theta: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, target: torch.Tensor,
-                tmp: torch.Tensor) -> None:
+                tmp: torch.Tensor, fixed: bool = False) -> None:
     """θ ← θ·(target / ‖θ‖) per model (W1, W2: θ's layer views)."""
-    norm = torch.sqrt(sumsq(W1, tmp) + sumsq(W2, tmp))                  # [M]
+    norm = torch.sqrt(sumsq(W1, tmp, fixed) + sumsq(W2, tmp, fixed))    # [M]
     theta.mul_((torch.reciprocal(norm) * target)[:, None])
 
 
-def losses(logits: torch.Tensor, labels: torch.Tensor, configs: Sequence[Config]) -> torch.Tensor:
+def losses(logits: torch.Tensor, labels: torch.Tensor, configs: Sequence[Config],
+           fixed: bool = False) -> torch.Tensor:
     """The data loss of each model (model.data_loss, the reference's definition): [M]."""
-    return torch.stack([data_loss(logits[i], labels, configs[i]) for i in range(len(configs))])
+    return torch.stack([data_loss(logits[i], labels, configs[i], fixed_order=fixed)
+                        for i in range(len(configs))])
 
 
 def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
     """Statistics of TorchStepper `st` at θ_s from the data-loss gradient (before filters):
     [n_stats, M] float64."""
-    c, M, tmp = st.config, st.M, st.tmp
+    c, M, tmp, fx = st.config, st.M, st.tmp, st.portable
     W1, W2, G1, G2 = st.W1, st.W2, st.G1, st.G2
     row = torch.full((len(STAT_NAMES), M), float("nan"), dtype=torch.float64)
-    n1, n2 = torch.sqrt(sumsq(W1, tmp)), torch.sqrt(sumsq(W2, tmp))
-    gn1, gn2 = torch.sqrt(sumsq(G1, tmp)), torch.sqrt(sumsq(G2, tmp))
-    dot1, dot2 = dot(G1, W1, tmp), dot(G2, W2, tmp)
+    n1, n2 = torch.sqrt(sumsq(W1, tmp, fx)), torch.sqrt(sumsq(W2, tmp, fx))
+    gn1, gn2 = torch.sqrt(sumsq(G1, tmp, fx)), torch.sqrt(sumsq(G2, tmp, fx))
+    dot1, dot2 = dot(G1, W1, tmp, fx), dot(G2, W2, tmp, fx)
     norm, gnorm = torch.sqrt(n1 * n1 + n2 * n2), torch.sqrt(gn1 * gn1 + gn2 * gn2)
     values = dict(
         step=torch.full((M,), float(s), dtype=torch.float64),
-        train_loss=losses(logits, st.labels, st.configs),
+        train_loss=losses(logits, st.labels, st.configs, fx),
         train_acc=accuracy(logits, st.labels),
         norm_W1=n1, norm_W2=n2, norm=norm, grad_norm_W1=gn1, grad_norm_W2=gn2,
         grad_norm=gnorm, cos_grad_W1=cosine(dot1, gn1, n1), cos_grad_W2=cosine(dot2, gn2, n2),
         cos_grad=cosine(dot1 + dot2, gnorm, norm),
         min_margin=min_margin(logits, st.labels_M))
     if s % c.eval_every == 0:
-        test_logits = st.forward(st.test_bags)
-        values["test_loss"] = losses(test_logits, st.test_labels, st.configs)
+        test_logits = st.test_logits()
+        values["test_loss"] = losses(test_logits, st.test_labels, st.configs, fx)
         values["test_acc"] = accuracy(test_logits, st.test_labels)
     for name, v in values.items():
         row[STAT_INDEX[name]] = v.to(torch.float64).cpu()
@@ -86,11 +95,11 @@ def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
 
 def stats_after(st, row: torch.Tensor, theta0: torch.Tensor) -> None:
     """update_norm and cos_update of θ_{s+1} − θ_s of TorchStepper `st`, written into `row`."""
-    tmp = st.tmp
+    tmp, fx = st.tmp, st.portable
     d1, d2 = st.split(st.theta - theta0)
     t1, t2 = st.split(theta0)
-    upd = torch.sqrt(sumsq(d1, tmp) + sumsq(d2, tmp))
-    dt = -(dot(d1, t1, tmp) + dot(d2, t2, tmp))
+    upd = torch.sqrt(sumsq(d1, tmp, fx) + sumsq(d2, tmp, fx))
+    dt = -(dot(d1, t1, tmp, fx) + dot(d2, t2, tmp, fx))
     norm = row[STAT_INDEX["norm"]].to(st.dtype)
     row[STAT_INDEX["update_norm"]] = upd.to(torch.float64).cpu()
     row[STAT_INDEX["cos_update"]] = cosine(dt, upd, norm).to(torch.float64).cpu()

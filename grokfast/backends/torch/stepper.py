@@ -40,10 +40,15 @@ Code paths (threads, first layer, dW1 reduction, numba or MKL kernel) are chosen
 grokfast.backends.torch.paths (choose_paths); a launch of many small models is cut into shards
 (sharded.py, built by grokfast.backends.torch.make_stepper). The measurements behind each choice:
 bench/RESULTS.md, "Why the torch backend is built as it is".
+
+Numerics (issue 17). With config.numerics "portable" (the default) on the CPU, models of every size
+take the numba kernels (the forward's forward_portable sums Ŷ over k in order), the test logits
+too, every statistic and loss sums in grokfast.numerics' written order, and the optimizers use
+unfused ops (optim.py): the same bits on every x86-64 CPU, whatever ATen, MKL or numba dispatch
+to (tests/backends/test_portability.py). "host" keeps the host-tuned paths.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -54,6 +59,7 @@ from grokfast.config import Config
 from grokfast.data import Dataset
 from grokfast.errors import GrokfastError
 from grokfast.model import STAT_NAMES, init_params, torch_dtype
+from grokfast.numerics import param_norm
 
 from .grad_filters import make_filter
 from .loss import LossGrad
@@ -117,9 +123,11 @@ class TorchStepper:
         self.bags = self._bags(idx)
         self.test_bags = self._bags(data.index_test.to(dev))
         numba = dev.type == "cpu" and _cpu_grad() is not None
+        # numerics "portable": every reduction in a written order (grokfast.numerics)
+        self.portable = c.numerics == "portable" and dev.type == "cpu"
         paths = choose_paths(M, N, d_in, w, p, dev.type, dw1=dw1, first_layer=first_layer,
                              kernel=kernel, threads=threads, num_threads=torch.get_num_threads(),
-                             numba_available=numba)
+                             numba_available=numba, portable=self.portable)
         self.dw1, self.kernel, self.threads = paths.dw1, paths.kernel, paths.threads
         self.gather = paths.first_layer == "gather"
         self.cpu_grad = _cpu_grad() if self.kernel == "numba" else None
@@ -151,7 +159,7 @@ class TorchStepper:
             self.W1[i].copy_(W1)
             self.W2[i].copy_(W2)
             # the reference's fixed-norm target: ‖θ_0‖ in float64 from the initial parameters
-            targets.append(math.sqrt(float(W1.double().pow(2).sum() + W2.double().pow(2).sum())))
+            targets.append(param_norm(W1, W2, self.portable))
         self.target_norm = torch.tensor(targets, dtype=torch.float64).to(dt).to(dev)  # [M]
 
     def _buffers(self) -> None:
@@ -176,7 +184,7 @@ class TorchStepper:
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
         if self.cpu_grad is not None:
             self._numba_buffers()
-        self.loss_grad = LossGrad(c, self.labels, self.dlogits)         # ∂L/∂Ŷ into dlogits
+        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
@@ -189,6 +197,14 @@ class TorchStepper:
         self.logits = torch.zeros(M, N, p, dtype=dt)   # rows of models not stepped stay
         self.dlogits = torch.zeros(M, N, p, dtype=dt)  # finite (see advance)
         self.stepping = np.arange(M, dtype=np.int64)
+        npdt, _cols = self.theta.numpy().dtype, self.cpu_grad.scratch_columns
+        n_test = self.test_bags.shape[0] // M
+        self.nb_test = dict(i0=self.test_bags[:n_test, 0].numpy().copy(),
+                            i1=self.test_bags[:n_test, 1].numpy().copy(),
+                            Z=np.empty((M, n_test, w), npdt), H=np.empty((M, n_test, w), npdt),
+                            ht=np.zeros((w, _cols(n_test)), npdt),
+                            yt=np.zeros((p, _cols(n_test)), npdt),
+                            logits=np.zeros((M, n_test, p), npdt))
         self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(),
                        i0=self.i0.numpy(), i1=self.i1.numpy(),
                        zero=np.zeros((), dtype=self.theta.numpy().dtype)[()],
@@ -197,6 +213,8 @@ class TorchStepper:
         for name, shape in (("H", (M, N, w)), ("dH", (M, N, w)), ("w2t", (M, p, w)),
                             ("g2t", (M, p, w))):
             self.nb[name] = np.empty(shape, self.nb["Z"].dtype)
+        self.nb["ht"] = np.zeros((w, _cols(N)), npdt)   # forward_portable's scratch
+        self.nb["yt"] = np.zeros((p, _cols(N)), npdt)
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -283,8 +301,7 @@ class TorchStepper:
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
         if self.cpu_grad is not None:
             nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
-            self.cpu_grad.forward(self.stepping, nb["theta"], nb["i0"], nb["i1"], P1, quadratic,
-                                  nb["zero"], nb["Z"], nb["H"], nb["w2t"], nb["logits"])
+            self._numba_forward(nb, nb["logits"])
             logits = self.logits
             self.loss_grad(logits)
             self.cpu_grad.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
@@ -330,11 +347,11 @@ class TorchStepper:
         # update: filters, ⊥Grad, optimizer, fixed norm (the reference's order)
         self.filter.apply(self.grad, self.offset)
         if self.orthograd:
-            orthograd_(W1, G1, self.tmp, self.tmp2)
-            orthograd_(W2, G2, self.tmp, self.tmp2)
+            orthograd_(W1, G1, self.tmp, self.tmp2, fixed=self.portable)
+            orthograd_(W2, G2, self.tmp, self.tmp2, fixed=self.portable)
         self.opt.step(self.theta, self.grad, sched, self.offset)
         if self.fixed_norm:
-            fixed_norm_(self.theta, W1, W2, self.target_norm, self.tmp)
+            fixed_norm_(self.theta, W1, W2, self.target_norm, self.tmp, self.portable)
         self.offset += 1
         if record:
             stats_after(self, row, theta0)
@@ -353,6 +370,25 @@ class TorchStepper:
         out = self.Z if bags is self.bags else aligned_empty(self.M, Z.shape[1:], self.dtype,
                                                              self.device)
         return out.copy_(Z) if Z.stride(0) != out.stride(0) else Z
+
+    def _numba_forward(self, nb: dict, logits: np.ndarray) -> None:
+        """The numba forward of the stepping models on the samples of nb (self.nb: training,
+        self.nb_test: test) into logits."""
+        P1, quadratic, z = self.d_in * self.width, not self.relu, self.nb["zero"]
+        args = (self.stepping, self.nb["theta"], nb["i0"], nb["i1"], P1, quadratic, z, nb["Z"],
+                nb["H"], self.nb["w2t"])
+        if self.portable:
+            self.cpu_grad.forward_portable(*args, nb["ht"], nb["yt"], logits)
+        else:
+            self.cpu_grad.forward(*args, logits)
+
+    def test_logits(self) -> torch.Tensor:
+        """Logits of every model on the test samples: [M, n_test, p] (rows of models not
+        stepping are stale)."""
+        if self.cpu_grad is None:
+            return self.forward(self.test_bags)
+        self._numba_forward(self.nb_test, self.nb_test["logits"])
+        return torch.from_numpy(self.nb_test["logits"])
 
     def forward(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the samples of `bags` (see _bags): [M, n, p]."""

@@ -1,0 +1,85 @@
+"""Portable against host numerics on the torch backend (CPU), measured side by side in one run.
+
+    python bench/bench_numerics.py                    # the table for bench/RESULTS.md
+    python bench/bench_numerics.py --repeats 5 --cases paper-real-1,gromov-1
+    pytest bench/bench_numerics.py --benchmark-enable
+
+Cases: paper-real at 1 and 64 models, gromov (width 512, N = 2823, p = 97, AdamW, x²) at 1 and 8
+models; each with its preset's log / eval intervals, so the timed steps include the statistics
+and evaluations a real run records. Providers: numerics "portable" (the default: numba kernels at
+every size, written-order reductions, unfused updates) and "host" (the host-tuned paths: the
+reassociated numba forward for small models, MKL's GEMMs for large ones, torch's sums and fused
+updates). They alternate within each repeat (a busy machine slows both alike); reported: the median
+model-steps/s over the repeats (wall clock), its spread, and portable / host.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from grokfast import Config, make_dataset
+from grokfast.backends.torch import TorchStepper
+
+PROVIDERS = ("portable", "host")
+CASES = {  # name → (config, models, timed steps per measurement)
+    "paper-real-1": (Config.preset("paper-real"), 1, 2000),
+    "paper-real-64": (Config.preset("paper-real"), 64, 200),
+    "gromov-1": (Config.preset("gromov"), 1, 10),
+    "gromov-8": (Config.preset("gromov"), 8, 3),
+}
+
+
+def setup(case: str, provider: str):
+    """A warmed-up stepper of `case` with numerics `provider`; returns (run, model-steps per call)."""
+    config, models, steps = CASES[case]
+    configs = [config.replace(seed=s, numerics=provider) for s in range(models)]
+    stepper = TorchStepper(configs, make_dataset(config), torch.device("cpu"))
+    active = np.ones(models, bool)
+    stepper.advance(0, 2, active)
+    state = {"step": 2}
+
+    def run():
+        stepper.advance(state["step"], steps, active)
+        state["step"] += steps
+    return run, models * steps
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", ["paper-real-1", "gromov-1"])
+def test_numerics_bench(benchmark, case, provider):
+    run, _ = setup(case, provider)
+    benchmark(run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| case | portable model-steps/s | host model-steps/s | portable / host (spread) |")
+    print("|---|---|---|---|")
+    for case in args.cases.split(","):
+        runs = {p: setup(case, p) for p in PROVIDERS}
+        rates = {p: [] for p in PROVIDERS}
+        for _ in range(args.repeats):
+            for p, (run, work) in runs.items():
+                t0 = time.perf_counter()
+                run()
+                rates[p].append(work / (time.perf_counter() - t0))
+        med = {p: float(np.median(v)) for p, v in rates.items()}
+        ratios = np.array(rates["portable"]) / np.array(rates["host"])
+        print(f"| {case} | {med['portable']:,.0f} | {med['host']:,.0f} | "
+              f"{med['portable'] / med['host']:.2f} ({ratios.min():.2f}–{ratios.max():.2f}) |",
+              flush=True)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
