@@ -37,7 +37,7 @@ import pytest
 import torch
 
 from grokfast import Config, make_dataset
-from grokfast.backends.registry import stepper_class
+from grokfast.backends.registry import make_stepper
 
 PROVIDERS = ("reference", "torch")
 WARMUP_STEPS = 3
@@ -69,8 +69,8 @@ def setup(case: str, provider: str, steps: int = 0):
     spec = CASES[case]
     steps = steps or spec.steps
     configs = [spec.config.replace(seed=s) for s in range(spec.models)]
-    stepper = stepper_class(provider, "cpu")(configs, make_dataset(spec.config),
-                                             torch.device("cpu"))
+    stepper = make_stepper(provider, configs, make_dataset(spec.config),
+                           torch.device("cpu"))
     active = np.ones(spec.models, bool)
     stepper.advance(0, WARMUP_STEPS, active)
     state = {"step": WARMUP_STEPS}

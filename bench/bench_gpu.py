@@ -43,7 +43,7 @@ except ImportError:  # the script needs no pytest; only the pytest cases below d
 from bench_cpu import git_commit  # bench/ is on sys.path: run as a script or by pytest
 
 from grokfast import Config, make_dataset
-from grokfast.backends.registry import stepper_class
+from grokfast.backends.registry import make_stepper
 
 PROVIDERS = ("reference", "torch", "triton", "triton-tf32")
 FP32_PEAK_GFLOPS = 67_000.0   # H100/H200 SXM non-tensor fp32, vendor datasheet
@@ -104,7 +104,7 @@ def setup(case: Case, provider: str, steps: int = 0):
     config = provider_config(case, provider)
     configs = [config.replace(seed=s) for s in range(models)]
     backend = "triton" if provider.startswith("triton") else provider
-    stepper = stepper_class(backend, config.device)(configs, make_dataset(config), device())
+    stepper = make_stepper(backend, configs, make_dataset(config), device())
     active = np.ones(models, bool)
     steps = steps or case.steps
     warm = min(WARMUP_STEPS, steps)

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from grokfast import Config, make_dataset
-from grokfast.backends.torch import TorchStepper
+from grokfast.backends.torch import make_stepper
 from grokfast.model import init_params
 
 PROVIDERS = ("vmap", "vmap-1t", "torch-mkl-1t", "torch")
@@ -50,7 +50,7 @@ def setup(provider: str, models: int, config: Config = CONFIG):
     kw = dict(kernel="mkl", shards=1) if provider == "torch-mkl-1t" else {}
     if kw:  # MKL's GEMMs are the host-tuned numerics
         configs = [c.replace(numerics="host") for c in configs]
-    stepper = TorchStepper(configs, data, torch.device("cpu"), **kw)
+    stepper = make_stepper(configs, data, torch.device("cpu"), **kw)
     active = np.ones(models, bool)
     stepper.advance(0, 3, active)
     state = {"step": 3}

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from grokfast import Config, make_dataset
-from grokfast.backends.torch import TorchStepper
+from grokfast.backends.torch import make_stepper
 
 PROVIDERS = ("portable", "host")
 CASES = {  # name → (config, models, timed steps per measurement)
@@ -38,7 +38,7 @@ def setup(case: str, provider: str):
     """A warmed-up stepper of `case` with numerics `provider`; returns (run, model-steps per call)."""
     config, models, steps = CASES[case]
     configs = [config.replace(seed=s, numerics=provider) for s in range(models)]
-    stepper = TorchStepper(configs, make_dataset(config), torch.device("cpu"))
+    stepper = make_stepper(configs, make_dataset(config), torch.device("cpu"))
     active = np.ones(models, bool)
     stepper.advance(0, 2, active)
     state = {"step": 2}
