@@ -254,7 +254,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """A saved config. One written before the `numerics` field existed ran the host-tuned
+        numerics: it loads as numerics="host", so that resuming it continues the same arithmetic."""
         _check_names(d)
+        if isinstance(d, dict) and "numerics" not in d:
+            d = {**d, "numerics": "host"}
         return cls(**d)
 
     def to_json(self) -> str:

@@ -18,6 +18,8 @@ def test_an_old_run_directory_shows_loads_and_resumes(tmp_path, capsys):
     saved = [grokfast.Result.load(d / f"model_{i:03d}") for i in range(2)]
     assert [r.steps_done for r in saved] == [200, 200] and all(r.interrupted for r in saved)
     assert main(["show", str(d)]) == 0 and "status interrupted" in capsys.readouterr().out
+    # written before the numerics field: it continues with the host numerics it ran with
+    assert all(r.config.numerics == "host" for r in saved)
     resumed = grokfast.train(None, resume=d)
     assert [r.steps_done for r in resumed] == [400, 400]
     for i, (old, new) in enumerate(zip(saved, resumed)):

@@ -384,8 +384,9 @@ class TorchStepper:
 
     def test_logits(self) -> torch.Tensor:
         """Logits of every model on the test samples: [M, n_test, p] (rows of models not
-        stepping are stale)."""
-        if self.cpu_grad is None:
+        stepping are stale): the portable numba forward, or on the host path the GEMMs (MKL) as
+        before numerics existed."""
+        if self.cpu_grad is None or not self.portable:
             return self.forward(self.test_bags)
         self._numba_forward(self.nb_test, self.nb_test["logits"])
         return torch.from_numpy(self.nb_test["logits"])
