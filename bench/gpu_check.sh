@@ -121,19 +121,19 @@ else
     FINGERPRINT=(-m grokfast fingerprint --backend triton --device cuda
                  --runs paper-real-float32,paper-real-16-models)
 fi
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP)
 if ((PLAN)); then
     echo "tests_limit_s=$TESTS_LIMIT_S"
     echo "bench_limit_s=$BENCH_LIMIT_S"
     echo "fingerprint_limit_s=$FINGERPRINT_LIMIT_S"
     echo "kill_after_s=$KILL_AFTER_S"
     echo "long_budget_s=${LONG_BUDGET_S:-45}"
-    echo "tests: ${PYTEST[*]} ${TESTS[*]}"
+    echo "tests: $PY -m pytest -q -p no:cacheprovider -o addopts= -rsP ${TESTS[*]}"
     echo "bench: $PY ${BENCH[*]}"
     echo "fingerprint: $PY ${FINGERPRINT[*]}"
     exit 0
 fi
 make_importable || exit 2
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rsP)  # $PY as make_importable left it
 "$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$REPORT"
 

@@ -128,7 +128,7 @@ def evaluate(config: Config, data, W1: torch.Tensor, W2: torch.Tensor) -> dict:
     numerics on the CPU through grokfast.numerics, the same bits on every CPU)."""
     from . import numerics
 
-    portable = config.numerics == "portable" and W1.device.type == "cpu"
+    portable = W1.device.type == "cpu" and numerics.portable(config)
     out = {}
     for split, index, labels in (("train", data.index_train, data.train_labels),
                                  ("test", data.index_test, data.test_labels)):

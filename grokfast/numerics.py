@@ -21,6 +21,21 @@ import numpy as np
 import torch
 
 
+def available() -> bool:
+    """Whether the numba kernels import here (not on a stack without numba, e.g. the GPU machine's,
+    where evaluation and norms then take torch's own order: bitwise only on that machine)."""
+    try:
+        _kernels()
+    except ImportError:
+        return False
+    return True
+
+
+def portable(config) -> bool:
+    """Whether a config's CPU-side evaluation and norms take the written orders here."""
+    return config.numerics == "portable" and available()
+
+
 def _kernels():
     from grokfast.kernels.cpu import grad as cpu_grad
     from grokfast.kernels.cpu import reduce as cpu_reduce

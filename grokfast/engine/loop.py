@@ -26,7 +26,7 @@ from grokfast.config import Config
 from grokfast.data import make_dataset
 from grokfast.errors import GrokfastError
 from grokfast.inputs import check_seeds
-from grokfast.numerics import param_norm
+from grokfast.numerics import param_norm, portable
 from grokfast.model import evaluate
 from grokfast.profiling import nvtx_range, profiler_start, profiler_stop
 from grokfast.store.checkpoint import set_rng_state
@@ -312,7 +312,7 @@ class _Launch:
         if torch.isfinite(W1).all() and torch.isfinite(W2).all():
             with nvtx_range("evaluation"):
                 final = evaluate(c, self.data, W1, W2)
-            final["norm"] = param_norm(W1, W2, c.numerics == "portable")
+            final["norm"] = param_norm(W1, W2, portable(c))
         if final and prog.diverged[i] is None and not np.isfinite(final["train_loss"]):
             self.report([final_divergence(c, i, prog, self.log_every)])  # θ finite, loss not
         why = prog.stop_reason[i] or (reason if interrupted and prog.active[i] else None)

@@ -23,7 +23,7 @@ import torch
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
-from grokfast.numerics import param_norm
+from grokfast.numerics import param_norm, portable
 from grokfast.plotting import pyplot
 
 from .history import LazyHistory, atomic_json, atomic_write, find_launch, read_run
@@ -266,7 +266,7 @@ def _load_partial(config: Config, launch: Path, index: int) -> Result:
     final = {}
     if params and torch.isfinite(params["W1"]).all() and torch.isfinite(params["W2"]).all():
         final = evaluate(config, make_dataset(config), params["W1"], params["W2"])
-        final["norm"] = param_norm(params["W1"], params["W2"], config.numerics == "portable")
+        final["norm"] = param_norm(params["W1"], params["W2"], portable(config))
     note = (f"partial run (status {status}): {upto}, "
             f"{where}; continue it with `grokfast train --resume {launch}`")
     return Result(config=config, history=history, params=params, backend=run.get("backend", "unknown"),
