@@ -27,24 +27,13 @@ def configure(p) -> None:
     scaling = sub.add_parser("scaling", help="grok step against λη, the time scale of Eq. 20")
     scaling.add_argument("--quick", action="store_true", help="λη over 4× with 16k steps")
     _common(scaling, "scaling")
-    scaling.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 per (weight decay, lr)")
-    scaling.add_argument("--steps", type=int, metavar="N", help="GD steps at most per model")
-    scaling.add_argument("--weight-decays", metavar="A,B,…", help="the weight decays swept")
-    scaling.add_argument("--lrs", metavar="A,B,…", help="the learning rates swept")
-    scaling.add_argument("--report-only", action="store_true", help="rewrite summary, figures and "
-                         "report of the finished run in --out (no training)")
+    _study(scaling)
     scaling.set_defaults(func=cmd_scaling)
     prediction = sub.add_parser("prediction", help="Eq. 20's grok step model by model against "
                                 "trained paper-real models")
     prediction.add_argument("--quick", action="store_true", help="16 models, a few minutes")
     _common(prediction, "prediction")
-    prediction.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 per (weight decay, "
-                            "lr)")
-    prediction.add_argument("--steps", type=int, metavar="N", help="GD steps at most per model")
-    prediction.add_argument("--weight-decays", metavar="A,B,…", help="the weight decays swept")
-    prediction.add_argument("--lrs", metavar="A,B,…", help="the learning rates swept")
-    prediction.add_argument("--report-only", action="store_true", help="redo prediction.csv, "
-                            "summary, figures and report of the finished run in --out (no training)")
+    _study(prediction)
     prediction.set_defaults(func=cmd_prediction)
 
 
@@ -52,6 +41,16 @@ def _common(p, what: str) -> None:
     p.add_argument("--out", help=f"output directory (default runs/reproduce-{what}-TIME)")
     p.add_argument("--backend", default="auto", help="training backend: auto | triton | torch | "
                                                      "reference")
+
+
+def _study(p) -> None:
+    """The options of the studies over paper-real's weight decay × lr × seeds (scaling, prediction)."""
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N−1 per (weight decay, lr)")
+    p.add_argument("--steps", type=int, metavar="N", help="GD steps at most per model")
+    p.add_argument("--weight-decays", metavar="A,B,…", help="the weight decays swept")
+    p.add_argument("--lrs", metavar="A,B,…", help="the learning rates swept")
+    p.add_argument("--report-only", action="store_true", help="redo the summary, figures and report "
+                   "of the finished run in --out (no training)")
 
 
 def _out(args) -> Path:

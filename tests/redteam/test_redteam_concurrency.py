@@ -15,10 +15,6 @@ from grokfast import GrokfastError, Result
 from grokfast.store.ownership import DirLock, lock_held
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 _HOLD = """
     import fcntl, os, sys, time

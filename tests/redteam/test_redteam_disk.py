@@ -13,10 +13,6 @@ from grokfast import GrokfastError, Result, SweepResult
 from grokfast.engine import sink as sink_mod
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 @pytest.fixture
 def disk(monkeypatch):

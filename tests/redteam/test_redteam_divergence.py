@@ -16,10 +16,6 @@ from grokfast import Config, Result
 WILD = Config.preset("paper-real", lr=3e4)
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 @pytest.fixture(scope="module")
 def first_bad():

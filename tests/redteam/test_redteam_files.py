@@ -13,10 +13,6 @@ from grokfast.store.checkpoint import load_checkpoint, save_checkpoint
 from grokfast.store.history import chunk_files
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 def stopped(d, at=200):
     return grokfast.train(TINY, out=d, backend="torch", chunk_steps=CHUNK, checkpoint_every=100,

@@ -18,10 +18,6 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs in the process."""
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
@@ -110,7 +106,7 @@ def test_killed_while_saving_the_result(tmp_path, monkeypatch, ref, name, module
     d = tmp_path / "run"
     import grokfast.engine.sink as sink
     import grokfast.store.result as res
-    real, seen = res.atomic_write, []
+    real = res.atomic_write
     finishing = []
 
     def fake(path, write):

@@ -18,10 +18,6 @@ import grokfast
 from grokfast import GrokfastError, Result, ResultBatch, SweepResult
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 def stopped(d, seeds=None):
     return grokfast.train(TINY, seeds=seeds, out=d, backend="torch", chunk_steps=CHUNK,

@@ -19,10 +19,6 @@ from grokfast import GrokfastError, Result
 from grokfast.store.history import chunk_files
 
 
-@pytest.fixture(autouse=True)
-def no_curves(monkeypatch):
-    monkeypatch.setattr("grokfast.store.result.plot_curves", lambda result, path: None)
-
 
 def interrupted_run(d, steps_at=200, every=100, **kw):
     """TINY run in d stopped (resumably) at step `steps_at`, checkpoints every `every` steps."""
