@@ -281,7 +281,7 @@ def test_a_worker_killed_mid_launch_is_retried_and_resumes_from_its_checkpoint(c
 
 def test_one_launch_per_declared_gpu_runs_concurrently(cluster, tmp_path):
     # each launch lasts seconds (4 at once on 2 cores): longer than the spread of their starts
-    base = LONG.replace(steps=12_000)
+    base = LONG.replace(steps=60_000)  # ~seconds each even on an idle machine
     launches = plan(base, {"weight_decay": [1e-4, 2e-4, 3e-4, 4e-4]}, [0],
                     max_models_per_launch=1)
     assert len(launches) == 4 and base.device == "cpu"
@@ -363,7 +363,9 @@ def test_a_stop_request_ends_running_launches_at_a_checkpoint_and_starts_no_othe
     # 2 CPUs per launch on 4 declared: two launches run, the third waits; stop once both running
     # ones checkpointed. Ray does not promise to start tasks in the order they were submitted, so
     # which two run is Ray's choice: the test follows the attempt record.
-    base = LONG.replace(steps=100_000)  # far longer than the stop takes: it never finishes
+    # far longer than the stop takes: it never finishes (100 000 steps of 2 paper-real models
+    # took under 8 s on an idle machine once the numba kernels got faster: 2 000 000 here)
+    base = LONG.replace(steps=2_000_000)
     launches = plan(base, LONG_GRID, [0, 1], max_models_per_launch=2)
     names = [launch.name for launch in launches]
     finished = {}
@@ -391,7 +393,7 @@ def test_the_time_budget_stops_running_launches_and_starts_no_other(cluster, tmp
     # spent (which two is Ray's choice: it does not promise submission order). The budget counts
     # from the driver's call: a fresh worker importing torch takes seconds of it on a busy
     # machine, and a task that starts after it does not run.
-    base = LONG.replace(steps=100_000)
+    base = LONG.replace(steps=2_000_000)  # never done within max_time, even on an idle machine
     launches = plan(base, LONG_GRID, [0, 1], max_models_per_launch=2)
     names = [launch.name for launch in launches]
     finished = {}
