@@ -44,6 +44,31 @@ from __future__ import annotations
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _first_layer(t, i0, i1, P1, p, quadratic, zero, Zm, Hm, w2tm):
+    """One model's W2ᵀ [p, w] (w2tm), Z = X W1 = W1[a] + W1[b] and H = σ(Z) (Zm, Hm [N, w]) from
+    its θ row t: elementwise, one rounding per entry, no reduction (the same bits in every kernel
+    that inlines it)."""
+    N, w = Zm.shape
+    for j in range(p):                                             # W2ᵀ [p, w]
+        row = w2tm[j]
+        for k in range(w):
+            row[k] = t[P1 + k * p + j]
+    for n in range(N):
+        a, b = i0[n] * w, i1[n] * w                                # Z = W1[a] + W1[b]
+        ra, rb, zr, hr = t[a:a + w], t[b:b + w], Zm[n], Hm[n]     # (1-D views vectorize)
+        if quadratic:
+            for k in range(w):
+                z = ra[k] + rb[k]
+                zr[k] = z
+                hr[k] = z * z
+        else:
+            for k in range(w):
+                z = ra[k] + rb[k]
+                zr[k] = z
+                hr[k] = z if not z <= 0 else zero                  # NaN stays NaN
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits):
     """One call runs the models listed in `models` in turn; model m owns Z[m], H[m], w2t[m] and
@@ -52,23 +77,7 @@ def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logit
     p = logits.shape[2]
     for m in models:
         t = theta[m]
-        for j in range(p):                                         # W2ᵀ [p, w]
-            row = w2t[m, j]
-            for k in range(w):
-                row[k] = t[P1 + k * p + j]
-        for n in range(N):
-            a, b = i0[n] * w, i1[n] * w                            # Z = W1[a] + W1[b]
-            ra, rb, zr, hr = t[a:a + w], t[b:b + w], Z[m, n], H[m, n]  # (1-D views vectorize)
-            if quadratic:
-                for k in range(w):
-                    z = ra[k] + rb[k]
-                    zr[k] = z
-                    hr[k] = z * z
-            else:
-                for k in range(w):
-                    z = ra[k] + rb[k]
-                    zr[k] = z
-                    hr[k] = z if not z <= 0 else zero              # NaN stays NaN
+        _first_layer(t, i0, i1, P1, p, quadratic, zero, Z[m], H[m], w2t[m])
         for n in range(N):
             j = 0
             hr = H[m, n]
@@ -205,23 +214,7 @@ def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w
     p, NP = logits.shape[2], ht.shape[1]
     for m in models:
         t = theta[m]
-        for j in range(p):                                         # W2ᵀ [p, w]
-            row = w2t[m, j]
-            for k in range(w):
-                row[k] = t[P1 + k * p + j]
-        for n in range(N):
-            a, b = i0[n] * w, i1[n] * w                            # Z = W1[a] + W1[b]
-            ra, rb, zr, hr = t[a:a + w], t[b:b + w], Z[m, n], H[m, n]
-            if quadratic:
-                for k in range(w):
-                    z = ra[k] + rb[k]
-                    zr[k] = z
-                    hr[k] = z * z
-            else:
-                for k in range(w):
-                    z = ra[k] + rb[k]
-                    zr[k] = z
-                    hr[k] = z if not z <= 0 else zero              # NaN stays NaN
+        _first_layer(t, i0, i1, P1, p, quadratic, zero, Z[m], H[m], w2t[m])
         h = H[m]
         for k in range(w):                                         # Hᵀ [w, N]
             r = ht[k]
