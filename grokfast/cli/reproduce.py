@@ -53,6 +53,13 @@ def _study(p) -> None:
                    "of the finished run in --out (no training)")
 
 
+def _finished(args) -> Path:
+    """The finished run --report-only redoes the analysis of (--out is required)."""
+    if not args.out:
+        raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
+    return Path(args.out)
+
+
 def _out(args) -> Path:
     return Path(args.out) if args.out else \
         Path("runs") / f"reproduce-{args.what}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -77,9 +84,7 @@ def parse_floats(text, name):
 def cmd_scaling(args) -> int:
     out = _out(args)
     if args.report_only:
-        if not args.out:
-            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
-        s = write_analysis(out)
+        s = write_analysis(_finished(args))
         print(f"[scaling] exponent {s['fit']['slope']:.3f}; wrote {out / 'report.md'}")
         return 0
     reproduce_scaling(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
@@ -91,9 +96,7 @@ def cmd_scaling(args) -> int:
 def cmd_prediction(args) -> int:
     out = _out(args)
     if args.report_only:
-        if not args.out:
-            raise GrokfastError("--report-only rewrites the report of a finished run: pass --out DIR")
-        prediction_analysis(out)
+        prediction_analysis(_finished(args))
         print(f"[prediction] wrote {out / 'report.md'}")
         return 0
     reproduce_prediction(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
