@@ -35,6 +35,7 @@ from .common import (
     _correct_and_margin,
     _dot,
     _first_layer,
+    _forward_logits,
     _row_loss,
 )
 from .launch import (
@@ -74,14 +75,8 @@ def _rows_fwd_bwd_kernel(
             w1 = theta_ptr + m.to(tl.int64) * D
             w2 = w1 + (D - H * P)
 
-            logits = tl.zeros((BLOCK_N, BLOCK_P), DT)  # [BLOCK_N, BLOCK_P]
-            for h0 in range(0, H, BLOCK_H):
-                hc = h0 + tl.arange(0, BLOCK_H)
-                hm = hc < H
-                a = _activate(_first_layer(w1, i0, i1, rmask, hc, hm, H), ACT)  # [BLOCK_N, BLOCK_H]
-                w2c = tl.load(w2 + hc[:, None] * P + cols[None, :],
-                              mask=hm[:, None] & cmask[None, :], other=0.0)  # [BLOCK_H, BLOCK_P]
-                logits = _dot(a, w2c, logits, PRECISION)
+            logits = _forward_logits(w1, w2, i0, i1, rmask, cols, cmask, H, P, ACT, PRECISION,
+                                     BLOCK_N, BLOCK_H, BLOCK_P)              # [BLOCK_N, BLOCK_P]
 
             onehot = cols[None, :] == labels[:, None]
             loss, dense, coef = _row_loss(logits, onehot, cmask, LOSS, LDT)

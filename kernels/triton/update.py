@@ -322,7 +322,8 @@ def update_grad(spec: KernelSpec, plan: UpdatePlan, theta, new, grad, dz, dw2, t
         n_train, nb, plan.d_in, plan.width, plan.p, plan.D, table.shape[1], spec.window_slots,
         plan.tg, plan.tg1, plan.nth,
         BLOCK_R=plan.block_r, BLOCK_H=plan.block_h, BLOCK_HH=plan.block_hh, BLOCK_P=plan.block_p,
-        **spec.switches("FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT", "ORTH", "FIXED"))
+        **spec.switches("FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT", "ORTH", "FIXED"),
+        num_warps=8)
 
 
 def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bool = True):
