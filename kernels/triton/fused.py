@@ -359,4 +359,4 @@ def fused_steps(spec: KernelSpec, plan: UpdatePlan, theta, grad, idx, labels, st
         **spec.switches("ACT", "LOSS", "LOSS_F64", "FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT",
                         "ORTH", "FIXED"),
         PRECISION=fused_precision(spec.precision, theta.dtype), N_STAT=stats.shape[2],
-        num_warps=spec.fused_warps)
+        num_warps=spec.fused_warps, num_stages=1)
