@@ -29,6 +29,7 @@ above the bound; the bound is what the measured time is held against.
 """
 from __future__ import annotations
 
+import linecache
 import math
 import os
 import re
@@ -152,7 +153,6 @@ def loops(ins: list, labels: dict, values: dict) -> list:
         target = re.search(r"\((\.L_x_\d+)\)", operands)
         if op != "BRA" or not target or labels[target.group(1)] >= addr:
             continue
-        import linecache
         statement = linecache.getline(path or "", line or 0).strip().split("  #")[0]
         key = (os.path.basename(path or ""), statement)
         if key not in LOOPS:
