@@ -354,7 +354,7 @@ def fused_steps(spec: KernelSpec, plan: UpdatePlan, theta, grad, idx, labels, st
         spec.log_every, spec.loss_div(n_train, plan.p), spec.loss_div(n_test, plan.p), n_steps,
         first, stats.shape[1], BLOCK_C=min(spec.fused_block_n, blocks["BLOCK_N"]),
         BLOCK_HS=min(spec.fused_block_h, blocks["BLOCK_H"]),
-        BLOCK_E=min(spec.block_e, next_pow2(max(plan.D1, D - plan.D1))),
+        BLOCK_E=min(spec.block_e, 512, next_pow2(max(plan.D1, D - plan.D1))),  # ptxas: no spill
         **{k: blocks[k] for k in ("BLOCK_R", "BLOCK_H", "BLOCK_P")},
         **spec.switches("ACT", "LOSS", "LOSS_F64", "FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT",
                         "ORTH", "FIXED"),
