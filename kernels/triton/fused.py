@@ -23,9 +23,11 @@ whole-model tile is ever live; a step runs in three phases, each in fixed order:
    layer (filter, optimizer; ⊥Grad in three passes, the fixed-norm rescale in a fourth), holding
    one tile at a time; θ_s is read from memory where needed, never held through the step;
 3. the statistics row. tests/kernels/test_kernel_compile.py asserts that ptxas reports no spill.
-What bounds it on a GPU (bench/cost_model.py, printed by bench/gpu_check.sh --dry-run): the
-FP32/FP64 pipes of the one SM a model runs on and the latency of the chained per-step barriers,
-not DRAM (a model's θ and state stay in L1/L2).
+What bounds it on an H100 (bench/cost_model.py's count of the sm_90 code, printed by
+bench/gpu_check.sh --dry-run): the shared-memory bandwidth of the one SM a model runs on (an IEEE
+tl.dot's operands pass through shared memory), then instruction issue; not DRAM (a model's θ,
+state and scratch stay in L1/L2). One program of 8 warps per SM hides little latency and a step
+chains its barriers, so a measured step will take longer than that bound.
 
 Shapes: θ [M, D] (W1 [d_in, H] then W2 [H, P], row-major, updated in place), grad [M, D]
 scratch, idx [N + N_test, 2] int32, labels [N + N_test] int32, optimizer/filter state as in

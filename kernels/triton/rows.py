@@ -22,6 +22,10 @@ logits and dL/dŶ is rounded to the working dtype once (as autograd through `.do
 
 Limits: BLOCK_N, BLOCK_H ≥ 16 and BLOCK_P = next power of two ≥ max(p, 16) (tl.dot needs every
 side ≥ 16 on a GPU); p ≤ 512. Deterministic: no atomics, one writer per output element.
+Hidden slices of 16 (KernelSpec.rows_block_h): an IEEE float32 tl.dot compiles to FMAs holding whole
+rows of both operands per thread, so its inner side sets the registers (ptxas spills none at 16).
+What bounds it on an H100 (bench/cost_model.py): shared-memory bandwidth (those FMA products read
+their operands through shared memory), then the FP32 pipe.
 """
 import torch
 import triton

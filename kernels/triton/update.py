@@ -26,6 +26,8 @@ program that needs them, in fixed order (common._layer_totals): deterministic, n
 m's numbers do not depend on M.
 
 Limits: block sizes are powers of two; no tl.dot here (∇W2's products are in rows.py).
+What bounds _update_grad_kernel on an H100 (bench/cost_model.py, gromov width 512): instruction
+issue (index arithmetic, the float64 scalar hyperparameter math of every program), not DRAM.
 """
 import torch
 import triton
