@@ -104,10 +104,12 @@ LOOPS = {
     ("update.py", "for k in range(MAXDEG):"): lambda v: (v["MAXDEG"], v["T1"] / v["T"]),
     ("update.py", "for b in range(0, NB - NB % 8, 8):"):
         lambda v: (v["NB"] // 8, 1 - v["T1"] / v["T"]),
-    ("update.py", "for b in range(NB - NB % 8, NB):"): lambda v: (v["NB"] % 8, 1 - v["T1"] / v["T"]),
+    ("update.py", "for b in range(NB - NB % 8, NB):"):
+        lambda v: (v["NB"] % 8, 1 - v["T1"] / v["T"]),
 }
 
-INSTRUCTION = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)(.*);")
+INSTRUCTION = re.compile(  # /*addr*/ [@predicate] OPCODE[.suffixes] operands ;
+    r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)(.*);")
 
 
 def nvdisasm() -> str | None:

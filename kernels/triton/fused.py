@@ -177,7 +177,9 @@ def _fused_steps_kernel(
     hp_ptr, step_ptr, active_ptr, stats_ptr,
     N, N_TEST, D_IN, H, P, D, WINDOW, EVAL_EVERY, LOG_EVERY, LOSS_DIV, TEST_LOSS_DIV, N_STEPS,
     FIRST, ROWS,
-    BLOCK_C: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACT: tl.constexpr, LOSS: tl.constexpr, LOSS_F64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACT: tl.constexpr, LOSS: tl.constexpr,
+    LOSS_F64: tl.constexpr,
     FILTER: tl.constexpr, FILTER_MEAN: tl.constexpr, FILTER_WARMUP: tl.constexpr,
     OPT: tl.constexpr, ORTH: tl.constexpr, FIXED: tl.constexpr, PRECISION: tl.constexpr,
     N_STAT: tl.constexpr,
@@ -319,7 +321,8 @@ def fused_steps(spec: KernelSpec, plan: UpdatePlan, theta, grad, idx, labels, st
                 step, active, stats, *, n_train: int, n_steps: int, first: int, check: bool = True):
     """Launch n_steps whole training steps for every active model (θ and state updated in place).
 
-    θ [M, plan.D]; grad [M, plan.D] scratch (each step's ∇L, then g_f or θ_new); idx [n_train + n_test, 2] and labels [n_train + n_test] int32 (training samples
+    θ [M, plan.D]; grad [M, plan.D] scratch (each step's ∇L, then g_f or θ_new); idx
+    [n_train + n_test, 2] and labels [n_train + n_test] int32 (training samples
     first); stats [M, ≥ cdiv(n_steps, log_every), N_STAT] float64 receives the statistics of each
     step s with s % log_every == 0 at row (s − first) / log_every; first is the first such step of
     the call (steps run from each model's device counter). Other tensors as in
