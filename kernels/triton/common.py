@@ -20,12 +20,12 @@ State, the launch validation) is kernels/triton/launch.py.
   out_dtype=float64, which Triton 3.6 requires for a float64 accumulator — its default float32
   out_dtype rejects one, on the GPU and in the interpreter alike). The fused kernel's float64
   products compiled for a GPU run instead as _dot_fma, an explicit loop over the inner dimension in
-  ascending order (one multiply-add per element and k): with its whole-model tiles, a float64
-  tl.dot spills ~44 KB per thread on sm_90, the loop ~4–10 KB (tests/test_kernel_compile.py's
-  report). The interpreter keeps tl.dot there (the loop costs ~K interpreted ops per product);
-  tests force the loop through FMA_IN_INTERPRETER.
-* Loops with a runtime trip count stay `range` loops (a `while` costs the fused kernel ~7 KB/thread
-  more spills on sm_90). Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound
+  ascending order (one multiply-add per element and k), chosen by ptxas's register report
+  (tests/test_kernel_compile.py). Every float32 IEEE tl.dot compiles to FMAs that hold whole rows
+  of both operands per thread: keep each product's inner side at 16 (the kernels' chunked loops).
+  The interpreter keeps tl.dot there (the loop costs ~K interpreted ops per product); tests force
+  the loop through FMA_IN_INTERPRETER.
+* Loops with a runtime trip count stay `range` loops (a `while` spills more on sm_90). Triton 3.6's interpreter cannot take a runtime scalar as a `range` bound
   (it calls int() on a 1-element array, which NumPy 2 rejects); under the interpreter this module
   patches in Triton 3.9's own fix (squeeze first): launch._interpreter_scalar_index.
 """
@@ -155,6 +155,25 @@ def _first_layer(w1_ptr, i0, i1, rmask, cols, cmask, H):
     z0 = tl.load(w1_ptr + i0[:, None] * H + cols[None, :], mask=m2, other=0.0)
     z1 = tl.load(w1_ptr + i1[:, None] * H + cols[None, :], mask=m2, other=0.0)
     return z0 + z1
+
+
+@triton.jit
+def _forward_logits(w1_ptr, w2_ptr, i0, i1, rmask, cols, cmask, H, P, ACT: tl.constexpr,
+                    PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_P: tl.constexpr):
+    """Ŷ = σ(W1[i0] + W1[i1]) W2 for a block of samples, [BLOCK_N, BLOCK_P], summed over BLOCK_H-wide
+    slices of the hidden layer in order (each slice gathered from W1 and read from W2 [H, P] in
+    memory): a product's inner side stays BLOCK_H long, so its operands fit registers (an IEEE
+    float32 tl.dot compiles to FMAs that hold whole rows of both operands per thread)."""
+    logits = tl.zeros((BLOCK_N, BLOCK_P), w1_ptr.dtype.element_ty)
+    for h0 in range(0, H, BLOCK_H):
+        hc = h0 + tl.arange(0, BLOCK_H)
+        hm = hc < H
+        a = _activate(_first_layer(w1_ptr, i0, i1, rmask, hc, hm, H), ACT)  # [BLOCK_N, BLOCK_H]
+        w2c = tl.load(w2_ptr + hc[:, None] * P + cols[None, :],
+                      mask=hm[:, None] & cmask[None, :], other=0.0)          # [BLOCK_H, BLOCK_P]
+        logits = _dot(a, w2c, logits, PRECISION)
+    return logits
 
 
 @triton.jit

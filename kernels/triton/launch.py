@@ -17,7 +17,7 @@ FMA_IN_INTERPRETER = False  # tests: run _dot_fma (the GPU's fused float64 produ
 # KernelSpec's block sizes (the stepper's `blocks` may override them): the tiled regime's BLOCK_*
 # constexprs and the fused program's warps
 BLOCK_SIZES = ("rows_block_n", "rows_block_h", "block_r", "block_h", "block_hh", "block_e",
-               "fused_warps")
+               "fused_block_n", "fused_block_h", "fused_warps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +46,13 @@ class KernelSpec:
     eval_every: int = 1
     log_every: int = 1
     rows_block_n: int = 32               # kernels/rows.py: samples per program (≥ 16)
-    rows_block_h: int = 32               # kernels/rows.py: hidden slice of a product (≥ 16)
+    rows_block_h: int = 16               # kernels/rows.py: hidden slice of a product (≥ 16)
     block_r: int = 16                    # kernels/update.py (UpdatePlan): W1 rows of a tile
     block_h: int = 64                    # W1 columns of a tile
     block_hh: int = 8                    # W2 rows of a tile
     block_e: int = 1024                  # elements of a flat tile
+    fused_block_n: int = 16              # kernels/fused.py: samples per chunk of a step (≥ 16)
+    fused_block_h: int = 16              # kernels/fused.py: hidden slice of the forward product
     fused_warps: int = 8                 # warps of the fused kernel's program
 
     def __post_init__(self):
@@ -64,9 +66,10 @@ class KernelSpec:
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 launch_error(f"{name}={v} must be a power of two")
-        if self.rows_block_n < 16 or self.rows_block_h < 16:
-            launch_error(f"rows_block_n={self.rows_block_n}, rows_block_h={self.rows_block_h}: "
-                         f"tl.dot needs blocks of at least 16")
+        small = {n: getattr(self, n) for n in ("rows_block_n", "rows_block_h", "fused_block_n",
+                                                "fused_block_h") if getattr(self, n) < 16}
+        if small:
+            launch_error(f"{small}: tl.dot needs blocks of at least 16")
 
     def code(self, kind: str) -> int:
         """The CODES code of this spec's choice of kind ("activation", "loss", ...)."""

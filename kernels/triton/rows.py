@@ -22,6 +22,10 @@ logits and dL/dŶ is rounded to the working dtype once (as autograd through `.do
 
 Limits: BLOCK_N, BLOCK_H ≥ 16 and BLOCK_P = next power of two ≥ max(p, 16) (tl.dot needs every
 side ≥ 16 on a GPU); p ≤ 512. Deterministic: no atomics, one writer per output element.
+Hidden slices of 16 (KernelSpec.rows_block_h): an IEEE float32 tl.dot compiles to FMAs holding whole
+rows of both operands per thread, so its inner side sets the registers (ptxas spills none at 16).
+What bounds it on an H100 (bench/cost_model.py): shared-memory bandwidth (those FMA products read
+their operands through shared memory), then the FP32 pipe.
 """
 import torch
 import triton
@@ -35,6 +39,7 @@ from .common import (
     _correct_and_margin,
     _dot,
     _first_layer,
+    _forward_logits,
     _row_loss,
 )
 from .launch import (
@@ -74,14 +79,8 @@ def _rows_fwd_bwd_kernel(
             w1 = theta_ptr + m.to(tl.int64) * D
             w2 = w1 + (D - H * P)
 
-            logits = tl.zeros((BLOCK_N, BLOCK_P), DT)  # [BLOCK_N, BLOCK_P]
-            for h0 in range(0, H, BLOCK_H):
-                hc = h0 + tl.arange(0, BLOCK_H)
-                hm = hc < H
-                a = _activate(_first_layer(w1, i0, i1, rmask, hc, hm, H), ACT)  # [BLOCK_N, BLOCK_H]
-                w2c = tl.load(w2 + hc[:, None] * P + cols[None, :],
-                              mask=hm[:, None] & cmask[None, :], other=0.0)  # [BLOCK_H, BLOCK_P]
-                logits = _dot(a, w2c, logits, PRECISION)
+            logits = _forward_logits(w1, w2, i0, i1, rmask, cols, cmask, H, P, ACT, PRECISION,
+                                     BLOCK_N, BLOCK_H, BLOCK_P)              # [BLOCK_N, BLOCK_P]
 
             onehot = cols[None, :] == labels[:, None]
             loss, dense, coef = _row_loss(logits, onehot, cmask, LOSS, LDT)

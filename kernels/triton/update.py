@@ -26,6 +26,8 @@ program that needs them, in fixed order (common._layer_totals): deterministic, n
 m's numbers do not depend on M.
 
 Limits: block sizes are powers of two; no tl.dot here (∇W2's products are in rows.py).
+What bounds _update_grad_kernel on an H100 (bench/cost_model.py, gromov width 512): instruction
+issue (index arithmetic, the float64 scalar hyperparameter math of every program), not DRAM.
 """
 import torch
 import triton
@@ -322,7 +324,8 @@ def update_grad(spec: KernelSpec, plan: UpdatePlan, theta, new, grad, dz, dw2, t
         n_train, nb, plan.d_in, plan.width, plan.p, plan.D, table.shape[1], spec.window_slots,
         plan.tg, plan.tg1, plan.nth,
         BLOCK_R=plan.block_r, BLOCK_H=plan.block_h, BLOCK_HH=plan.block_hh, BLOCK_P=plan.block_p,
-        **spec.switches("FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT", "ORTH", "FIXED"))
+        **spec.switches("FILTER", "FILTER_MEAN", "FILTER_WARMUP", "OPT", "ORTH", "FIXED"),
+        num_warps=8)
 
 
 def update_orth(plan: UpdatePlan, theta, grad, part_g, part_o, active, check: bool = True):

@@ -107,6 +107,22 @@ def test_agrees_with_reference_across_tiles():
     compare_runs(c, ref, rows_ref, tri, rows_tri)
 
 
+@pytest.mark.parametrize("changes", [
+    dict(optimizer="adam", lr=0.02, weight_decay=0.01, orthograd=True, fixed_norm=True,
+         grad_filter="ema", dtype="float64"),
+    dict(optimizer="sgd", momentum=0.9, lr=0.1, grad_filter="ma", filter_window=3,
+         loss="stablemax", loss_dtype="float64", dtype="float32", eval_every=3),
+], ids=["float64-adam-ema-orthograd-fixednorm", "float32-sgd-ma-stablemax"])
+def test_fused_agrees_with_reference_across_chunks(changes):
+    """The fused kernel's chunks: 3 chunks of 16 training samples (the last ragged), 2 hidden
+    slices of the forward product, flat update tiles of 64 (ragged) — every cross-chunk sum."""
+    c = Config(**{**TINY, "p": 9, "width": 32, "n_test": 9, "steps": 8, **changes})
+    ref, rows_ref, tri, rows_tri = run_both(
+        c, "fused", blocks=dict(fused_block_n=16, fused_block_h=16, block_e=64))
+    assert tri.n_train > 32 and tri.plan.D1 % 64 and (tri.plan.D - tri.plan.D1) % 64
+    compare_runs(c, ref, rows_ref, tri, rows_tri)
+
+
 def engine_config(device: torch.device = DEVICE) -> Config:
     """The engine-history test's config, on the device the kernels run on: backend="triton" refuses
     device="cpu" on a GPU machine (the interpreter accepts it, which is why a CPU run can't tell)."""

@@ -1,8 +1,10 @@
 """Every Triton kernel compiles for an H100/H200 (sm_90) at the engine's GPU block sizes — checked on
 a machine without a GPU through Triton's own compiler and bundled ptxas — with the installed Triton
-(CI runs it under the CPU machines' Triton and under Triton 3.6, the GPU machine's). The test prints
-ptxas's register, spill and shared-memory report of every compiled kernel (pytest -s, or the
-captured output of a failure; `python tests/test_kernel_compile.py --table` prints it alone).
+(CI runs it under the CPU machines' Triton and under Triton 3.6, the GPU machine's) — and spills no
+register to local memory (ptxas's report: 0 bytes of spill stores and loads for every variant).
+The test prints ptxas's register, spill and shared-memory report of every compiled kernel (pytest
+-s, or the captured output of a failure; `python tests/kernels/test_kernel_compile.py --table`
+prints it alone). bench/cost_model.py compiles through record_launches and compile_launch too.
 
 Also: the chunk lengths the engine cuts (any number of steps) share one compiled variant of every
 kernel, so a CUDA graph captured for a new chunk length never meets a kernel that still has to
@@ -42,38 +44,54 @@ CASES = [  # (config changes, precision to compile with)
 ]
 
 
-def _compile_all() -> list:
-    """Run in the subprocess: record one step's launches per case and compile each for sm_90."""
+class _Recorder:
+    """Stands in for a @triton.jit kernel: kernel[grid](*args, **kwargs) is recorded, not run."""
+    launches: list = []
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.fn, grid, args, kwargs))
+
+
+def record_launches(changes: dict, precision: str, regimes=("tiled", "fused"), n_steps: int = 1):
+    """Run in the subprocess: the launches (fn, grid, args, kwargs) of n_steps of two models of
+    Config.preset(**changes) in each regime that fits (kernels replaced by recorders, nothing
+    runs), compiled as precision. Returns (config, launches)."""
     import numpy as np
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report, printed by Triton's make_cubin
-
     from grokfast.kernels.triton import fused, rows, stats, update
     from grokfast.kernels.triton import launch as klaunch
 
     from grokfast import Config, GrokfastError, make_dataset
     from grokfast.backends.triton.stepper import TritonStepper
 
-    launches = []
-
-    class Recorder:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.fn, args, kwargs))
-
+    launches = _Recorder.launches = []
     for mod in (fused, rows, update, stats):
         for name in dir(mod):
-            if name.endswith("_kernel"):
-                setattr(mod, name, Recorder(getattr(mod, name)))
+            if name.endswith("_kernel") and not isinstance(getattr(mod, name), _Recorder):
+                setattr(mod, name, _Recorder(getattr(mod, name)))
     klaunch.interpreting = lambda: True  # let the stepper allocate on the CPU; nothing is launched
     klaunch.FMA_IN_INTERPRETER = True    # fused float64 products as a GPU compiles them
     for mod in (fused, rows, update):   # and accept TF32 there: it is compiled, never run
         mod.check_precision = lambda *args: None
+    changes = dict(changes)
+    c = Config.preset(changes.pop("preset"), **changes)
+    data = make_dataset(c)
+    for regime in regimes:
+        try:
+            st = TritonStepper([c, c.replace(seed=1)], data, torch.device("cpu"), regime=regime)
+        except GrokfastError:  # gromov does not fit the fused regime
+            continue
+        st.spec = dataclasses.replace(st.spec, precision=precision)
+        st.advance(0, n_steps, np.ones(2, dtype=bool))
+    return c, launches
+
+
+def _signature(fn, args, kwargs):
+    """Triton's signature, constexprs and compile options of one recorded launch."""
+    import torch
 
     def arg_type(a):
         if isinstance(a, torch.Tensor):
@@ -82,37 +100,45 @@ def _compile_all() -> list:
             return "i1"
         return "i32" if abs(a) < 2 ** 31 else "i64"
 
+    constexprs = dict(kwargs)
+    options = {k: constexprs.pop(k) for k in ("num_warps", "num_stages") if k in constexprs}
+    signature = {n: arg_type(a) for n, a in zip(fn.arg_names, args)}
+    signature.update({n: "constexpr" for n in constexprs})
+    return signature, constexprs, options
+
+
+def compile_launch(fn, args, kwargs):
+    """Compile one recorded launch for sm_90: (compiled kernel, ptxas -v's log)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report, printed by Triton's make_cubin
+
+    signature, constexprs, options = _signature(fn, args, kwargs)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                           target=GPUTarget("cuda", 90, 32), options=options)
+    return k, log.getvalue()
+
+
+def _compile_all() -> list:
+    """Run in the subprocess: record one step's launches per case and compile each for sm_90."""
     out, seen = [], set()
-    for changes, precision in CASES:
-        changes = dict(changes)
-        preset = changes.pop("preset")
-        c = Config.preset(preset, **changes)
-        launches.clear()
-        data = make_dataset(c)
-        for regime in ("tiled", "fused"):
-            try:
-                st = TritonStepper([c, c.replace(seed=1)], data, torch.device("cpu"), regime=regime)
-            except GrokfastError:  # gromov does not fit the fused regime
-                continue
-            st.spec = dataclasses.replace(st.spec, precision=precision)
-            st.advance(0, 1, np.ones(2, dtype=bool))
-        for fn, args, kwargs in launches:
-            options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-            signature = {n: arg_type(a) for n, a in zip(fn.arg_names, args)}
-            signature.update({n: "constexpr" for n in kwargs})
-            key = (fn.__name__, json.dumps(signature), json.dumps({**kwargs, **options}, default=str))
+    for number, (changes, precision) in enumerate(CASES):
+        c, launches = record_launches(changes, precision)
+        label = {k: v for k, v in changes.items() if k != "preset"}
+        for fn, _grid, args, kwargs in launches:
+            key = (fn.__name__, *(json.dumps(x, default=str) for x in _signature(fn, args, kwargs)))
             if key in seen:
                 continue
             seen.add(key)
-            log = io.StringIO()
-            row = dict(kernel=fn.__name__, case=f"{preset} {changes}", dtype=str(c.dtype),
-                       precision=kwargs.get("PRECISION", "-"), warps=options.get("num_warps", 4))
+            row = dict(kernel=fn.__name__, case=f"{changes['preset']} {label}", number=number,
+                       dtype=str(c.dtype), precision=kwargs.get("PRECISION", "-"),
+                       warps=kwargs.get("num_warps", 4))
             try:
-                with contextlib.redirect_stdout(log):
-                    k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=kwargs),
-                                       target=GPUTarget("cuda", 90, 32), options=options)
-                out.append(dict(row, ok=True, shared=k.metadata.shared,
-                                **_ptxas_report(log.getvalue())))
+                k, log = compile_launch(fn, args, kwargs)
+                out.append(dict(row, ok=True, shared=k.metadata.shared, **_ptxas_report(log)))
             except Exception as e:  # report every failure, not just the first
                 out.append(dict(row, ok=False, error=f"{type(e).__name__}: {e}"[:3000]))
     return out
@@ -231,6 +257,11 @@ def test_kernels_compile_for_sm90():
     assert not too_big, too_big
     assert {r["dtype"] for r in results} == {"float32", "float64"}
     assert all(r["registers"] for r in results), "ptxas printed no register report"
+    assert all(r["spill_stores"] is not None for r in results), "ptxas printed no spill report"
+    spilled = [r for r in results if r["spill_stores"] or r["spill_loads"]]
+    assert not spilled, ("ptxas spills registers to local memory (every step pays it; see the "
+                         "kernel docstrings for how the kernels keep tiles small):\n"
+                         + table(spilled))
 
 
 @pytest.mark.skipif(not _has_cuda_compiler(), reason="triton's NVIDIA backend is not installed")

@@ -207,7 +207,7 @@ class TritonStepper:
         self.buf = state(spec.uses("buf"))
         self.exp_avg = state(spec.uses("exp_avg"))
         self.exp_avg_sq = state(spec.uses("exp_avg_sq"))
-        self.grad = state(c.orthograd and self.regime == "tiled")
+        self.grad = state(c.orthograd or self.regime == "fused")  # fused: every step's ∇L
         if self.regime == "tiled":
             self._allocate_tiled(M, H, p, int(self._update.N_Q))
 
@@ -355,7 +355,8 @@ class TritonStepper:
     def _launch_fused(self, first: int, n_steps: int, stats: torch.Tensor) -> None:
         """All n_steps in one launch, θ updated in place in buffer cur."""
         self._fused.fused_steps(
-            self.spec, self.plan, self.theta[self.cur], self.idx, self.labels, self._state(),
+            self.spec, self.plan, self.theta[self.cur], self.grad, self.idx, self.labels,
+            self._state(),
             self.hp, self.step, self.active, stats, n_train=self.n_train, n_steps=n_steps,
             first=first)
 
