@@ -10,8 +10,10 @@ import numpy as np
 
 from grokfast.config import Config
 from grokfast.plotting import pyplot
+from grokfast.store.history import save_figure
 
 from .report import number as _f
+from .report import write_text
 
 THEORY_EXPONENT = -1.0
 # |median collapse / reference − 1| above this marks a cell where the law breaks
@@ -59,7 +61,7 @@ class _Figure:
         self.ax.set_title(title, fontsize=8)
         self.ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         self.fig.tight_layout()
-        self.fig.savefig(path, dpi=110)
+        save_figure(self.fig, path)
         self.plt.close(self.fig)
 
 
@@ -125,7 +127,7 @@ def _interval(f: dict) -> str:
 def write_report(path, b, s: dict, base: Config) -> None:
     """report.md: the setting, the exponent, the collapse, where it breaks, the speed."""
     L = _setting(b, s, base) + _exponent(b, s) + _collapse(b, s) + _verdict_and_speed(b, s)
-    Path(path).write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def _setting(b, s: dict, base: Config) -> list:
