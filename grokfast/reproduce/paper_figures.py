@@ -4,14 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 from grokfast.plotting import pyplot
-from grokfast.store.history import save_figure
 from grokfast.theory import sim_time_to_gd_steps
+
+from .report import save_png
 
 
 def _save(fig, path) -> None:
     """Lay out, write (by rename) and close a figure."""
     fig.tight_layout()
-    save_figure(fig, path)
+    save_png(fig, path)
     pyplot().close(fig)
 
 

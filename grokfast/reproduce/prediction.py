@@ -27,7 +27,9 @@ DIR: config.json (base config), budget.json, timing.json, sweep/, memorization.n
 W2 of every memorized model), sim/ (one SimResult: models 0 … seeds − 1 from the initializations,
 then one per memorized model in memorization.npz's order), sim_init_half/ (the Euler check),
 prediction.csv, summary.json, report.md, prediction_scatter.png, prediction_cells.png (the analysis:
-prediction_report; the report's text: prediction_text).
+prediction_report; the report's text: prediction_text), output.json (the command, its options and
+its finished stages: grokfast.reproduce.stages — an interrupted run continues when the same
+command is run again).
 """
 from __future__ import annotations
 

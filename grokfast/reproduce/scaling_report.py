@@ -10,10 +10,9 @@ import numpy as np
 
 from grokfast.config import Config
 from grokfast.plotting import pyplot
-from grokfast.store.history import save_figure
 
 from .report import number as _f
-from .report import write_text
+from .report import save_png, write_text
 
 THEORY_EXPONENT = -1.0
 # |median collapse / reference − 1| above this marks a cell where the law breaks
@@ -61,7 +60,7 @@ class _Figure:
         self.ax.set_title(title, fontsize=8)
         self.ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         self.fig.tight_layout()
-        save_figure(self.fig, path)
+        save_png(self.fig, path)
         self.plt.close(self.fig)
 
 

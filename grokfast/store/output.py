@@ -116,12 +116,11 @@ class Output:
         self.write_json(OUTPUT_FILE, self.meta)
 
 
-def _claimed(out: Path, command: str, marker: Optional[str]) -> Optional[dict]:
-    """output.json of `out` when it holds this command's output; None when it is missing or empty;
-    else GrokfastError saying what is there and what to do."""
+def _claimed(out: Path, command: str, marker: Optional[str], create: bool) -> Optional[dict]:
+    """output.json of `out` when it holds this command's output ({} for one from before
+    output.json: `marker`); None when it is missing or empty and create; else GrokfastError
+    saying what is there and what to do."""
     names = listing(out)
-    if not names:
-        return None
     if OUTPUT_FILE in names:
         meta = read_json(out / OUTPUT_FILE)
         if meta.get("format") == OUTPUT_FORMAT and meta.get("command") == command:
@@ -131,7 +130,12 @@ def _claimed(out: Path, command: str, marker: Optional[str]) -> Optional[dict]:
     mark = None if marker is None else out / marker
     if mark is not None and mark.is_file() and not mark.is_symlink() and holds(names) is None:
         return {}
-    claim_new(out, kind=f"`grokfast {command}` output")
+    if not create:
+        what = f"a {holds(names)}" if holds(names) else "files" if names else "nothing"
+        raise GrokfastError(f"{out} holds {what}, no output of `grokfast {command}`: pass the "
+                            f"--out directory of a finished `grokfast {command}`")
+    if names:
+        claim_new(out, kind=f"`grokfast {command}` output")
     return None
 
 
@@ -149,14 +153,11 @@ def command_output(out, command: str, *, claim: bool = True, create: bool = True
         if not create and not out.is_dir():
             whose = f"a finished `grokfast {command}`" if claim else "a run or sweep"
             raise GrokfastError(f"{out} is not a directory: pass the --out directory of {whose}")
-        meta = _claimed(out, command, marker) if claim else None
-        if claim and not create and meta is None:
-            raise GrokfastError(f"{out} holds no output of `grokfast {command}`: pass the --out "
-                                f"directory of a finished `grokfast {command}`")
+        meta = _claimed(out, command, marker, create) if claim else None
         real_dir(out, create=True)
         with DirLock(out, lock, what=command) if lock else contextlib.nullcontext():
             if claim:
-                meta = _claimed(out, command, marker)  # again, now that it is ours
+                meta = _claimed(out, command, marker, create)  # again, now that it is ours
             o = Output(out, command, meta)
             if claim and meta is None:
                 o._save()

@@ -10,11 +10,10 @@ from redteam_helpers import TINY, assert_clean_error, child, run_cli, snapshot
 
 import grokfast
 from grokfast import GrokfastError
-from grokfast.store.ownership import check_name
 
 SCALING = ["--weight-decays", "8e-4", "--lrs", "2", "--seeds", "2", "--steps", "200",
            "--backend", "torch"]
-PAPER = ["--seeds", "1", "--sim-steps", "10", "--real-steps", "100", "--probe-every", "50",
+PAPER = ["--seeds", "1", "--sim-steps", "2", "--real-steps", "20", "--probe-every", "10",
          "--backend", "torch"]
 
 
@@ -34,6 +33,7 @@ def finished_run(d, **kw):
                                        ("a/../../b", "path"), ("", "path"), ("a//b", "path"),
                                        (5, "file")])
 def test_check_name_refuses_every_way_out(name, what):
+    from grokfast.store.ownership import check_name
     with pytest.raises(GrokfastError, match="plan.json"):
         check_name(name, what, "plan.json")
 
@@ -185,3 +185,251 @@ def test_fingerprint_cuda_without_gpu_names_its_own_option(capsys):
                              "gromov-width-512")
     assert_clean_error(code, err, "--device")
     assert "--set" not in err
+
+
+# ---------------------------------------------------------------- export: a lock, verified, staged
+def test_export_refused_while_a_writer_holds_the_run(tmp_path, capsys):
+    """Defect 7: export took no lock; racing a `train --resume --tensorboard` it cut the file."""
+    d = finished_run(tmp_path / "run")
+    p = child(f"""
+        import time
+        from grokfast.store.ownership import DirLock
+        with DirLock({str(d)!r}):
+            print("held", flush=True)
+            time.sleep(120)
+    """, cwd=tmp_path)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        before = snapshot(tmp_path)
+        code, out, err = run_cli(capsys, "export", "tensorboard", d)
+        assert_clean_error(code, err, str(d), f"pid {p.pid}")
+        assert snapshot(tmp_path) == before
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_export_of_a_damaged_run_keeps_the_complete_event_file(tmp_path, capsys):
+    """Defect 8: export named the damaged params.npz but had already cut the event file."""
+    d = finished_run(tmp_path / "run", tensorboard=True)
+    event = d / "tensorboard" / "events.out.tfevents.grokfast"
+    good = event.read_bytes()
+    data = (d / "params.npz").read_bytes()
+    (d / "params.npz").write_bytes(data[: len(data) // 2])
+    code, out, err = run_cli(capsys, "export", "tensorboard", d)
+    assert_clean_error(code, err, "params.npz")
+    assert event.read_bytes() == good
+    assert sorted(p.name for p in event.parent.iterdir()) == [event.name]
+
+
+# ---------------------------------------------------------------- reproduce: interrupted, continued
+def test_reproduce_paper_interrupted_exits_130_in_one_line_and_continues(tmp_path, capsys,
+                                                                         monkeypatch):
+    """Defect 4: Ctrl-C printed a KeyboardInterrupt traceback and the work could not continue."""
+    from grokfast.reproduce import paper
+    run_real = paper.run_real
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(paper, "run_real", interrupted)
+    d = tmp_path / "out"
+    try:
+        code, out, err = run_cli(capsys, "reproduce", "paper", *PAPER, "--out", d)
+    except KeyboardInterrupt:
+        code, err = "KeyboardInterrupt escaped", ""
+    assert code == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "run the same command" in err
+    monkeypatch.setattr(paper, "run_real", run_real)
+    code, out, err = run_cli(capsys, "reproduce", "paper", *PAPER, "--out", d)
+    assert code == 0, err
+    assert "sim: kept from the earlier run" in out and (d / "report.md").is_file()
+    code, out, err = run_cli(capsys, "reproduce", "paper", *PAPER[:-4], "--out", d)
+    assert_clean_error(code, err, "same options")
+
+
+# ---------------------------------------------------------------- --report-only on damage
+@pytest.mark.parametrize("damage,named", [
+    (lambda d: (d / "summary.json").write_text("{garbled"), "summary.json"),
+    (lambda d: (d / "summary.json").write_text('{"budget": {}}'), "summary.json"),
+    (lambda d: (d / "sweep" / "results.csv").unlink(), "results.csv"),
+    (lambda d: (d / "output.json").write_text('{"format": "grokfast-output/1", "command": '
+                                              '"reproduce paper"}'), "reproduce paper"),
+], ids=["garbled-summary", "summary-without-mode", "results-deleted", "other-command"])
+def test_scaling_report_only_on_a_damaged_directory(scaling_dir, tmp_path, capsys, damage,
+                                                    named):
+    """Defect 3: tracebacks (garbled summary.json, no budget.mode, 0 of 8 rows then min())."""
+    import shutil
+    d = tmp_path / "out"
+    shutil.copytree(scaling_dir, d, symlinks=True)
+    damage(d)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(capsys, "reproduce", "scaling", "--report-only", "--out", d)
+    assert_clean_error(code, err, named)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("what", ["missing", "training run", "sweep"])
+def test_report_only_on_a_foreign_directory_names_the_command(tmp_path, capsys, what):
+    """Defect 16: a missing directory or a training run was told to pass a `grokfast sweep` dir."""
+    d = tmp_path / "d"
+    if what == "training run":
+        finished_run(d)
+    elif what == "sweep":
+        finished_sweep(d)
+    before = snapshot(tmp_path)
+    for command in ("scaling", "prediction"):
+        code, out, err = run_cli(capsys, "reproduce", command, "--report-only", "--out", d)
+        assert_clean_error(code, err, str(d), f"reproduce {command}")
+        assert "grokfast sweep`" not in err
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- result.json checksums
+@pytest.mark.parametrize("checksums", ["garbage", ["params.npz"], {"../x": "0" * 64},
+                                       {"params.npz": 5}])
+def test_result_json_with_damaged_checksums(tmp_path, capsys, checksums):
+    """Defect 5: `"checksums": "garbage"` raised AttributeError in show and Result.load."""
+    d = finished_run(tmp_path / "run")
+    meta = json.loads((d / "result.json").read_text())
+    meta["checksums"] = checksums
+    (d / "result.json").write_text(json.dumps(meta))
+    with pytest.raises(GrokfastError, match="result.json"):
+        grokfast.Result.load(d)
+    code, out, err = run_cli(capsys, "show", d)
+    assert_clean_error(code, err, "result.json")
+
+
+# ---------------------------------------------------------------- show, inputs
+def test_show_names_a_damaged_history_chunk(tmp_path, capsys):
+    """Defect 9: show printed a summary (exit 0) over a damaged chunk; the API refused it."""
+    d = tmp_path / "run"
+    grokfast.train(TINY, out=d, backend="torch", chunk_steps=50, checkpoint_every=100,
+                   max_steps=200)
+    chunk = sorted((d / "history").iterdir())[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "show", d)
+    assert_clean_error(code, err, chunk.name)
+
+
+@pytest.mark.parametrize("changes,field,value", [
+    (dict(lr=__import__("numpy").float32(0.5)), "lr", 0.5),
+    (dict(width=__import__("numpy").int64(64)), "width", 64),
+    (dict(weight_decay=__import__("numpy").float16(0.25)), "weight_decay", 0.25),
+    (dict(steps=__import__("numpy").uint32(7)), "steps", 7)], ids=["f32", "i64", "f16", "u32"])
+def test_numpy_scalars_are_the_numbers_they_hold(changes, field, value):
+    """Defect 12: np.float32 lr "must be a finite number", np.int64 width "must be an integer"."""
+    c = TINY.replace(**changes)
+    assert getattr(c, field) == value and type(getattr(c, field)) is type(value)
+    assert grokfast.Config.from_json(c.to_json()) == c
+
+
+def test_numpy_scalars_keep_the_rules_of_python_numbers():
+    import numpy as np
+    for changes in (dict(width=np.float64(64.0)), dict(width=64.0), dict(lr=np.bool_(True)),
+                    dict(lr=np.float32("nan"))):
+        with pytest.raises(GrokfastError):
+            TINY.replace(**changes)
+
+
+def test_show_of_a_running_sweep_does_not_advise_resume(tmp_path, capsys):
+    """Defect 14: show on a running sweep ended "continue it with `grokfast sweep --resume`",
+    which would be refused while it runs."""
+    d = finished_sweep(tmp_path / "sweep")
+    status = json.loads((d / "status.json").read_text())
+    (d / "status.json").write_text(json.dumps({**status, "status": "running"}))
+    p = child(f"""
+        import time
+        from grokfast.store.ownership import SWEEP_LOCK, DirLock
+        with DirLock({str(d)!r}, SWEEP_LOCK, what="sweep"):
+            print("held", flush=True)
+            time.sleep(120)
+    """, cwd=tmp_path)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        code, out, err = run_cli(capsys, "show", d)
+        assert code == 0, err
+        assert "still running" in out and "continue it with" not in out
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_an_impossible_size_is_refused_before_allocating(capsys):
+    """Defect 13: --set p=100003 planned 5·10⁹ pairs and allocated until it failed, then advised
+    lowering width or seeds."""
+    import resource
+    code, out, err = run_cli(capsys, "train", "--preset", "paper-real", "--set", "p=100003",
+                             "--set", "steps=1", "--backend", "torch", "--quiet")
+    assert_clean_error(code, err, "p=100003", "lower p")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 2 ** 20  # KiB: < 8 GiB
+
+
+def test_memory_estimate_passes_the_presets():
+    from grokfast.data import check_memory
+    for name in ("paper-real", "paper-sim", "gromov"):
+        check_memory(grokfast.Config.preset(name), available=2 ** 30)
+    with pytest.raises(GrokfastError, match="lower width"):
+        check_memory(grokfast.Config.preset("paper-real", width=10 ** 7), available=2 ** 30)
+
+
+# ---------------------------------------------------------------- every command in a sandbox
+def _prepared(kind, target):
+    if kind == "run":
+        finished_run(target, tensorboard=True)
+    elif kind == "sweep":
+        finished_sweep(target)
+    elif kind == "golden":
+        from grokfast.reproduce import fingerprint
+        target.write_bytes(fingerprint.GOLDEN_FILE.read_bytes())
+
+
+SMALL = ["--seeds", "2", "--steps", "300", "--weight-decays", "8e-4", "--lrs", "2",
+         "--backend", "torch"]
+COMMANDS = {  # name → (what the target is made as beforehand, the command with {t} the target)
+    "train": (None, ["train", "--preset", "paper-real", "--set", "steps=100", "--backend",
+                     "torch", "--quiet", "--tensorboard", "--out", "{t}"]),
+    "sweep": (None, ["sweep", "--preset", "paper-real", "--set", "steps=100", "--grid",
+                     "lr=0.5,1", "--seeds", "0", "--backend", "torch", "--quiet", "--out", "{t}"]),
+    "show run": ("run", ["show", "{t}"]),
+    "show sweep": ("sweep", ["show", "{t}"]),
+    "export run": ("run", ["export", "tensorboard", "{t}"]),
+    "export sweep": ("sweep", ["export", "tensorboard", "{t}"]),
+    "reproduce paper": (None, ["reproduce", "paper", *PAPER, "--out", "{t}"]),
+    "reproduce scaling": (None, ["reproduce", "scaling", *SCALING, "--out", "{t}"]),
+    "reproduce prediction": (None, ["reproduce", "prediction", "--quick", *SMALL, "--out",
+                                    "{t}"]),
+    "fingerprint --write": ("golden", ["fingerprint", "--write", "{t}"]),
+}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_changes_nothing_outside_its_target(tmp_path, capsys, monkeypatch,
+                                                          golden_copy, name):
+    """Each CLI command run on a target inside a sandbox that also holds a sentinel folder and
+    links planted beside the target and inside it: nothing but the target changes."""
+    sandbox = tmp_path / "sandbox"
+    sentinel = sandbox / "sentinel"
+    sentinel.mkdir(parents=True)
+    (sentinel / "precious.txt").write_text("precious\n")
+    (sandbox / "link").symlink_to("sentinel")
+    (sandbox / "file_link").symlink_to("sentinel/precious.txt")
+    kind, args = COMMANDS[name]
+    target = sandbox / ("golden_hashes.json" if kind == "golden" else "target")
+    if kind is not None:
+        _prepared(kind, target)
+    if kind in ("run", "sweep"):
+        (target / "planted").symlink_to("../sentinel/precious.txt")
+    monkeypatch.chdir(sandbox)
+
+    def outside():
+        return {k: v for k, v in snapshot(sandbox).items()
+                if k != str(target) and not k.startswith(str(target) + os.sep)}
+    before = outside()
+    code, out, err = run_cli(capsys, *[a.format(t=target) for a in args])
+    assert code == 0, err
+    assert outside() == before
+    assert (sentinel / "precious.txt").read_text() == "precious\n"
+    assert not (target / "planted").exists() or (target / "planted").is_symlink()
