@@ -10,6 +10,7 @@ from redteam_helpers import TINY, assert_clean_error, child, run_cli, snapshot
 
 import grokfast
 from grokfast import GrokfastError
+from grokfast.store.result import plot_curves  # before the red-team fixture replaces it
 
 SCALING = ["--weight-decays", "8e-4", "--lrs", "2", "--seeds", "2", "--steps", "200",
            "--backend", "torch"]
@@ -209,9 +210,12 @@ def test_export_refused_while_a_writer_holds_the_run(tmp_path, capsys):
         p.wait()
 
 
-def test_export_of_a_damaged_run_keeps_the_complete_event_file(tmp_path, capsys):
-    """Defect 8: export named the damaged params.npz but had already cut the event file."""
+def test_export_of_a_damaged_run_keeps_the_complete_event_file(tmp_path, capsys, monkeypatch):
+    """Defect 8: export named the damaged params.npz but had already cut the event file (its
+    last records, here the curves image, missing)."""
+    monkeypatch.setattr("grokfast.store.result.plot_curves", plot_curves)
     d = finished_run(tmp_path / "run", tensorboard=True)
+    assert (d / "curves.png").is_file()
     event = d / "tensorboard" / "events.out.tfevents.grokfast"
     good = event.read_bytes()
     data = (d / "params.npz").read_bytes()
@@ -398,7 +402,8 @@ COMMANDS = {  # name → (what the target is made as beforehand, the command wit
     "export run": ("run", ["export", "tensorboard", "{t}"]),
     "export sweep": ("sweep", ["export", "tensorboard", "{t}"]),
     "reproduce paper": (None, ["reproduce", "paper", *PAPER, "--out", "{t}"]),
-    "reproduce scaling": (None, ["reproduce", "scaling", *SCALING, "--out", "{t}"]),
+    "reproduce scaling": (None, ["reproduce", "scaling", *SCALING[:-4], "--steps", "5000",
+                                 "--backend", "torch", "--out", "{t}"]),
     "reproduce prediction": (None, ["reproduce", "prediction", "--quick", *SMALL, "--out",
                                     "{t}"]),
     "fingerprint --write": ("golden", ["fingerprint", "--write", "{t}"]),
