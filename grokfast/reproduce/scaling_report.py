@@ -30,6 +30,8 @@ class _Figure:
         self.mk = {wd: m for wd, m in zip(self.wds, "os^Dvp<>h*")}
         self.fig, self.ax = plt.subplots(figsize=size)
         self.table = table
+        # a log y axis needs a positive value: none when no model grokked (▲ marks only)
+        self.yscale = "log" if any(r["grok_step"] for r in table) else "linear"
 
     def color(self, lr) -> str:
         return f"C{self.lrs.index(lr)}"
@@ -84,7 +86,7 @@ def plot_grok_step(table, s: dict, path) -> None:
     if ref:
         ax.plot(xs, ref * xs, "k--", lw=1,
                 label=f"theory: grok step = T*/(λη), T* = {ref:.2f} (smallest-λη median)")
-    ax.set(xscale="log", yscale="log", xlabel="1 / (weight_decay · lr)",
+    ax.set(xscale="log", yscale=F.yscale, xlabel="1 / (weight_decay · lr)",
            ylabel="grok step (test acc ≥ 0.99)")
     F.finish(path, "paper-real: time to grok against 1/(λη); dots: seeds, large: cell medians; "
                    "▲ never grokked/seeds", [1 / c["lam_eta"] for c in s["cells"]])
@@ -108,7 +110,7 @@ def plot_collapse(table, s: dict, path) -> None:
         ax.axhline(ref, color="black", ls="--", lw=1, label=f"smallest-λη median T* = {ref:.2f}")
         ax.axhspan(ref * (1 - COLLAPSE_TOLERANCE), ref * (1 + COLLAPSE_TOLERANCE), color="gray",
                    alpha=0.12, label=f"±{COLLAPSE_TOLERANCE:.0%}")
-    ax.set(xscale="log", yscale="log", xlabel="λη = weight_decay · lr",
+    ax.set(xscale="log", yscale=F.yscale, xlabel="λη = weight_decay · lr",
            ylabel="grok step × λη (flow time to grok)")
     F.finish(path, "collapse: flat where grok step ∝ 1/(λη); medians with interquartile bars; "
                    "▲ never grokked/seeds", [c["lam_eta"] for c in s["cells"]])

@@ -438,3 +438,12 @@ def test_every_command_changes_nothing_outside_its_target(tmp_path, capsys, monk
     assert outside() == before
     assert (sentinel / "precious.txt").read_text() == "precious\n"
     assert not (target / "planted").exists() or (target / "planted").is_symlink()
+
+
+def test_scaling_where_no_model_grokked_reports_instead_of_a_traceback(tmp_path, capsys):
+    """Found here: with no grokked model the figures' log axis raised ValueError (a traceback)."""
+    d = tmp_path / "out"
+    code, out, err = run_cli(capsys, "reproduce", "scaling", *SCALING, "--out", d)
+    assert code == 0, err
+    assert "not measurable" in (d / "report.md").read_text()
+    assert (d / "scaling_collapse.png").is_file()
