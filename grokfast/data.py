@@ -130,9 +130,10 @@ def check_memory(config: Config, available: int = None) -> None:
     part = max(need, key=need.get)
     field = "width" if part != "dataset" and config.width > config.p else "p"
     parts = ", ".join(f"{k} {v / 2 ** 30:.3g} GiB" for k, v in need.items())
-    raise GrokfastError(f"p={config.p}, width={config.width}: one model needs at least "
-                        f"{total / 2 ** 30:.3g} GiB ({parts}; {config.n_pairs} pairs) but this "
-                        f"machine has {available / 2 ** 30:.3g} GiB: lower {field}")
+    raise GrokfastError(f"p={config.p}, width={config.width}: not enough memory for one model, "
+                        f"which needs at least {total / 2 ** 30:.3g} GiB ({parts}; "
+                        f"{config.n_pairs} pairs) where this machine has {available / 2 ** 30:.3g} "
+                        f"GiB: lower {field}")
 
 
 def make_dataset(config: Config) -> Dataset:

@@ -210,6 +210,27 @@ def test_export_refused_while_a_writer_holds_the_run(tmp_path, capsys):
         p.wait()
 
 
+def test_second_reproduce_into_the_same_out_is_refused(tmp_path, capsys):
+    """One writer: a reproduce holding its --out (output.lock) refuses a second one at once."""
+    d = tmp_path / "out"
+    p = child(f"""
+        import time
+        from grokfast.store.output import command_output
+        with command_output({str(d)!r}, "reproduce scaling"):
+            print("held", flush=True)
+            time.sleep(120)
+    """, cwd=tmp_path)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        before = snapshot(tmp_path)
+        code, out, err = run_cli(capsys, "reproduce", "scaling", *SCALING, "--out", d)
+        assert_clean_error(code, err, str(d), f"pid {p.pid}")
+        assert snapshot(tmp_path) == before
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_export_of_a_damaged_run_keeps_the_complete_event_file(tmp_path, capsys, monkeypatch):
     """Defect 8: export named the damaged params.npz but had already cut the event file (its
     last records, here the curves image, missing)."""
