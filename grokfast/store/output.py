@@ -123,7 +123,12 @@ def _claimed(out: Path, command: str, marker: Optional[str], create: bool) -> Op
     names = listing(out)
     if OUTPUT_FILE in names:
         meta = read_json(out / OUTPUT_FILE)
-        if meta.get("format") == OUTPUT_FORMAT and meta.get("command") == command:
+        if meta.get("format") != OUTPUT_FORMAT or not isinstance(meta.get("command"), str) \
+                or not isinstance(meta.get("stages", {}), dict) \
+                or not isinstance(meta.get("args", {}), dict):
+            raise GrokfastError(f"{out / OUTPUT_FILE} is damaged (not the record of a grokfast "
+                                f"command's output): restore it, or choose a new --out")
+        if meta["command"] == command:
             return meta
         raise GrokfastError(f"{out} holds the output of `grokfast {meta.get('command')}`, not of "
                             f"`grokfast {command}`: choose a new or empty --out")
