@@ -248,6 +248,7 @@ def test_export_of_a_damaged_run_keeps_the_complete_event_file(tmp_path, capsys,
 
 
 # ---------------------------------------------------------------- reproduce: interrupted, continued
+@pytest.mark.slow
 def test_reproduce_paper_interrupted_exits_130_in_one_line_and_continues(tmp_path, capsys,
                                                                          monkeypatch):
     """Defect 4: Ctrl-C printed a KeyboardInterrupt traceback and the work could not continue."""
@@ -431,7 +432,8 @@ COMMANDS = {  # name → (what the target is made as beforehand, the command wit
 }
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "reproduce p" in n
+                                  else n for n in COMMANDS])
 def test_every_command_changes_nothing_outside_its_target(tmp_path, capsys, monkeypatch,
                                                           golden_copy, name):
     """Each CLI command run on a target inside a sandbox that also holds a sentinel folder and

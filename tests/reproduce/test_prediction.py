@@ -108,6 +108,7 @@ def test_report_only_redoes_the_analysis(run_dir):
     assert (run_dir / "prediction_scatter.png").is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_run_continues_to_the_same_prediction(run_dir, tmp_path, monkeypatch):
     """Ctrl-C after the sweep, then SIGTERM inside the last simulation: each rerun of the same
     command keeps the finished stages, and the third ends with run_dir's prediction.csv."""
