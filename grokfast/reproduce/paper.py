@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional

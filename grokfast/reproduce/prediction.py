@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -51,7 +50,6 @@ from grokfast.errors import GrokfastError
 from grokfast.store.output import command_output
 from grokfast.store.ownership import read_json
 from grokfast.model import init_params
-from grokfast.sweeps import SweepResult
 from grokfast.theory import SimResult, sim_time_to_gd_steps, simulate
 
 from .prediction_report import (

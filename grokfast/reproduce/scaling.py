@@ -45,7 +45,7 @@ from grokfast.config import Config
 from grokfast.errors import GrokfastError
 from grokfast.store.output import command_output
 from grokfast.store.ownership import read_json
-from grokfast.sweeps import SweepResult, sweep
+from grokfast.sweeps import sweep
 from grokfast.sweeps.phases import PhaseRules, cell_stats, censored_quantile
 
 from .report import write_json
