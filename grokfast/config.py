@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from .errors import GrokfastError, check_choice, closest
+from .inputs import plain_number
 
 OPERATIONS = ("add", "sub", "mul", "div", "a2+b2", "a2+ab+b2", "a3+ab")
 PAIRS = ("unordered", "ordered")
@@ -124,6 +125,8 @@ class Config:
             raise GrokfastError(f"betas={self.betas!r} must be two numbers in [0, 1), e.g. "
                                 f"betas=(0.9, 0.999) (--set betas=0.9,0.999)") from None
         object.__setattr__(self, "betas", betas)
+        for f in fields(self):
+            object.__setattr__(self, f.name, plain_number(getattr(self, f.name)))
         self.validate()
 
     # ---------------------------------------------------------------- validation

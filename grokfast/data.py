@@ -6,11 +6,13 @@ indices per sample; `Dataset.X_*` builds the dense inputs for anyone checking a 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from .config import Config
+from .errors import GrokfastError
 
 _OPS = {
     "add": lambda a, b, p: (a + b) % p,
@@ -100,6 +102,40 @@ class Dataset:
         return self.targets(self.test_labels)
 
 
+PAIR_BYTES = 40  # per pair at least: its int64 (a, b), label, permutation place and split index
+
+
+def memory_estimate(config: Config) -> dict:
+    """Bytes one model of `config` needs at least, by part: "dataset" (the pairs, labels and
+    split), "activations" (hidden layer and logits of the full training batch, once),
+    "parameters" (W1, W2 and their gradients)."""
+    item = 8 if config.dtype == "float64" else 4
+    return {"dataset": config.n_pairs * PAIR_BYTES,
+            "activations": config.n_train * (config.width + config.p) * item,
+            "parameters": 2 * (config.d_in + config.p) * config.width * item}
+
+
+def check_memory(config: Config, available: int = None) -> None:
+    """GrokfastError at once, before anything is allocated, when memory_estimate exceeds this
+    machine's memory (`available` bytes; default its physical memory), naming the field to change."""
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return
+    need = memory_estimate(config)
+    total = sum(need.values())
+    if total <= available:
+        return
+    part = max(need, key=need.get)
+    field = "width" if part != "dataset" and config.width > config.p else "p"
+    parts = ", ".join(f"{k} {v / 2 ** 30:.3g} GiB" for k, v in need.items())
+    raise GrokfastError(f"p={config.p}, width={config.width}: not enough memory for one model, "
+                        f"which needs at least {total / 2 ** 30:.3g} GiB ({parts}; "
+                        f"{config.n_pairs} pairs) where this machine has {available / 2 ** 30:.3g} "
+                        f"GiB: lower {field}")
+
+
 def make_dataset(config: Config) -> Dataset:
     """The train and test split of `config`'s task (CPU tensors; deterministic in split_seed).
 
@@ -108,6 +144,7 @@ def make_dataset(config: Config) -> Dataset:
     round(label_noise·n_train) training labels, chosen with the same generator, by a uniformly drawn
     different class.
     """
+    check_memory(config)
     pairs = all_pairs(config)
     labels = labels_of(config, pairs)
     gen = torch.Generator().manual_seed(config.split_seed)

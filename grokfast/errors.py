@@ -12,6 +12,11 @@ class GrokfastError(ValueError):
     """
 
 
+class Interrupted(GrokfastError):
+    """A command stopped by Ctrl-C or SIGTERM, its work kept: the CLI prints the message on one
+    line and exits with status 130."""
+
+
 def closest(name: str, valid) -> str:
     """' (did you mean X?)' for the valid name closest to `name`, or '' when none is close."""
     match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)

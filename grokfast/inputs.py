@@ -1,4 +1,5 @@
-"""Validation of the inputs that are not Config fields: seed lists (train, sweep, CLI)."""
+"""Validation of the inputs that are not Config fields (seed lists: train, sweep, CLI), and the one
+rule for numbers of any numeric type (numpy scalars included)."""
 from __future__ import annotations
 
 import numbers
@@ -6,6 +7,15 @@ import numbers
 from .errors import GrokfastError
 
 MAX_SEED = 2 ** 63 - 1
+
+
+def plain_number(v):
+    """A number of another numeric type (a numpy scalar) as the Python int or float it holds, so
+    that it is checked as that number is (np.int64(64) → 64, np.float32(0.5) → 0.5,
+    np.float64(64.0) → 64.0); anything else unchanged."""
+    if type(v) in (int, float, bool) or isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return v
+    return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
 def check_seeds(seeds) -> list[int]:

@@ -10,9 +10,3 @@ def pyplot():
     import matplotlib.pyplot as plt
     return plt
 
-
-def save(fig, path, dpi: int = 110) -> None:
-    """Lay out, write and close a figure."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import grokfast
 from grokfast import Config, cli
 
 # paper-real, short: a run takes a fraction of a second on the torch backend
@@ -69,3 +70,20 @@ def child(code: str, cwd, env_extra=None) -> subprocess.Popen:
     env.update(env_extra or {})
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# the smallest reproduce commands (scaling: 2 seeds, as its interval needs; no model groks)
+SCALING = ["--weight-decays", "8e-4", "--lrs", "2", "--seeds", "2", "--steps", "200",
+           "--backend", "torch"]
+PAPER = ["--seeds", "1", "--sim-steps", "2", "--real-steps", "20", "--probe-every", "10",
+         "--backend", "torch"]
+
+
+def finished_sweep(d):
+    grokfast.sweep(TINY.replace(steps=100), grid={"lr": [0.5]}, seeds=[0], out=d, figures=False)
+    return d
+
+
+def finished_run(d, **kw):
+    grokfast.train(TINY.replace(steps=100), out=d, backend="torch", **kw)
+    return d

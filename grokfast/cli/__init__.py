@@ -1,7 +1,8 @@
 """Command line: `grokfast train`, `grokfast sweep`, `grokfast show`, `grokfast export`,
 `grokfast reproduce`, `grokfast fingerprint` (also `python -m grokfast`).
 
-Bad input prints one line `error: ...` (no traceback) and exits with status 2. One module per
+Bad input prints one line `error: ...` (no traceback) and exits with status 2; Ctrl-C or SIGTERM
+that stops a command prints one line `stopped: ...` and exits with status 130. One module per
 command (train, sweep, show, export, reproduce, fingerprint), the options train and sweep share declared once (common).
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from grokfast.errors import GrokfastError
+from grokfast.errors import GrokfastError, Interrupted
 from grokfast.store.ownership import translate
 
 from . import export, fingerprint, reproduce, show, sweep, train
@@ -41,6 +42,12 @@ def main(argv=None) -> int:
         return e.code
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("stopped: interrupted before it finished; run the command again", file=sys.stderr)
+        return 130
     except OSError as e:  # translated at the boundary: what happened and what to do
         print(f"error: {translate(e, getattr(args, 'out', None), 'use')}", file=sys.stderr)
         return 2

@@ -8,7 +8,10 @@ With numerics "portable" (the default) the torch backend computes the same bits 
 CPU, so a hash that differs from the golden one means a changed experiment or a broken promise,
 never a changed CPU. The golden values are regenerated 
 only for a deliberate change of numerics, noted in the README's changelog of results:
-`grokfast fingerprint --write`.
+`grokfast fingerprint --write grokfast/reproduce/golden_hashes.json` in a checkout (the path
+named in full: it never happens by mistake). The file is written under the rule of every
+command's output (grokfast.store.output.command_output): by rename, never through a link, only
+over a golden-hashes file, never inside an installed package (site-packages).
 """
 from __future__ import annotations
 
@@ -21,7 +24,10 @@ import torch
 
 from grokfast.config import Config
 from grokfast.engine import run
+from grokfast.errors import GrokfastError
 from grokfast.model import STAT_NAMES
+from grokfast.store.output import command_output
+from grokfast.store.ownership import read_json
 
 GOLDEN_FILE = Path(__file__).with_name("golden_hashes.json")
 
@@ -95,11 +101,32 @@ def numerics_fingerprint(names=None, backend: str = "torch", device: str = "cpu"
     return out
 
 
-def write_golden() -> None:
-    """Regenerate grokfast/reproduce/golden_hashes.json from this machine (a deliberate change of numerics
-    only; note it in the README's changelog of results)."""
-    hashes = {name: golden_run(name) for name in GOLDEN_RUNS}
-    GOLDEN_FILE.write_text(json.dumps({"torch": torch.__version__, "hashes": hashes}, indent=1)
-                           + "\n")
-    print(json.dumps(hashes, indent=1))
+def check_golden_target(path) -> Path:
+    """The file `fingerprint --write` may replace: not inside an installed package, not a link,
+    and missing or a golden-hashes file already; GrokfastError saying what to do otherwise."""
+    p = Path(path)
+    if any(part in ("site-packages", "dist-packages") for part in p.resolve().parts):
+        raise GrokfastError(f"{p} is inside an installed package: regenerate the golden hashes "
+                            f"in a checkout of grokfast (pip install -e .) and commit them there")
+    if p.is_symlink():
+        raise GrokfastError(f"{p} is a symbolic link, which grokfast never writes through: "
+                            f"pass the real file")
+    if p.exists() and not (p.is_file() and isinstance(read_json(p).get("hashes"), dict)):
+        raise GrokfastError(f"{p} is not a golden-hashes file (JSON with \"hashes\"): "
+                            f"--write replaces only such a file; pass its path, or a new name")
+    return p
 
+
+def write_golden(path) -> dict:
+    """Regenerate the golden hashes into the file `path` (grokfast/reproduce/golden_hashes.json
+    for a deliberate change of numerics only; note it in the README's changelog of results):
+    checked first (check_golden_target), then written by rename. Returns {run name: SHA-256}."""
+    p = check_golden_target(path)
+    hashes = {name: golden_run(name) for name in GOLDEN_RUNS}
+    with command_output(p.parent, "fingerprint --write", claim=False, create=False,
+                        lock=None) as o:
+        check_golden_target(p)
+        o.write_text(p.name, json.dumps({"torch": torch.__version__, "hashes": hashes},
+                                        indent=1) + "\n")
+    print(json.dumps(hashes, indent=1))
+    return hashes

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,7 +34,9 @@ from grokfast.config import Config
 from grokfast.data import make_dataset
 from grokfast.engine import train
 from grokfast.errors import GrokfastError
-from grokfast.theory import gd_steps_to_sim_time, sim_time_to_gd_steps, simulate
+from grokfast.store.ownership import read_json
+from grokfast.store.result import ResultBatch
+from grokfast.theory import SimResult, gd_steps_to_sim_time, sim_time_to_gd_steps, simulate
 from grokfast.theory.fourier import key_frequencies
 from grokfast.theory.probe import AlignmentProbe
 
@@ -50,6 +51,7 @@ from .paper_figures import (
 )
 from .paper_report import write_report
 from .report import write_json
+from .stages import reproducing, stage
 
 
 @dataclass
@@ -238,41 +240,50 @@ def reproduce_paper(out, quick: bool = False, seeds: Optional[int] = None,
                     sim_steps: Optional[int] = None, real_steps: Optional[int] = None,
                     probe_every: Optional[int] = None, backend: str = "auto",
                     log=print) -> Path:
-    """Run the experiments of `Budget` and write figures, raw results and report.md into `out`."""
+    """Run the experiments of `Budget` and write figures, raw results and report.md into `out`
+    (held by reproducing: a rerun after an interruption keeps the finished stages)."""
     b = make_budget(quick, seeds, sim_steps, real_steps, probe_every)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    with reproducing(out, "reproduce paper", dict(budget=asdict(b), backend=backend),
+                     "report.md") as o:
+        out = o.dir
 
-    def stage(name, fn):
-        log(f"[reproduce] {name} …")
-        t0 = time.perf_counter()
-        res = fn()
-        timings[name] = time.perf_counter() - t0
-        log(f"[reproduce] {name}: {timings[name]:.1f} s")
-        return res
+        def raw(name, run, load):
+            return stage(o, name, run, save=lambda r: r.save(o.fresh_dir(name)),
+                         load=lambda: load(out / name), log=log)
 
-    sim = stage("simulation (paper-sim)", lambda: run_simulation(b))
-    sim.save(out / "sim")
-    euler = stage("Euler step check (η and η/10)", lambda: run_euler_check(b))
-    real = stage("training with the probe (paper-real)", lambda: run_real(b, backend))
-    real.save(out / "real")
-    shared = stage("simulation from paper-real's init", lambda: run_shared(b))
-    shared.save(out / "shared_sim")
-    sums = {"sim": summarize_simulation(sim), "fourier": summarize_fourier(sim),
-            "real": summarize_real(real), "shared": summarize_shared(shared, real), "euler": euler}
+        sim = raw("sim", lambda: run_simulation(b), SimResult.load)
+        euler = stage(o, "euler", lambda: run_euler_check(b),
+                      save=lambda e: o.write_json("euler.json", e),
+                      load=lambda: _euler(read_json(out / "euler.json")), log=log)
+        real = raw("real", lambda: run_real(b, backend), ResultBatch.load)
+        shared = raw("shared_sim", lambda: run_shared(b), SimResult.load)
+        sums = {"sim": summarize_simulation(sim), "fourier": summarize_fourier(sim),
+                "real": summarize_real(real), "shared": summarize_shared(shared, real),
+                "euler": euler}
 
-    def figures():
-        plot_simulation(sim, out / "fig6_simulation.png")
-        plot_fourier(sim, out / "fig6_fourier.png")
-        plot_fourier_time(sim, out / "fig6_fourier_time.png")
-        plot_alignment(real, out / "fig5_alignment.png")
-        plot_shared(shared, real, out / "shared_time.png")
-        plot_geometry(shared, real, out / "geometry.png")
+        def figures():
+            plot_simulation(sim, o.path("fig6_simulation.png"))
+            plot_fourier(sim, o.path("fig6_fourier.png"))
+            plot_fourier_time(sim, o.path("fig6_fourier_time.png"))
+            plot_alignment(real, o.path("fig5_alignment.png"))
+            plot_shared(shared, real, o.path("shared_time.png"))
+            plot_geometry(shared, real, o.path("geometry.png"))
 
-    stage("figures", figures)
-    timings["total"] = sum(timings.values())
-    write_json(out / "summary.json", {"budget": asdict(b), "timings": timings, **sums})
-    write_report(out / "report.md", b, sim, real, shared, sums, timings, backend)
-    log(f"[reproduce] wrote {out / 'report.md'} ({timings['total']:.0f} s)")
+        stage(o, "figures", figures, log=log)
+        timings = dict(zip(STAGE_NAMES.values(), (o.stages()[k] for k in STAGE_NAMES)))
+        timings["total"] = sum(timings.values())
+        write_json(o.path("summary.json"), {"budget": asdict(b), "timings": timings, **sums})
+        write_report(o.path("report.md"), b, sim, real, shared, sums, timings, backend)
+        log(f"[reproduce] wrote {out / 'report.md'} ({timings['total']:.0f} s)")
     return out
+
+
+# stage → its name in the report's timings
+STAGE_NAMES = {"sim": "simulation (paper-sim)", "euler": "Euler step check (η and η/10)",
+               "real": "training with the probe (paper-real)",
+               "shared_sim": "simulation from paper-real's init", "figures": "figures"}
+
+
+def _euler(saved: dict) -> dict:
+    """run_euler_check's result read back from euler.json (its η keys as floats again)."""
+    return {"t": saved["t"], "by_eta": {float(k): v for k, v in saved["by_eta"].items()}}

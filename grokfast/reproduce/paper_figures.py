@@ -4,8 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from grokfast.plotting import pyplot
-from grokfast.plotting import save as _save
 from grokfast.theory import sim_time_to_gd_steps
+
+from .report import save_png
+
+
+def _save(fig, path) -> None:
+    """Lay out, write (by rename) and close a figure."""
+    fig.tight_layout()
+    save_png(fig, path)
+    pyplot().close(fig)
 
 
 def fourier_deviations(sim) -> dict:

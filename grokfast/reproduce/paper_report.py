@@ -7,6 +7,7 @@ from pathlib import Path
 from .prediction_text import prediction_section
 from .report import cell as _f
 from .report import md_table as _table
+from .report import write_text
 
 # The paper's reported numbers (and the independent float64 check in PAPER.md), as printed beside ours.
 PAPER = {
@@ -29,7 +30,7 @@ def write_report(path, b, sim, real, shared, sums: dict, timings: dict, backend:
         L += section(b, sim, real, shared, sums, timings)
     L += [""] + scaling_section(Path(path).parent)
     L += [""] + prediction_section(Path(path).parent)
-    Path(path).write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def _title(b, sim, real, shared, sums: dict, timings: dict) -> list:

@@ -27,15 +27,15 @@ DIR: config.json (base config), budget.json, timing.json, sweep/, memorization.n
 W2 of every memorized model), sim/ (one SimResult: models 0 … seeds − 1 from the initializations,
 then one per memorized model in memorization.npz's order), sim_init_half/ (the Euler check),
 prediction.csv, summary.json, report.md, prediction_scatter.png, prediction_cells.png (the analysis:
-prediction_report; the report's text: prediction_text).
+prediction_report; the report's text: prediction_text), output.json (the command, its options and
+its finished stages: grokfast.reproduce.stages — an interrupted run continues when the same
+command is run again).
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,8 +47,9 @@ from grokfast.backends.torch.paths import intra_op_threads
 from grokfast.config import Config
 from grokfast.engine import run
 from grokfast.errors import GrokfastError
+from grokfast.store.output import command_output
+from grokfast.store.ownership import read_json
 from grokfast.model import init_params
-from grokfast.sweeps import SweepResult
 from grokfast.theory import SimResult, sim_time_to_gd_steps, simulate
 
 from .prediction_report import (
@@ -60,12 +61,14 @@ from .prediction_report import (
     summarize,
 )
 from .prediction_text import write_report
-from .report import write_json
+from .report import read_npz, write_json, write_npz, write_text
 from .scaling import base_config, override, sweep_cells
+from .stages import check_stages, finished_sweep, reproducing, stage
 
 COLUMNS = ("weight_decay", "lr", "seed", "memorization_step", "grok_step", "predicted_from_init",
            "predicted_from_memorization", "flow_time_trained", "flow_time_from_init",
            "flow_time_from_memorization")
+COMMAND = "reproduce prediction"
 SIM_THREADS = 1  # the batched float64 simulation: one thread is faster on a shared 2-core machine
 
 
@@ -111,9 +114,13 @@ def budget_of(out) -> PredictionBudget:
     if not path.is_file():
         raise GrokfastError(f"{out} holds no `reproduce prediction` run (budget.json is missing): "
                             f"run `grokfast reproduce prediction --out {out}` first")
-    d = json.loads(path.read_text())
-    return PredictionBudget(**{**d, "weight_decays": tuple(d["weight_decays"]),
-                               "lrs": tuple(d["lrs"])})
+    d = read_json(path)
+    try:
+        return PredictionBudget(**{**d, "weight_decays": tuple(d["weight_decays"]),
+                                   "lrs": tuple(d["lrs"])})
+    except (KeyError, TypeError):
+        raise GrokfastError(f"{path} is damaged (not the budget of a `reproduce prediction` run): "
+                            f"restore it, or run the command again in a new --out") from None
 
 
 def sim_config(base: Config, b: PredictionBudget) -> Config:
@@ -171,27 +178,27 @@ def memorization_snapshots(base: Config, table: Sequence[dict], backend: str = "
 
 
 # ---------------------------------------------------------------------------------------- simulations
-def run_simulations(base: Config, b: PredictionBudget, snap: dict, log=print) -> dict:
+def simulation_jobs(base: Config, b: PredictionBudget, snap: dict) -> dict:
     """Eq. 20 in one batch from every seed's initial W1 (models 0 … seeds − 1: the trained models'
     own float32 init_params, exactly where training started) and from every memorized model's W1 at
     its memorization step (the rest, snap's order); and from the initial W1 again at half the Euler
-    step. name → (SimResult, wall seconds): "sim", "sim_init_half"."""
+    step. name → a function returning its SimResult: "sim", "sim_init_half"."""
     cfg = sim_config(base, b)
     half = cfg.replace(lr=b.sim_eta / 2, steps=2 * b.sim_steps, log_every=2 * b.sim_log_every,
                        eval_every=2 * b.sim_log_every)
     seeds = list(range(b.seeds))
     W1_0 = torch.stack([init_params(base.replace(seed=s))[0] for s in seeds])
     W1_mem = torch.from_numpy(snap["W1"])
-    jobs = {"sim": lambda: simulate(cfg, seeds=seeds + [int(v) for v in snap["seed"]],
-                                    W1_init=torch.cat([W1_0.to(W1_mem.dtype), W1_mem])),
-            "sim_init_half": lambda: simulate(half, seeds=seeds, W1_init=W1_0)}
-    out = {}
-    with intra_op_threads(SIM_THREADS, torch.device("cpu")):
-        for name, job in jobs.items():
-            t0 = time.perf_counter()
-            out[name] = (job(), time.perf_counter() - t0)
-            log(f"[prediction] {name}: {out[name][1]:.1f} s")
-    return out
+
+    def threads(job):
+        def run_job():
+            with intra_op_threads(SIM_THREADS, torch.device("cpu")):
+                return job()
+        return run_job
+
+    return {"sim": threads(lambda: simulate(cfg, seeds=seeds + [int(v) for v in snap["seed"]],
+                                            W1_init=torch.cat([W1_0.to(W1_mem.dtype), W1_mem]))),
+            "sim_init_half": threads(lambda: simulate(half, seeds=seeds, W1_init=W1_0))}
 
 
 def flow_times(sim) -> list:
@@ -231,7 +238,7 @@ def write_csv(path, rows: Sequence[dict]) -> None:
     for r in rows:
         w.writerow(["" if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c]
                     for c in COLUMNS])
-    Path(path).write_text(buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def read_csv(path) -> list[dict]:
@@ -247,20 +254,23 @@ def read_csv(path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------- entry points
 def write_analysis(out) -> dict:
-    """prediction.csv, summary.json, figures and report.md from the runs saved in out."""
-    out = Path(out)
+    """prediction.csv, summary.json, figures and report.md from the runs saved in out, written
+    under the rule of every command's output (--report-only)."""
+    with command_output(out, COMMAND, create=False, marker="budget.json") as o:
+        return _analysis(o)
+
+
+def _analysis(o) -> dict:
+    """write_analysis into the held output o."""
+    out = o.dir
     b = budget_of(out)
-    swept = SweepResult.load(out / "sweep")
-    for name in ("memorization.npz", "sim", "sim_init_half"):
-        if not (out / name).exists():
-            raise GrokfastError(f"{out / name} is missing: the run in {out} did not finish; start "
-                                f"it again in a new --out directory")
-    with np.load(out / "memorization.npz") as z:
-        snap = {k: z[k] for k in z.files}
+    check_stages(out, ("memorization.npz", "sim", "sim_init_half"), COMMAND)
+    swept = finished_sweep(out / "sweep")
+    snap = read_npz(out / "memorization.npz")
     T_all, T_half = (flow_times(SimResult.load(out / n)) for n in ("sim", "sim_init_half"))
     T_init, T_mem = T_all[:b.seeds], T_all[b.seeds:]
     rows = prediction_rows(swept.base, swept.table, snap, T_init, T_mem)
-    write_csv(out / "prediction.csv", rows)
+    write_csv(o.path("prediction.csv"), rows)
     s = summarize(rows, b.bootstrap)
     gap = decoupling(swept.base, snap)
     log_err = [abs(math.log(rows[i]["predicted_from_memorization"] / rows[i]["grok_step"]))
@@ -270,13 +280,13 @@ def write_analysis(out) -> dict:
                            q75=float(np.quantile(gap, 0.75)),
                            rho_gap_vs_abs_log_ratio=spearman(list(gap), log_err))
     s["euler"] = euler_check(T_init, T_half)
-    s["budget"] = json.loads((out / "budget.json").read_text())
+    s["budget"] = read_json(out / "budget.json")
     timing = out / "timing.json"
-    s["timing"] = json.loads(timing.read_text()) if timing.is_file() else {}
-    s["figures"] = dict(scatter=plot_scatter(rows, out / "prediction_scatter.png"),
-                        cells=plot_cells(s, out / "prediction_cells.png"))
-    write_json(out / "summary.json", s)
-    write_report(out / "report.md", b, s, swept.base)
+    s["timing"] = read_json(timing) if timing.is_file() else {}
+    s["figures"] = dict(scatter=plot_scatter(rows, o.path("prediction_scatter.png")),
+                        cells=plot_cells(s, o.path("prediction_cells.png")))
+    write_json(o.path("summary.json"), s)
+    write_report(o.path("report.md"), b, s, swept.base)
     return s
 
 
@@ -284,35 +294,35 @@ def reproduce_prediction(out, quick: bool = False, seeds: Optional[int] = None,
                          steps: Optional[int] = None, weight_decays=None, lrs=None,
                          backend: str = "auto", log=print,
                          budget: Optional[PredictionBudget] = None) -> Path:
-    """Train, snapshot, simulate, then write_analysis; returns out. budget: a PredictionBudget
-    used as it is (instead of make_budget of the other arguments; the tests' tiny settings)."""
+    """Train, snapshot, simulate, then the analysis; returns out. budget: a PredictionBudget
+    used as it is (instead of make_budget of the other arguments; the tests' tiny settings).
+    Held by reproducing: a rerun after an interruption keeps the finished stages and resumes the
+    sweep from its checkpoints."""
     b = budget or make_budget(quick, seeds, steps, weight_decays, lrs)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise GrokfastError(f"{out} is not empty: choose a new --out directory (or --report-only "
-                            f"to redo the analysis of a finished run there)")
-    out.mkdir(parents=True, exist_ok=True)
-    base = base_config(b)
-    (out / "config.json").write_text(base.to_json())
-    (out / "budget.json").write_text(json.dumps(asdict(b), indent=2))
-    swept, _ = sweep_cells(b, out / "sweep", backend, log, "prediction")
-    if not swept.complete:
-        raise GrokfastError(f"the sweep in {out / 'sweep'} did not finish")
-    timing = dict(training=swept.status["wall_time"], models=len(swept.table))
-    log(f"[prediction] W1 at the memorization step of {len(swept.table)} models …")
-    t0 = time.perf_counter()
-    snap = memorization_snapshots(swept.base, swept.table, backend)
-    np.savez(out / "memorization.npz", **snap)
-    timing["snapshots"] = time.perf_counter() - t0
-    log(f"[prediction] Eq. 20 from {b.seeds} initializations and {len(snap['row'])} memorization "
-        f"steps, {b.sim_time:g} units of flow time; the initializations again at half the Euler "
-        f"step …")
-    for name, (sim, wall) in run_simulations(swept.base, b, snap, log).items():
-        sim.save(out / name)
-        timing[name] = wall
-    timing["total"] = sum(v for k, v in timing.items() if k != "models")
-    (out / "timing.json").write_text(json.dumps(timing, indent=2))
-    s = write_analysis(out)
+    with reproducing(out, COMMAND, dict(budget=asdict(b), backend=backend), "budget.json") as o:
+        out = o.dir
+        base = base_config(b)
+        o.write_text("config.json", base.to_json())
+        write_json(o.path("budget.json"), asdict(b))
+        swept, _ = sweep_cells(b, o, backend, log, "prediction")
+        log(f"[prediction] W1 at the memorization step of {len(swept.table)} models …")
+        snap = stage(o, "memorization.npz", lambda: memorization_snapshots(
+            swept.base, swept.table, backend), save=lambda z: write_npz(o.path(
+                "memorization.npz"), z), load=lambda: read_npz(out / "memorization.npz"),
+            log=log, tag="prediction")
+        log(f"[prediction] Eq. 20 from {b.seeds} initializations and {len(snap['row'])} "
+            f"memorization steps, {b.sim_time:g} units of flow time; the initializations again "
+            f"at half the Euler step …")
+        for name, job in simulation_jobs(swept.base, b, snap).items():
+            stage(o, name, job, save=lambda sim, name=name: sim.save(o.fresh_dir(name)), log=log,
+                  tag="prediction")
+        seconds = o.stages()
+        timing = dict(training=swept.status["wall_time"], models=len(swept.table),
+                      snapshots=seconds["memorization.npz"], sim=seconds["sim"],
+                      sim_init_half=seconds["sim_init_half"])
+        timing["total"] = sum(v for k, v in timing.items() if k != "models")
+        write_json(o.path("timing.json"), timing)
+        s = _analysis(o)
     log(f"[prediction] median predicted / trained: from init {s['overall']['from_init']['median_ratio']:.3g}, "
         f"from memorization {s['overall']['from_memorization']['median_ratio']:.3g}; wrote "
         f"{out / 'report.md'}")

@@ -25,6 +25,7 @@ from grokfast.data import make_dataset
 from grokfast.plotting import pyplot as _plt
 from grokfast.theory import min_norm_W2
 
+from .report import save_png
 from .scaling_report import COLLAPSE_TOLERANCE
 
 PREDICTIONS = (("from_init", "predicted_from_init", "from initialization"),
@@ -194,7 +195,7 @@ def plot_scatter(rows: Sequence[dict], path) -> dict:
         drawn[name] = panel
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
     return drawn
 
@@ -240,7 +241,7 @@ def plot_cells(s: dict, path) -> dict:
     a1.set_title("per cell: ratio; grey band ±30 %", fontsize=8)
     a2.set_title("per cell: does the theory know which seed groks first?", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
     return drawn
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from .report import number as _f
+from .report import write_text
 from .scaling_report import COLLAPSE_TOLERANCE
 
 NAMES = (("from_init", "from initialization"), ("from_memorization", "from memorization"))
@@ -154,7 +155,7 @@ def write_report(path, b, s: dict, base) -> None:
     if t:
         L += ["", "## Run times", "", "| stage | wall time [s] |", "|---|---|"]
         L += [f"| {k} | {v:.1f} |" for k, v in t.items() if k != "models"]
-    Path(path).write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def prediction_section(out: Path) -> list:

@@ -1,4 +1,5 @@
-"""What the reproduce reports share: Markdown cells and tables, and JSON of numpy values."""
+"""What the reproduce reports share: Markdown cells and tables, JSON of numpy values, and their
+writers (by rename: a link at the path is replaced, never followed)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from grokfast.store import history
+from grokfast.store.history import atomic_write
 
 
 def cell(v, spec: str = "{:.3f}") -> str:
@@ -37,5 +41,27 @@ def json_default(v):
     raise TypeError(type(v).__name__)
 
 
+def write_text(path, text: str) -> None:
+    """`text` into the file at path, by rename."""
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json(path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=json_default))
+    write_text(path, json.dumps(obj, indent=2, default=json_default))
+
+
+def write_npz(path, arrays: dict) -> None:
+    """numpy arrays into an .npz at path, by rename."""
+    atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def read_npz(path) -> dict:
+    """An .npz written by write_npz: name → array, the file closed."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def save_png(fig, path) -> None:
+    """A figure written as PNG by rename (grokfast.store.history.save_figure, looked up when
+    called so that the tests' figure capture sees it)."""
+    history.save_figure(fig, path)

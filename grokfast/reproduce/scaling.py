@@ -34,7 +34,6 @@ is given too. Full mode: weight decay 1e-4 … 1.6e-3 × lr 1, 2 (λη 1e-4 … 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,16 +43,22 @@ import numpy as np
 
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
-from grokfast.sweeps import SweepResult, sweep
+from grokfast.store.output import command_output
+from grokfast.store.ownership import read_json
+from grokfast.sweeps import sweep
 from grokfast.sweeps.phases import PhaseRules, cell_stats, censored_quantile
 
 from .report import write_json
+from .stages import finished_sweep, reproducing, sweep_stage
 from .scaling_report import (
     COLLAPSE_TOLERANCE,
     plot_collapse,
     plot_grok_step,
     write_report,
 )
+
+
+COMMAND = "reproduce scaling"
 
 
 @dataclass
@@ -246,63 +251,74 @@ def _computed(table: Sequence[dict]) -> int:
 def reproduce_scaling(out, quick: bool = False, seeds: Optional[int] = None,
                       steps: Optional[int] = None, weight_decays=None, lrs=None,
                       backend: str = "auto", alone: bool = True, log=print) -> Path:
-    """Run the sweep (and the one-launch-each comparison), then write_analysis."""
+    """Run the sweep (and the one-launch-each comparison), then the analysis (held by
+    reproducing: a rerun after an interruption resumes the sweeps from their checkpoints)."""
     b = make_budget(quick, seeds, steps, weight_decays, lrs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = base_config(b)
-    swept, common = sweep_cells(b, out / "sweep", backend, log, "scaling")
-    if alone:
-        log("[scaling] the same models, one launch each …")
-        lone = sweep(base, out=out / "alone", max_models_per_launch=1, figures=False, **common)
-        log(f"[scaling] one launch each: {lone.status['wall_time']:.1f} s")
-    s = write_analysis(out, b)
+    with reproducing(out, COMMAND, dict(budget=asdict(b), backend=backend, alone=alone),
+                     "sweep/plan.json") as o:
+        base = base_config(b)
+        swept, common = sweep_cells(b, o, backend, log, "scaling")
+        if alone:
+            log("[scaling] the same models, one launch each …")
+            sweep_stage(o, "alone", lambda d, resume: sweep(
+                base, out=d, resume=resume, max_models_per_launch=1, figures=False, **common),
+                log, "scaling")
+        s = _analysis(o, b)
     log(f"[scaling] exponent {s['fit']['slope']:.3f} [{s['fit']['lo']:.3f}, {s['fit']['hi']:.3f}] "
-        f"(theory −1); wrote {out / 'report.md'}")
-    return out
+        f"(theory −1); wrote {o.dir / 'report.md'}")
+    return o.dir
 
 
-def sweep_cells(b, out, backend: str = "auto", log=print, tag: str = "scaling"):
+def sweep_cells(b, o, backend: str = "auto", log=print, tag: str = "scaling"):
     """paper-real (base_config(b)) over weight_decay × lr × b.seeds seeds, stop_at grok, one
-    launch per (weight decay, lr) with its seeds batched, into `out`; (SweepResult, the sweep's
-    arguments but out and the launch cap)."""
+    launch per (weight decay, lr) with its seeds batched, into the stage `sweep` of the output o
+    (resumed when an earlier run started it); (SweepResult, the sweep's arguments but out and
+    the launch cap)."""
     grid = {"weight_decay": list(b.weight_decays), "lr": list(b.lrs)}
-    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok")
+    common = dict(grid=grid, seeds=list(range(b.seeds)), backend=backend, stop_at="grok",
+                  handle_signals=True)
     log(f"[{tag}] sweep: weight_decay {list(b.weight_decays)} × lr {list(b.lrs)} × {b.seeds} "
         f"seeds, {b.steps} steps, stop_at grok …")
-    swept = sweep(base_config(b), out=out, max_models_per_launch=b.seeds, **common)
-    log(f"[{tag}] sweep: {swept.status['wall_time']:.1f} s")
+    swept = sweep_stage(o, "sweep", lambda d, resume: sweep(
+        base_config(b), out=d, resume=resume, max_models_per_launch=b.seeds, **common), log, tag)
     return swept, common
 
 
 def budget_of(out) -> ScalingBudget:
     """The budget a finished `reproduce scaling` directory ran with (from its sweep's plan)."""
     out = Path(out)
-    swept = SweepResult.load(out / "sweep")
+    swept = finished_sweep(out / "sweep")
     mode = "rederived"
     if (out / "summary.json").is_file():
-        mode = json.loads((out / "summary.json").read_text())["budget"]["mode"]
+        mode = read_json(out / "summary.json").get("budget", {}).get("mode")
+        if not isinstance(mode, str):
+            raise GrokfastError(f"{out / 'summary.json'} is damaged (no budget.mode): restore "
+                                f"it, or delete it to have the budget derived from the sweep")
     return ScalingBudget(weight_decays=tuple(swept.axes["weight_decay"]),
                          lrs=tuple(swept.axes["lr"]), seeds=len(swept.seeds),
                          steps=swept.base.steps, log_every=swept.base.log_every, mode=mode)
 
 
 def write_analysis(out, b: Optional[ScalingBudget] = None) -> dict:
-    """Summary, figures and report of the runs in out/sweep (and out/alone, if there): the timings
-    are the sweeps' own wall times (status.json: training and tables, not figures)."""
-    out = Path(out)
+    """Summary, figures and report of the runs in out/sweep (and out/alone, if there), written
+    under the rule of every command's output (--report-only)."""
+    with command_output(out, COMMAND, create=False, marker="sweep/plan.json") as o:
+        return _analysis(o, b)
+
+
+def _analysis(o, b: Optional[ScalingBudget] = None) -> dict:
+    """write_analysis into the held output o: the timings are the sweeps' own wall times
+    (status.json: training and tables, not figures)."""
+    out = o.dir
     b = b or budget_of(out)
-    swept = SweepResult.load(out / "sweep")
-    if not swept.complete:
-        raise GrokfastError(f"{out / 'sweep'} is not finished: `grokfast sweep --resume "
-                            f"{out / 'sweep'}` first")
+    swept = finished_sweep(out / "sweep")
     t_sweep = swept.status["wall_time"]
     timing = dict(sweep_wall=t_sweep, sweep_model_steps=sum(r["steps_done"] for r in swept.table),
                   sweep_computed=_computed(swept.table), sweep_rate=_rate(swept.table, t_sweep),
                   launches=len(swept.plan))
     same = None
     if (out / "alone" / "plan.json").is_file():
-        lone = SweepResult.load(out / "alone")
+        lone = finished_sweep(out / "alone")
         t_alone = lone.status["wall_time"]
         timing.update(alone_wall=t_alone, alone_rate=_rate(lone.table, t_alone),
                       alone_launches=len(lone.plan))
@@ -310,10 +326,10 @@ def write_analysis(out, b: Optional[ScalingBudget] = None) -> dict:
         same = compare_tables(swept.table, lone.table)
     s = summarize(swept.table, b)
     s.update(budget=asdict(b), timing=timing, alone_rows_equal=same)
-    plot_grok_step(swept.table, s, out / "scaling_grok_step.png")
-    plot_collapse(swept.table, s, out / "scaling_collapse.png")
-    write_json(out / "summary.json", s)
-    write_report(out / "report.md", b, s, swept.base)
+    plot_grok_step(swept.table, s, o.path("scaling_grok_step.png"))
+    plot_collapse(swept.table, s, o.path("scaling_collapse.png"))
+    write_json(o.path("summary.json"), s)
+    write_report(o.path("report.md"), b, s, swept.base)
     return s
 
 

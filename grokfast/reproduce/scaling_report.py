@@ -12,6 +12,7 @@ from grokfast.config import Config
 from grokfast.plotting import pyplot
 
 from .report import number as _f
+from .report import save_png, write_text
 
 THEORY_EXPONENT = -1.0
 # |median collapse / reference − 1| above this marks a cell where the law breaks
@@ -29,6 +30,8 @@ class _Figure:
         self.mk = {wd: m for wd, m in zip(self.wds, "os^Dvp<>h*")}
         self.fig, self.ax = plt.subplots(figsize=size)
         self.table = table
+        # a log y axis needs a positive value: none when no model grokked (▲ marks only)
+        self.yscale = "log" if any(r["grok_step"] for r in table) else "linear"
 
     def color(self, lr) -> str:
         return f"C{self.lrs.index(lr)}"
@@ -59,7 +62,7 @@ class _Figure:
         self.ax.set_title(title, fontsize=8)
         self.ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         self.fig.tight_layout()
-        self.fig.savefig(path, dpi=110)
+        save_png(self.fig, path)
         self.plt.close(self.fig)
 
 
@@ -83,7 +86,7 @@ def plot_grok_step(table, s: dict, path) -> None:
     if ref:
         ax.plot(xs, ref * xs, "k--", lw=1,
                 label=f"theory: grok step = T*/(λη), T* = {ref:.2f} (smallest-λη median)")
-    ax.set(xscale="log", yscale="log", xlabel="1 / (weight_decay · lr)",
+    ax.set(xscale="log", yscale=F.yscale, xlabel="1 / (weight_decay · lr)",
            ylabel="grok step (test acc ≥ 0.99)")
     F.finish(path, "paper-real: time to grok against 1/(λη); dots: seeds, large: cell medians; "
                    "▲ never grokked/seeds", [1 / c["lam_eta"] for c in s["cells"]])
@@ -107,7 +110,7 @@ def plot_collapse(table, s: dict, path) -> None:
         ax.axhline(ref, color="black", ls="--", lw=1, label=f"smallest-λη median T* = {ref:.2f}")
         ax.axhspan(ref * (1 - COLLAPSE_TOLERANCE), ref * (1 + COLLAPSE_TOLERANCE), color="gray",
                    alpha=0.12, label=f"±{COLLAPSE_TOLERANCE:.0%}")
-    ax.set(xscale="log", yscale="log", xlabel="λη = weight_decay · lr",
+    ax.set(xscale="log", yscale=F.yscale, xlabel="λη = weight_decay · lr",
            ylabel="grok step × λη (flow time to grok)")
     F.finish(path, "collapse: flat where grok step ∝ 1/(λη); medians with interquartile bars; "
                    "▲ never grokked/seeds", [c["lam_eta"] for c in s["cells"]])
@@ -125,7 +128,7 @@ def _interval(f: dict) -> str:
 def write_report(path, b, s: dict, base: Config) -> None:
     """report.md: the setting, the exponent, the collapse, where it breaks, the speed."""
     L = _setting(b, s, base) + _exponent(b, s) + _collapse(b, s) + _verdict_and_speed(b, s)
-    Path(path).write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def _setting(b, s: dict, base: Config) -> list:

@@ -36,8 +36,8 @@ import numpy as np
 from grokfast.errors import GrokfastError
 from grokfast.model import STAT_NAMES
 
-from .integrity import file_problem, sha256_bytes
-from .ownership import MODEL_NAME, check_names, open_append, read_json, real_dir
+from .integrity import checksum_table, file_problem, sha256_bytes
+from .ownership import check_names, open_append, read_json, real_dir
 
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
@@ -98,7 +98,8 @@ def read_run(launch: Path) -> dict:
     """run.json, its model names checked (plain names of the form model_dirs makes)."""
     path = Path(launch) / RUN_FILE
     run = read_json(path)
-    check_names(run.get("models"), MODEL_NAME, str(path))
+    check_names(run.get("models"), "model", str(path))
+    checksum_table(run.get("chunks") or {}, path)
     return run
 
 

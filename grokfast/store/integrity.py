@@ -15,11 +15,12 @@ checksums existed carry none: they are read with the structural checks alone (zi
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Optional
 
 from grokfast.errors import GrokfastError
+
+from .ownership import check_name
 
 _verified: dict[tuple, str] = {}
 
@@ -62,10 +63,21 @@ def verify_file(path, expected: Optional[str], where: str, todo: str) -> None:
         raise GrokfastError(f"{path} is damaged: {problem} (recorded in {where}); {todo}")
 
 
-def chunk_problems(launch, sums: dict) -> list[str]:
+def checksum_table(sums, where) -> dict:
+    """A checksum table read back from `where` (name → hex digest), its names through check_name;
+    GrokfastError naming `where` when it is not such a table."""
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise GrokfastError(f"{where} is damaged (its checksums are not a table of file names and "
+                            f"SHA-256 digests): restore it from a copy, or train the run again")
+    for name in sums:
+        check_name(name, "file", where)
+    return sums
+
+
+def chunk_problems(launch, sums: dict, where="the checkpoint") -> list[str]:
     """'name: problem' for every chunk of `sums` (name → digest) that fails its checksum."""
     out = []
-    for name, digest in sorted(sums.items()):
+    for name, digest in sorted(checksum_table(sums, where).items()):
         problem = file_problem(Path(launch) / "history" / name, digest)
         if problem is not None:
             out.append(f"history/{name} ({problem})")
@@ -80,9 +92,7 @@ def result_checksums(directory, names) -> dict:
 def check_result_files(directory, meta: dict) -> None:
     """Verify the files a result.json records checksums for (none recorded: nothing to check)."""
     d = Path(directory)
-    for name, digest in (meta.get("checksums") or {}).items():
-        if os.path.basename(name) != name:
-            raise GrokfastError(f"{d / 'result.json'} names {name!r}, not a file grokfast "
-                                f"writes: restore it")
+    sums = checksum_table(meta.get("checksums") or {}, d / "result.json")
+    for name, digest in sums.items():
         verify_file(d / name, digest, d / "result.json",
                     "restore it from a copy, or train the run again")

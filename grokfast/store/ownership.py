@@ -8,8 +8,10 @@
 * **One ownership rule** (`claim_new`): a new run or sweep needs a missing or empty directory
   (a lock file alone counts as empty); a directory holding a run or sweep needs ``--resume``;
   anything else is refused, saying what to do.
-* **Only its own names**: model and launch names read back from ``run.json`` / ``plan.json`` must
-  be plain names of the form the writer makes (`check_names`); `clear_run` removes only those
+* **Only its own names**: every name read back from a file (model and launch names of
+  ``run.json`` / ``plan.json``, the config fields keying plan rows, checksum names, TensorBoard run
+  paths) passes the one validator `check_name` (`check_names` for a list): a plain name of the
+  form the writer makes, never a path outside the directory. `clear_run` removes only those
   names (a run killed before its first checkpoint starts over in place).
 * **No symlinks**: files are replaced by rename (which replaces a link, never follows it),
   appended or locked only through ``O_NOFOLLOW``, and directories inside a run are refused when
@@ -33,9 +35,17 @@ from grokfast.errors import GrokfastError
 
 RUN_LOCK = "run.lock"
 SWEEP_LOCK = "sweep.lock"
-LOCK_NAMES = (RUN_LOCK, SWEEP_LOCK)
+OUTPUT_LOCK = "output.lock"  # a command's output directory (grokfast.store.output)
+LOCK_NAMES = (RUN_LOCK, SWEEP_LOCK, OUTPUT_LOCK)
 MODEL_NAME = re.compile(r"^(\.|model_[0-9]{3,9})$")
 LAUNCH_NAME = re.compile(r"^launch_[0-9]{3,9}$")
+FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+FILE_NAME = re.compile(r"^\w[\w.,=+-]{0,254}$")
+# what check_name accepts for each kind of name ("path": FILE_NAME parts joined by "/")
+NAME_RULES = {"model": MODEL_NAME, "launch": LAUNCH_NAME, "field": FIELD_NAME, "file": FILE_NAME,
+              "path": FILE_NAME}
+_EXAMPLES = {"model": "model_000", "launch": "launch_000", "field": "weight_decay",
+             "file": "params.npz", "path": "lr=0.5/seed_0"}
 # what a run writes in its directory (and in each model directory): all that clear_run removes
 RUN_NAMES = ("run.json", "events.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "history",
              "error.txt", RUN_LOCK)
@@ -123,7 +133,7 @@ def refusal(directory, name: str, fd: int) -> "Locked":
     holder = holder or "another process"
     pid = holder.split()[-1] if holder.startswith("pid ") else None
     stop = f" (or stop it: kill {pid})" if pid else ""
-    what = "sweep" if name == SWEEP_LOCK else "run"
+    what = {SWEEP_LOCK: "sweep", OUTPUT_LOCK: "command"}.get(name, "run")
     return Locked(f"{directory} is being written by {holder} (a {what} holds {name}): wait "
                   f"for it to end{stop}, then run again; the lock goes away with its process, "
                   f"nothing to remove by hand")
@@ -184,8 +194,7 @@ def claim_new(directory, kind: str = "run") -> None:
     if not names:
         return
     check_unlocked(d)
-    what = "sweep" if "plan.json" in names else "run" if any(n in names for n in RUN_MARKERS) \
-        or any(MODEL_NAME.match(n) for n in names) else None
+    what = holds(names)
     if what is not None:
         cmd = "sweep" if what == "sweep" else "train"
         raise GrokfastError(f"{d} already holds a {what} ({_first(names)}): continue it with "
@@ -195,21 +204,42 @@ def claim_new(directory, kind: str = "run") -> None:
                         f"needs a missing or empty directory; choose another --out")
 
 
+def holds(names) -> Optional[str]:
+    """"sweep" or "run" when a directory listing `names` holds one, else None."""
+    if "plan.json" in names:
+        return "sweep"
+    if any(n in names for n in RUN_MARKERS) or any(MODEL_NAME.match(n) for n in names):
+        return "run"
+    return None
+
+
 def _first(names) -> str:
     return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
 
 
-def check_names(names, pattern=MODEL_NAME, where: str = "run.json", what: str = "model") -> list:
-    """The directory names read from `where`, refused unless each is a plain name it writes."""
+def check_name(name, what: str = "model", where: str = "run.json") -> str:
+    """The one validator of a name read back from a file `where` (run.json, plan.json, a
+    checksum table, …): `name` unchanged when it is a plain name of kind `what` (NAME_RULES) —
+    never absolute, never "..", never a way out of the directory — else GrokfastError naming
+    the file."""
+    rule = NAME_RULES[what]
+    parts = name.split("/") if isinstance(name, str) and what == "path" else [name]
+    if not all(isinstance(n, str) and rule.match(n) for n in parts):
+        raise GrokfastError(f"{where} names {what} {name!r}, not a name grokfast writes (like "
+                            f"{_EXAMPLES[what]!r}; a path outside the directory, or a damaged "
+                            f"file): refusing to use it; restore the file or start again elsewhere")
+    return name
+
+
+def check_names(names, what: str = "model", where: str = "run.json") -> list:
+    """The directory names read from `where` (a non-empty list of distinct names), each through
+    check_name."""
     if not isinstance(names, list) or not names or len(set(map(str, names))) != len(names):
         raise GrokfastError(f"{where}: its {what} list {names!r} is damaged (expected distinct "
-                            f"names like {'model_000' if what == 'model' else 'launch_000'}): "
-                            f"restore the file or start a new run elsewhere")
+                            f"names like {_EXAMPLES[what]}): restore the file or start a new run "
+                            f"elsewhere")
     for n in names:
-        if not isinstance(n, str) or not pattern.match(n):
-            raise GrokfastError(f"{where} names {what} directory {n!r}, not one grokfast writes "
-                                f"(a path outside the directory, or a damaged file): refusing to "
-                                f"use it; restore the file or start a new run elsewhere")
+        check_name(n, what, where)
     return names
 
 

@@ -68,7 +68,7 @@ def verified_checkpoint(launch) -> dict:
                 raise
             problems.append(f"{name}: {e}")
             continue
-        bad = chunk_problems(d, ckpt.get("chunks") or {})
+        bad = chunk_problems(d, ckpt.get("chunks") or {}, d / name)
         if not bad:
             if name == PREVIOUS:
                 _promote(d / PREVIOUS, d / CHECKPOINT)

@@ -9,7 +9,7 @@ from typing import Sequence
 from grokfast.config import Config
 from grokfast.errors import GrokfastError
 from grokfast.store.history import atomic_json
-from grokfast.store.ownership import LAUNCH_NAME, SWEEP_LOCK, check_names, read_json
+from grokfast.store.ownership import SWEEP_LOCK, check_name, check_names, read_json
 
 from .grid import check_grid
 from .options import SweepOptions
@@ -53,13 +53,35 @@ def read_plan(sweep_dir) -> dict:
         raise GrokfastError(f"{path}: unknown format {plan_.get('format')!r} (expected "
                             f"{SWEEP_FORMAT})")
     try:
-        check_names([l["name"] for l in plan_["launches"]], LAUNCH_NAME, str(path), "launch")
+        check_names([l["name"] for l in plan_["launches"]], "launch", str(path))
         for k in ("base", "grid", "seeds", "options", "rows"):
             plan_[k]
-    except (KeyError, TypeError):
+        _check_axes(plan_, path)
+    except (KeyError, TypeError, AttributeError):
         raise GrokfastError(f"{path} is damaged (a field is missing): restore it from a copy, or "
                             f"start the sweep again elsewhere") from None
     return plan_
+
+
+def _check_axes(plan_: dict, path: Path) -> None:
+    """The swept fields of plan.json (its grid and every row's values) are config fields, the
+    same in every row, and every row names one of the plan's launches."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    axes = list(plan_["grid"])
+    for a in axes:
+        check_name(a, "field", path)
+        if a not in fields:
+            raise GrokfastError(f"{path}: its grid sweeps {a!r}, not a config field: restore the "
+                                f"file, or start the sweep again elsewhere")
+    launches = {l["name"] for l in plan_["launches"]}
+    for r in plan_["rows"]:
+        keys = list(r["values"])
+        for k in keys:
+            check_name(k, "field", path)
+        if sorted(keys) != sorted(axes) or r["launch"] not in launches:
+            raise GrokfastError(f"{path}: row {r.get('row')!r} sweeps {keys} in launch "
+                                f"{r['launch']!r}, not the grid's fields {axes} in one of its "
+                                f"launches: restore the file, or start the sweep again elsewhere")
 
 
 def saved_grid(saved: dict) -> dict:

@@ -163,7 +163,11 @@ def summary_lines(result, rules: Optional[PhaseRules] = None) -> list[str]:
     stops = sorted({r["stop_reason"] for r in result.table if r.get("stop_reason")})
     if stops:
         lines.append(f"stop reasons: {', '.join(stops)}")
-    if st.get("status") != "finished":
+    if st.get("status") == "running":  # live: its writer holds sweep.lock
+        lines.append(f"still running: wait for it to end (or stop it: Ctrl-C where it runs, or "
+                     f"kill its pid, in {result.dir / 'sweep.lock'}); then `grokfast sweep "
+                     f"--resume {result.dir}` continues it if it stopped early")
+    elif st.get("status") != "finished":
         lines.append(f"continue it with `grokfast sweep --resume {result.dir}`")
     return lines
 

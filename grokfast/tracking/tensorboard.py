@@ -100,12 +100,14 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 class _ModelFile:
-    """One model's event file: its milestones so far and the open file."""
+    """One model's event file: its milestones so far and the open file. staged: written beside
+    the event file and renamed over it when complete (export: a failure leaves the old file)."""
 
-    def __init__(self, path: Path, config, wall: float):
+    def __init__(self, path: Path, config, wall: float, staged: bool = False):
         self.path, self.config, self.wall = path, config, wall
         self.found = {name: False for name, _ in MILESTONES}
         self.f = None
+        self.target = path.with_name(f".{path.name}.{os.getpid()}.staged.tmp") if staged else path
 
     def rows(self, h) -> bytes:
         """The records of history rows h (name → 1-D array), milestones with the row they fall on."""
@@ -134,8 +136,17 @@ class _ModelFile:
         return b"".join(out)
 
     def open(self, prefix: bytes) -> None:
-        _write_new(self.path, prefix)
-        self.f = open(self.path, "ab")
+        if self.target != self.path and self.path.parent.is_dir():
+            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                tmp.unlink()  # left by an export killed mid-write
+        _write_new(self.target, prefix)
+        self.f = open(self.target, "ab")
+
+    def close(self) -> None:
+        self.sync()
+        self.f.close()
+        if self.target != self.path:
+            os.replace(self.target, self.path)
 
     def sync(self) -> None:
         self.f.flush()
@@ -154,13 +165,15 @@ class TensorBoardLogger(Logger):
     runs: the TensorBoard run directory of each model (default: run_dirs of the launch).
     session: (model index, Result) → (hparams dict, metrics dict, HParams status) to write an
     HParams session at the end (sweeps: see sweep_logger). experiment: (directory, hparams
-    example) of the HParams experiment to write at the start.
+    example) of the HParams experiment to write at the start. staged: each event file replaced
+    only once complete (export).
     """
 
     def __init__(self, runs: Optional[Sequence[Path]] = None, session: Optional[Callable] = None,
-                 experiment: Optional[tuple] = None):
+                 experiment: Optional[tuple] = None, staged: bool = False):
         ev.protos()  # a missing tensorboardX fails here, before anything runs
         self.runs, self.session, self.experiment = runs, session, experiment
+        self.staged = staged
         self.files: list[_ModelFile] = []
         self.run: Optional[RunInfo] = None
 
@@ -175,7 +188,7 @@ class TensorBoardLogger(Logger):
             write_experiment(*self.experiment)
         self.files = []
         for i, (c, d) in enumerate(zip(run.configs, dirs)):
-            mf = _ModelFile(Path(d) / EVENT_FILE, c, wall)
+            mf = _ModelFile(Path(d) / EVENT_FILE, c, wall, self.staged)
             data = ev.file_version(wall) + ev.text(0, wall, "config", config_markdown(c))
             if run.rows != 0:
                 data += mf.rows(run.history(i))
@@ -198,8 +211,7 @@ class TensorBoardLogger(Logger):
         for i, mf in enumerate(self.files):
             if results is not None:
                 mf.f.write(self._final(i, mf, results[i]))
-            mf.sync()
-            mf.f.close()
+            mf.close()
         self.files = []
 
     def _final(self, i: int, mf: _ModelFile, r) -> bytes:

@@ -108,6 +108,46 @@ def test_report_only_redoes_the_analysis(run_dir):
     assert (run_dir / "prediction_scatter.png").is_file()
 
 
+@pytest.mark.slow
+def test_interrupted_run_continues_to_the_same_prediction(run_dir, tmp_path, monkeypatch):
+    """Ctrl-C after the sweep, then SIGTERM inside the last simulation: each rerun of the same
+    command keeps the finished stages, and the third ends with run_dir's prediction.csv."""
+    import os
+    import signal
+    import time
+
+    from grokfast.errors import Interrupted
+    from grokfast.reproduce import prediction
+    out, lines = tmp_path / "run", []
+    snapshots, jobs = prediction.memorization_snapshots, prediction.simulation_jobs
+
+    def ctrl_c(*args, **kw):
+        raise KeyboardInterrupt
+
+    def sigterm_in_half(*args, **kw):
+        def killed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        return {**jobs(*args, **kw), "sim_init_half": killed}
+
+    monkeypatch.setattr(prediction, "memorization_snapshots", ctrl_c)
+    with pytest.raises(Interrupted, match="memorization.npz"):
+        reproduce_prediction(out, budget=TINY, log=lines.append)
+    monkeypatch.setattr(prediction, "memorization_snapshots", snapshots)
+    monkeypatch.setattr(prediction, "simulation_jobs", sigterm_in_half)
+    with pytest.raises(Interrupted, match="sim_init_half"):
+        reproduce_prediction(out, budget=TINY, log=lines.append)
+    monkeypatch.setattr(prediction, "simulation_jobs", jobs)
+    reproduce_prediction(out, budget=TINY, log=lines.append)
+    kept = [l for l in lines if "kept from the earlier run" in l]
+    assert [l.split("]")[1].split(":")[0].strip() for l in kept] == \
+        ["sweep", "sweep", "memorization.npz", "sim"]
+    assert (out / "prediction.csv").read_bytes() == (run_dir / "prediction.csv").read_bytes()
+    for name in ("memorization.npz", "sim/params.npz"):
+        with np.load(out / name) as a, np.load(run_dir / name) as b:
+            assert all(np.array_equal(a[k], b[k]) for k in b.files), name
+
+
 def test_simulate_from_given_W1():
     cfg = grokfast.Config.preset("paper-real", lr=1e-2, steps=20, log_every=10, eval_every=10)
     ref = simulate(cfg, seeds=[3, 4])
