@@ -106,14 +106,18 @@ def make_budget(quick: bool = False, seeds: Optional[int] = None, steps: Optiona
     return override(b, seeds, steps, weight_decays, lrs)
 
 
-def budget_of(out) -> PredictionBudget:
+def read_budget(out, cls, command: str):
+    """The budget (dataclass cls) a finished `reproduce <command>` directory ran with."""
     path = Path(out) / "budget.json"
     if not path.is_file():
-        raise GrokfastError(f"{out} holds no `reproduce prediction` run (budget.json is missing): "
-                            f"run `grokfast reproduce prediction --out {out}` first")
+        raise GrokfastError(f"{out} holds no `reproduce {command}` run (budget.json is missing): "
+                            f"run `grokfast reproduce {command} --out {out}` first")
     d = json.loads(path.read_text())
-    return PredictionBudget(**{**d, "weight_decays": tuple(d["weight_decays"]),
-                               "lrs": tuple(d["lrs"])})
+    return cls(**{**d, "weight_decays": tuple(d["weight_decays"]), "lrs": tuple(d["lrs"])})
+
+
+def budget_of(out) -> PredictionBudget:
+    return read_budget(out, PredictionBudget, "prediction")
 
 
 def sim_config(base: Config, b: PredictionBudget) -> Config:
@@ -280,6 +284,21 @@ def write_analysis(out) -> dict:
     return s
 
 
+def start_study(out: Path, b, backend: str, log, tag: str) -> SweepResult:
+    """A new study directory: out must be empty or absent; config.json, budget.json, then the
+    weight decay × lr × seeds sweep of paper-real (sweep_cells) in out/sweep, checked complete."""
+    if out.exists() and any(out.iterdir()):
+        raise GrokfastError(f"{out} is not empty: choose a new --out directory (or --report-only "
+                            f"to redo the analysis of a finished run there)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(base_config(b).to_json())
+    (out / "budget.json").write_text(json.dumps(asdict(b), indent=2))
+    swept, _ = sweep_cells(b, out / "sweep", backend, log, tag)
+    if not swept.complete:
+        raise GrokfastError(f"the sweep in {out / 'sweep'} did not finish")
+    return swept
+
+
 def reproduce_prediction(out, quick: bool = False, seeds: Optional[int] = None,
                          steps: Optional[int] = None, weight_decays=None, lrs=None,
                          backend: str = "auto", log=print,
@@ -288,16 +307,7 @@ def reproduce_prediction(out, quick: bool = False, seeds: Optional[int] = None,
     used as it is (instead of make_budget of the other arguments; the tests' tiny settings)."""
     b = budget or make_budget(quick, seeds, steps, weight_decays, lrs)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise GrokfastError(f"{out} is not empty: choose a new --out directory (or --report-only "
-                            f"to redo the analysis of a finished run there)")
-    out.mkdir(parents=True, exist_ok=True)
-    base = base_config(b)
-    (out / "config.json").write_text(base.to_json())
-    (out / "budget.json").write_text(json.dumps(asdict(b), indent=2))
-    swept, _ = sweep_cells(b, out / "sweep", backend, log, "prediction")
-    if not swept.complete:
-        raise GrokfastError(f"the sweep in {out / 'sweep'} did not finish")
+    swept = start_study(out, b, backend, log, "prediction")
     timing = dict(training=swept.status["wall_time"], models=len(swept.table))
     log(f"[prediction] W1 at the memorization step of {len(swept.table)} models …")
     t0 = time.perf_counter()
