@@ -58,16 +58,16 @@ def rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("method", ["gram", "w1", "cg"])
-def test_tangent_velocity_matches_dense_projection(name, method):
+def test_tangent_velocity_matches_dense_projection(name):
+    """Each form (gram, w1, cg) against −(I − J⁺J)θ with J from jacrev (one dense J per case)."""
     config = CASES[name]
     data, W1, W2 = on_Z(config)
-    ref1, ref2 = dense_velocity(config, data, W1, W2)
-    dW1, dW2 = tangent_velocity(config, data, W1, W2, method=method)
-    err = rel(torch.cat([dW1.reshape(-1), dW2.reshape(-1)]),
-              torch.cat([ref1.reshape(-1), ref2.reshape(-1)]))
-    print(f"{name} {method}: relative error {err:.2e}")
-    assert err < SOLVE_RTOL
+    ref = torch.cat([t.reshape(-1) for t in dense_velocity(config, data, W1, W2)])
+    for method in ("gram", "w1", "cg"):
+        dW1, dW2 = tangent_velocity(config, data, W1, W2, method=method)
+        err = rel(torch.cat([dW1.reshape(-1), dW2.reshape(-1)]), ref)
+        print(f"{name} {method}: relative error {err:.2e}")
+        assert err < SOLVE_RTOL, method
 
 
 def test_kink_constrained_velocity_matches_dense_projection():
@@ -136,14 +136,14 @@ def test_pure_decay_pins_the_time_convention():
 def test_simulate_manifold_stays_on_Z_and_keeps_the_norm_identity():
     config = CASES["paper-real"]
     data, W1, W2 = on_Z(config)
-    res = simulate_manifold(config, W1, W2, data=data, tau_max=0.2, record_every=0.05)
+    res = simulate_manifold(config, W1, W2, data=data, tau_max=0.1, record_every=0.05)
     h = res.history
     print({k: h[k][0].tolist() for k in ("norm", "identity_error", "n_sliding", "n_crossing",
                                          "h_min_used", "rejected", "forced")})
     assert float(h["train_loss"].max()) < 1e-20
     assert float(h["identity_error"][0, 1:].max()) <= 0.01 and float(h["forced"].sum()) == 0
     assert (h["norm"][0, 1:] < h["norm"][0, :-1]).all()             # the flow lowers ‖θ‖
-    res_n0 = simulate_manifold(config, W1, W2, data=data, tau_max=0.1, record_every=0.05,
+    res_n0 = simulate_manifold(config, W1, W2, data=data, tau_max=0.05, record_every=0.05,
                                reset_W2=True)
     assert float(res_n0.history["norm_N"].max()) < 1e-10 * float(res_n0.history["norm_W2"].max())
 
@@ -179,16 +179,18 @@ def gd_in_tau(config, data, W1, W2, weight_decay, tau):
 
 
 def test_gd_approaches_the_flow_as_weight_decay_halves():
-    """The theorem, numerically, on the smooth x² net (no kinks): ‖θ_GD(τ) − θ_flow(τ)‖ shrinks ∝ wd
-    (the O(λ) offset of GD from Z and its O(λ) lag), i.e. by ≥ 1.6× per halving, over 3 halvings."""
-    config = Config(p=5, width=24, n_test=3, activation="quadratic", lr=0.5)
+    """The theorem, numerically, on the smooth x² net (no kinks), sum-reduced MSE: at weight decay
+    wd ≪ 2σ_min(J)² (≈ 0.6 here) and lr below GD's stability limit 1/σ_max(J)² (≈ 6e-3), GD run
+    for τ = 0.02 (500 … 4 000 steps) ends within ‖θ_GD − θ_flow‖ ∝ wd of the exact flow (GD's
+    O(λ) offset from Z and its O(λ) lag): measured halving per halving of wd (ratios 2.00 ± 0.01)."""
+    config = Config(p=5, width=24, n_test=3, activation="quadratic", lr=0.005, loss_reduction="sum")
     data, W1, W2 = on_Z(config, n_scale=0.3)
-    tau = 0.1
+    tau = 0.02
     flow = simulate_manifold(config, W1, W2, data=data, tau_max=tau, record_every=tau,
-                             h0=2e-3, h_max=2e-3, rtol=1e-4)
+                             h0=1e-3, h_max=1e-3, h_min=1e-3, rtol=1e-2)
     th_flow = torch.cat([flow.W1[0].reshape(-1), flow.W2[0].reshape(-1)])
     dists = [float((gd_in_tau(config, data, W1, W2, wd, tau) - th_flow).norm())
-             for wd in (4e-3, 2e-3, 1e-3, 5e-4)]
-    print("distance per halving:", dists, "move:", float((th_flow - torch.cat(
-        [W1.reshape(-1), W2.reshape(-1)])).norm()))
-    assert all(a / b > 1.6 for a, b in zip(dists, dists[1:]))
+             for wd in (8e-3, 4e-3, 2e-3, 1e-3)]
+    ratios = [a / b for a, b in zip(dists, dists[1:])]
+    print("distance per halving:", dists, "ratios:", ratios)
+    assert all(1.8 < r < 2.2 for r in ratios)
