@@ -39,7 +39,7 @@ def configure(p) -> None:
     prediction.set_defaults(func=cmd_prediction)
     hierarchy = sub.add_parser("hierarchy", help="where Eq. 20's factor comes from: grok times on "
                                "a ladder from trained GD to the exact manifold flow to Eq. 20")
-    hierarchy.add_argument("--quick", action="store_true", help="4 models, one (weight decay, lr) "
+    hierarchy.add_argument("--quick", action="store_true", help="2 models, one (weight decay, lr) "
                            "cell, every rung")
     _common(hierarchy, "hierarchy")
     _study(hierarchy)

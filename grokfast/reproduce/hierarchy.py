@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -37,56 +36,11 @@ from grokfast.backends.torch.paths import intra_op_threads
 from grokfast.engine import run
 from grokfast.theory.manifold_sim import simulate_manifold
 
-from .prediction import (
-    SIM_THREADS,
-    PredictionBudget,
-    memorization_snapshots,
-    model_config,
-    read_budget,
-    run_simulations,
-    start_study,
-)
-from .scaling import override
+from .hierarchy_budget import HierarchyBudget, make_budget
+from .hierarchy_report import write_analysis
+from .prediction import SIM_THREADS, memorization_snapshots, model_config, run_simulations, start_study
 
 FACTORS = (2, 4)
-
-
-@dataclass
-class HierarchyBudget:
-    weight_decays: tuple = (2e-4, 4e-4)
-    lrs: tuple = (1.0, 2.0)
-    seeds: int = 6
-    steps: int = 40_000
-    log_every: int = 50
-    sim_time: float = 10.0          # Eq. 20's flow time per model (L5, L6)
-    sim_eta: float = 2e-3           # Eq. 20's Euler step
-    sim_resolution: float = 0.02
-    tau_max: float = 8.0            # the manifold flow's τ from memorization (L3, L4)
-    record_every: float = 0.05
-    rtol: float = 0.05              # the manifold flow's norm-identity tolerance per step
-    bootstrap: int = 2000
-    mode: str = "full"
-
-    def prediction_budget(self) -> PredictionBudget:
-        """The Eq. 20 settings in `reproduce prediction`'s budget (its simulations are reused)."""
-        return PredictionBudget(weight_decays=self.weight_decays, lrs=self.lrs, seeds=self.seeds,
-                                steps=self.steps, log_every=self.log_every, sim_time=self.sim_time,
-                                sim_eta=self.sim_eta, sim_resolution=self.sim_resolution,
-                                bootstrap=self.bootstrap, mode=self.mode)
-
-
-def make_budget(quick: bool = False, seeds: Optional[int] = None, steps: Optional[int] = None,
-                weight_decays: Optional[Sequence[float]] = None,
-                lrs: Optional[Sequence[float]] = None) -> HierarchyBudget:
-    """Full: weight decay 2e-4, 4e-4 × lr 1, 2 × 6 seeds (24 models), 40 000 steps.
-    --quick: weight decay 4e-4 × lr 2 × 3 seeds, 10 000 steps, τ ≤ 4.5 on the manifold flows."""
-    b = HierarchyBudget(weight_decays=(4e-4,), lrs=(2.0,), seeds=3, steps=10_000, log_every=25,
-                        tau_max=4.5, sim_time=8.0, mode="quick") if quick else HierarchyBudget()
-    return override(b, seeds, steps, weight_decays, lrs)
-
-
-def budget_of(out) -> HierarchyBudget:
-    return read_budget(out, HierarchyBudget, "hierarchy")
 
 
 def gd_rung_configs(base, table: Sequence[dict], k: int) -> list:
@@ -130,6 +84,7 @@ def run_manifold(base, snap: dict, b: HierarchyBudget, log=print) -> dict:
                 f"{b.tau_max:g} …")
             out[name] = simulate_manifold(base, W1, W2, tau_max=b.tau_max, reset_W2=reset,
                                           record_every=b.record_every, rtol=b.rtol,
+                                          h0=0.01, h_max=0.05, h_min=b.h_min,
                                           stop_at_grok=True, labels=[int(r) for r in snap["row"]],
                                           log=log)
     return out
@@ -140,7 +95,6 @@ def reproduce_hierarchy(out, quick: bool = False, seeds: Optional[int] = None,
                         backend: str = "auto", log=print,
                         budget: Optional[HierarchyBudget] = None) -> Path:
     """Train (L0, L1, L2), snapshot at memorization, the flows (L3–L6), then write_analysis."""
-    from .hierarchy_report import write_analysis
     b = budget or make_budget(quick, seeds, steps, weight_decays, lrs)
     out = Path(out)
     t_all = time.perf_counter()

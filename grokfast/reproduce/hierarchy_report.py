@@ -23,7 +23,7 @@ from grokfast.sweeps import SweepResult
 from grokfast.theory import SimResult
 from grokfast.theory.manifold_sim import ManifoldResult
 
-from .hierarchy import budget_of
+from .hierarchy_budget import budget_of
 from .hierarchy_text import write_report
 from .prediction import flow_times, prediction_rows
 from .prediction_report import bootstrap

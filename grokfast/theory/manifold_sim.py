@@ -12,7 +12,7 @@ R sets W2 = H⁺Y instead: the exact metric G is kept, the part N = W2 − H⁺Y
 
 Step control by the norm identity d‖θ‖²/dτ = −2‖P_T θ‖²: a step is accepted when
 |‖θ'‖² − ‖θ‖² + h(‖v1‖² + ‖v2‖²)| ≤ rtol · h(‖v1‖² + ‖v2‖²) (the trapezoid of the identity), else
-h is halved (down to h_min, where the step is taken and counted in `forced`); after an accepted step
+h is halved (down to h_min, where the step is taken, counted in `forced`, and h restarts at h0); after an accepted step
 with half that error h doubles, up to h_max. Steps are cut to land on the record times.
 """
 from __future__ import annotations
@@ -155,8 +155,9 @@ class _Flow:
                 self.win["rejected"] += 1
                 self.h = max(h / 2, o["h_min"])
                 continue
-            if err > o["rtol"]:
+            if err > o["rtol"]:  # not a step-size error (a kink event): take it, start h afresh
                 self.win["forced"] += 1
+                self.h = o["h0"]
             self.pt = new
             self.win["dist_to_Z"] = max(self.win["dist_to_Z"], dist)
             self.win["identity_error"] = max(self.win["identity_error"], err)
@@ -205,6 +206,9 @@ def simulate_manifold(config: Config, W1, W2, *, data: Optional[Dataset] = None,
                     tau += flow.step(target - tau)
                 tau = target
                 flow.record(tau)
+                if log is not None and j % round(1 / record_every) == 0:
+                    log(f"[manifold] model {labels[i]}: τ {tau:.3g}, test accuracy "
+                        f"{flow.rows['test_acc'][-1]:.3g}, {time.perf_counter() - t0:.0f} s")
         except GrokfastError as e:
             stopped[i] = f"stopped at τ = {tau:.4g} (records before kept): {e}"
         for k, v in flow.rows.items():

@@ -69,7 +69,8 @@ def test_manifold_rungs_are_simulate_manifold_by_hand(run_dir):
     with intra_op_threads(1, torch.device("cpu")):
         res = simulate_manifold(base, torch.from_numpy(snap["W1"][k]).double(),
                                 torch.from_numpy(snap["W2"][k]).double(), tau_max=TINY.tau_max,
-                                record_every=TINY.record_every, rtol=TINY.rtol, stop_at_grok=True)
+                                record_every=TINY.record_every, rtol=TINY.rtol, h0=0.01,
+                                h_max=0.05, h_min=TINY.h_min, stop_at_grok=True)
     tau = res.grok_tau()[0]
     r = rows[i]
     expect = None if tau is None else r["memorization_step"] + tau / (r["weight_decay"] * r["lr"])

@@ -9,12 +9,20 @@ import torch
 from tolerances import SOLVE_RTOL, assert_close
 
 from grokfast import Config, make_dataset
+from grokfast.backends.torch.paths import intra_op_threads
 from grokfast.errors import GrokfastError
 from grokfast.model import init_params
 from grokfast.theory import min_norm_W2, predicted_dW1
 from grokfast.theory.manifold import ManifoldPoint, point_velocity, tangent_velocity
 from grokfast.theory.manifold_sim import ManifoldResult, simulate_manifold
 from grokfast.theory.probe import TwoLayerJacobian, tangent_projection, two_layer_functions
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small float64 solves: one torch thread (two spin against each other on a loaded 2-core machine)."""
+    with intra_op_threads(1, torch.device("cpu")):
+        yield
+
 
 CASES = {
     "paper-real": Config.preset("paper-real"),
