@@ -93,8 +93,28 @@ def _median_ci(pairs, n_boot):
                 q75=float(np.quantile(q, 0.75)), lo=lo, hi=hi)
 
 
-def summarize(rows, n_boot: int) -> dict:
+def horizon(b, r: dict, level: str) -> float:
+    """The last L0-equivalent GD step a rung could have grokked at (its budget's end)."""
+    rate = r["weight_decay"] * r["lr"]
+    mem = r["memorization_step"] or 0
+    return {"L3": mem + b.tau_max / rate, "L4": mem + b.tau_max / rate,
+            "L5": mem + b.sim_time / rate, "L6": b.sim_time / rate}.get(level, float(b.steps))
+
+
+def censored(rows, b) -> dict:
+    """Per rung: the models that grokked in training (L0) but not on the rung within its budget,
+    and the smallest lower bound on their ratio to L0 (horizon / L0)."""
+    out = {}
+    for lv in LEVELS[1:]:
+        bounds = [horizon(b, r, lv) / r["L0"] for r in rows if r["L0"] and r[lv] is None]
+        out[lv] = dict(n=len(bounds), ratio_above=min(bounds) if bounds else float("nan"))
+    return out
+
+
+def summarize(rows, n_boot: int, b=None) -> dict:
+    cens = censored(rows, b) if b is not None else {}
     levels = {lv: dict(n_grokked=sum(r[lv] is not None for r in rows), n=len(rows),
+                       censored=cens.get(lv, dict(n=0, ratio_above=float("nan"))),
                        **_median_ci(_pairs(rows, "L0", lv), n_boot)) for lv in LEVELS}
     steps = []
     for a, b in zip(CHAIN, CHAIN[1:]):
@@ -113,6 +133,10 @@ def summarize(rows, n_boot: int) -> dict:
                   f"from memorization against training: {total:.3g}")
         if math.isfinite(share):
             answer += f" (that step is {share:.0%} of its log-factor)"
+    late = [f"{lv} did not grok within its budget for {c['n']} of the models L0 grokked "
+            f"(ratio > {c['ratio_above']:.3g})" for lv, c in cens.items() if c["n"]]
+    if late:
+        answer += "; censored: " + "; ".join(late)
     return dict(levels=levels, chain=steps, answer=answer)
 
 
@@ -162,7 +186,7 @@ def write_analysis(out) -> dict:
     b = budget_of(out)
     rows = ladder_rows(out)
     write_csv(out / "hierarchy.csv", rows)
-    s = summarize(rows, b.bootstrap)
+    s = summarize(rows, b.bootstrap, b)
     s["flow_quality"] = flow_quality(out)
     s["budget"] = json.loads((out / "budget.json").read_text())
     timing = out / "timing.json"

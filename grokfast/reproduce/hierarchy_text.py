@@ -16,9 +16,12 @@ RUNGS = {"L0": "trained GD, stop at grok (the truth)",
 
 
 def level_table(s: dict) -> list:
-    return md_table(["rung", "what", "grokked", "median ratio to L0", "quartiles", "95 % interval"],
+    return md_table(["rung", "what", "grokked", "median ratio to L0", "quartiles", "95 % interval",
+                     "not grokked where L0 did (ratio >)"],
                     [[k, RUNGS[k], f"{v['n_grokked']}/{v['n']}", number(v["median"]),
-                      f"{number(v['q25'])}–{number(v['q75'])}", f"{number(v['lo'])}–{number(v['hi'])}"]
+                      f"{number(v['q25'])}–{number(v['q75'])}", f"{number(v['lo'])}–{number(v['hi'])}",
+                      f"{v['censored']['n']} ({number(v['censored']['ratio_above'])})"
+                      if v["censored"]["n"] else "0"]
                      for k, v in s["levels"].items()])
 
 

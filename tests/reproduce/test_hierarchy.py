@@ -95,3 +95,13 @@ def test_budgets_and_bad_input(tmp_path):
     with pytest.raises(GrokfastError, match="not empty"):
         reproduce_hierarchy(tmp_path / "x", budget=TINY)
     assert main(["reproduce", "hierarchy", "--report-only", "--out", str(tmp_path / "none")]) != 0
+
+
+def test_paper_report_links_the_hierarchy(run_dir, tmp_path):
+    from grokfast.reproduce.hierarchy_text import hierarchy_section
+    assert "Not run yet" in "\n".join(hierarchy_section(tmp_path))
+    (tmp_path / "hierarchy").mkdir()
+    (tmp_path / "hierarchy" / "summary.json").write_text((run_dir / "summary.json").read_text())
+    text = "\n".join(hierarchy_section(tmp_path))
+    assert "[hierarchy/report.md](hierarchy/report.md)" in text
+    assert json.loads((run_dir / "summary.json").read_text())["answer"] in text
