@@ -42,3 +42,8 @@ def assert_close(actual, expected, name: str = "", dtype=None) -> None:
             f"{name}: {int(bad.sum())} of {bad.numel()} elements differ beyond {tol} ({dtype}); "
             f"max abs err {float(err.max()):.3e}, max rel err {float(rel.max()):.3e}; first at "
             f"{idx}: actual {float(a64[idx])!r} expected {float(e64[idx])!r}")
+
+# A projection computed by a linear solve (conjugate gradient to 1e-13, or a dense pseudo-inverse)
+# against another: the error is the solve's conditioning times float64's ulp, not a few ulps per
+# operation — cond(JJᵀ) of paper-real's NTK Gram reaches ~1e4, so norm-wise 1e-10 relative.
+SOLVE_RTOL = 1e-10

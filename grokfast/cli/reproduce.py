@@ -1,4 +1,4 @@
-"""`grokfast reproduce paper` and `grokfast reproduce scaling`: real subcommands, each with its own
+"""`grokfast reproduce paper`, `scaling`, `prediction` and `hierarchy`: real subcommands, each with its own
 options (grokfast.reproduce.paper, grokfast.reproduce.scaling)."""
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 from grokfast.errors import GrokfastError
+from grokfast.reproduce.hierarchy import reproduce_hierarchy
+from grokfast.reproduce.hierarchy_report import write_analysis as hierarchy_analysis
 from grokfast.reproduce.paper import reproduce_paper
 from grokfast.reproduce.prediction import reproduce_prediction
 from grokfast.reproduce.prediction import write_analysis as prediction_analysis
@@ -13,7 +15,7 @@ from grokfast.reproduce.scaling import reproduce_scaling, write_analysis
 
 
 def configure(p) -> None:
-    sub = p.add_subparsers(dest="what", required=True, metavar="{paper,scaling,prediction}")
+    sub = p.add_subparsers(dest="what", required=True, metavar="{paper,scaling,prediction,hierarchy}")
     paper = sub.add_parser("paper", help="Fig. 5, Fig. 6 and more, with a report")
     paper.add_argument("--quick", action="store_true", help="2 seeds, 3000 Euler steps, 50k GD "
                        "steps: about 1.5 minutes on 2 CPU cores (full mode: 5 seeds, 5000 / 100k "
@@ -35,6 +37,13 @@ def configure(p) -> None:
     _common(prediction, "prediction")
     _study(prediction)
     prediction.set_defaults(func=cmd_prediction)
+    hierarchy = sub.add_parser("hierarchy", help="where Eq. 20's factor comes from: grok times on "
+                               "a ladder from trained GD to the exact manifold flow to Eq. 20")
+    hierarchy.add_argument("--quick", action="store_true", help="2 models, one (weight decay, lr) "
+                           "cell, every rung")
+    _common(hierarchy, "hierarchy")
+    _study(hierarchy)
+    hierarchy.set_defaults(func=cmd_hierarchy)
 
 
 def _common(p, what: str) -> None:
@@ -93,13 +102,22 @@ def cmd_scaling(args) -> int:
     return 0
 
 
-def cmd_prediction(args) -> int:
+def _run_study(args, analysis, reproduce) -> int:
+    """--report-only: analysis(out) of the finished run; else reproduce(out, the study's options)."""
     out = _out(args)
     if args.report_only:
-        prediction_analysis(_finished(args))
-        print(f"[prediction] wrote {out / 'report.md'}")
+        analysis(_finished(args))
+        print(f"[{args.what}] wrote {out / 'report.md'}")
         return 0
-    reproduce_prediction(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
-                         weight_decays=parse_floats(args.weight_decays, "weight-decays"),
-                         lrs=parse_floats(args.lrs, "lrs"), backend=args.backend)
+    reproduce(out, quick=args.quick, seeds=args.seeds, steps=args.steps,
+              weight_decays=parse_floats(args.weight_decays, "weight-decays"),
+              lrs=parse_floats(args.lrs, "lrs"), backend=args.backend)
     return 0
+
+
+def cmd_prediction(args) -> int:
+    return _run_study(args, prediction_analysis, reproduce_prediction)
+
+
+def cmd_hierarchy(args) -> int:
+    return _run_study(args, hierarchy_analysis, reproduce_hierarchy)

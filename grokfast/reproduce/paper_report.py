@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .hierarchy_text import hierarchy_section
 from .prediction_text import prediction_section
 from .report import cell as _f
 from .report import md_table as _table
@@ -30,6 +31,7 @@ def write_report(path, b, sim, real, shared, sums: dict, timings: dict, backend:
         L += section(b, sim, real, shared, sums, timings)
     L += [""] + scaling_section(Path(path).parent)
     L += [""] + prediction_section(Path(path).parent)
+    L += [""] + hierarchy_section(Path(path).parent)
     write_text(path, "\n".join(L) + "\n")
 
 

@@ -109,18 +109,23 @@ def make_budget(quick: bool = False, seeds: Optional[int] = None, steps: Optiona
     return override(b, seeds, steps, weight_decays, lrs)
 
 
-def budget_of(out) -> PredictionBudget:
+def read_budget(out, cls, command: str):
+    """The budget (dataclass cls) a finished `reproduce <command>` directory ran with: one
+    GrokfastError naming budget.json when it is missing or damaged."""
     path = Path(out) / "budget.json"
     if not path.is_file():
-        raise GrokfastError(f"{out} holds no `reproduce prediction` run (budget.json is missing): "
-                            f"run `grokfast reproduce prediction --out {out}` first")
+        raise GrokfastError(f"{out} holds no `reproduce {command}` run (budget.json is missing): "
+                            f"run `grokfast reproduce {command} --out {out}` first")
     d = read_json(path)
     try:
-        return PredictionBudget(**{**d, "weight_decays": tuple(d["weight_decays"]),
-                                   "lrs": tuple(d["lrs"])})
+        return cls(**{**d, "weight_decays": tuple(d["weight_decays"]), "lrs": tuple(d["lrs"])})
     except (KeyError, TypeError):
-        raise GrokfastError(f"{path} is damaged (not the budget of a `reproduce prediction` run): "
+        raise GrokfastError(f"{path} is damaged (not the budget of a `reproduce {command}` run): "
                             f"restore it, or run the command again in a new --out") from None
+
+
+def budget_of(out) -> PredictionBudget:
+    return read_budget(out, PredictionBudget, "prediction")
 
 
 def sim_config(base: Config, b: PredictionBudget) -> Config:

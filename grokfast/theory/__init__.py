@@ -2,7 +2,8 @@
 
 flow (Eq. 20: predicted_dW1, min_norm_W2, simulate, the time map to GD steps) ← fourier (F_k, the
 circle statistics, key frequencies, neuron IPR, restricted / excluded loss) and probe (the
-zero-loss-manifold alignment: alignment, AlignmentProbe). `grokfast.theory.X` is flow's X.
+zero-loss-manifold alignment: alignment, AlignmentProbe) ← manifold (the exact flow −P_T θ on Z:
+tangent_velocity) ← manifold_sim (simulate_manifold). `grokfast.theory.X` is flow's X.
 """
 from .flow import (
                    SimResult,
