@@ -13,6 +13,7 @@ import grokfast
 from grokfast import Config, GrokfastError, numerics
 from grokfast.kernels.cpu import grad as cpu_grad
 from grokfast.kernels.cpu import reduce as cpu_reduce
+from fma_order import chain
 from tolerances import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -47,8 +48,9 @@ def test_row_sums_follow_the_written_order_bitwise(dt, C):
 @pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
 def test_forward_portable_sums_over_k_in_order(dt, quadratic):
-    """Ŷ[n, j] = (((H[n,0] W2[0,j] + H[n,1] W2[1,j]) + …) in order, bitwise, for a width with
-    a ragged tail (19 = 2·8 + 3); Z and H exact; equal to the host forward to the tolerance."""
+    """Ŷ[n, j] = fma(H[n,w−1], W2[w−1,j], … fma(H[n,1], W2[1,j], fma(H[n,0], W2[0,j], 0))), k in
+    order, bitwise, for a width with a ragged tail (19 = 4·4 + 3); Z and H exact; equal to the
+    host forward to the tolerance."""
     rng = np.random.default_rng(1)
     M, N, w, p, d_in = 2, 5, 19, 3, 4
     P1 = d_in * w
@@ -67,9 +69,7 @@ def test_forward_portable_sums_over_k_in_order(dt, quadratic):
         assert np.array_equal(Z[m], z) and np.array_equal(H[m], h)
         for n in range(N):
             for j in range(p):
-                s = dt(0)
-                for k in range(w):
-                    s = dt(s + dt(h[n, k] * W2[k, j]))
+                s = chain([(h[n, k], W2[k, j]) for k in range(w)], dt)
                 assert out[m, n, j] == s, (m, n, j)
     Z2, H2, w2t2 = bufs()
     host = np.full((M, N, p), np.nan, dt)
