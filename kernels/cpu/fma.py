@@ -59,8 +59,24 @@ def rank4_update(o0, o1, x0, x1, x2, x3, a0, a1, a2, a3, b0, b1, b2, b3):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def rank4_update1(o, x0, x1, x2, x3, a0, a1, a2, a3):
+    """rank4_update for one output row (the last row of an odd count)."""
+    for c in range(o.shape[0]):
+        o[c] = fma(x3[c], a3, fma(x2[c], a2, fma(x1[c], a1, fma(x0[c], a0, o[c]))))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def axpy2(o0, o1, x, a, b):
+    """o0[c] ← fma(x[c], a, o0[c]) and o1[c] ← fma(x[c], b, o1[c]) (the term tails)."""
+    for c in range(o0.shape[0]):
+        u = x[c]
+        o0[c] = fma(u, a, o0[c])
+        o1[c] = fma(u, b, o1[c])
+
+
+@njit(cache=True, nogil=True, inline="always")
 def axpy(o, x, a):
-    """o[c] ← fma(x[c], a, o[c]) for c < len(o) (one term: the tails of the blocked loops)."""
+    """o[c] ← fma(x[c], a, o[c]) for c < len(o) (one row, one term)."""
     for c in range(o.shape[0]):
         o[c] = fma(x[c], a, o[c])
 
@@ -80,13 +96,17 @@ def forward_product(ht, w2, p, c0, c1, yt):
             rank4_update(y0, y1, ht[k, c0:c1], ht[k + 1, c0:c1], ht[k + 2, c0:c1],
                          ht[k + 3, c0:c1], r0[0], r1[0], r2[0], r3[0], r0[1], r1[1], r2[1], r3[1])
         for k in range(w - w % 4, w):
-            axpy(y0, ht[k, c0:c1], w2[k * p + j])
-            axpy(y1, ht[k, c0:c1], w2[k * p + j + 1])
+            axpy2(y0, y1, ht[k, c0:c1], w2[k * p + j], w2[k * p + j + 1])
     if p % 2:                                                      # the last j of an odd p
-        y0 = yt[p - 1, c0:c1]
+        j = p - 1
+        y0 = yt[j, c0:c1]
         y0[:] = 0
-        for k in range(w):
-            axpy(y0, ht[k, c0:c1], w2[k * p + p - 1])
+        for k in range(0, w - 3, 4):
+            rank4_update1(y0, ht[k, c0:c1], ht[k + 1, c0:c1], ht[k + 2, c0:c1], ht[k + 3, c0:c1],
+                          w2[k * p + j], w2[(k + 1) * p + j], w2[(k + 2) * p + j],
+                          w2[(k + 3) * p + j])
+        for k in range(w - w % 4, w):
+            axpy(y0, ht[k, c0:c1], w2[k * p + j])
 
 
 @njit(cache=True, nogil=True)
@@ -103,11 +123,14 @@ def w2_grad(H, dY, j0, j1, g2t):
                 rank4_update(g0, g1, H[n], H[n + 1], H[n + 2], H[n + 3],
                              e0[0], e1[0], e2[0], e3[0], e0[1], e1[1], e2[1], e3[1])
             for n in range(t1 - (t1 - t0) % 4, t1):
-                axpy(g0, H[n], dY[n, j])
-                axpy(g1, H[n], dY[n, j + 1])
+                axpy2(g0, g1, H[n], dY[n, j], dY[n, j + 1])
         if (j1 - j0) % 2:                                          # the last j of an odd range
-            for n in range(t0, t1):
-                axpy(g2t[j1 - 1], H[n], dY[n, j1 - 1])
+            j, g0 = j1 - 1, g2t[j1 - 1]
+            for n in range(t0, t1 - 3, 4):
+                rank4_update1(g0, H[n], H[n + 1], H[n + 2], H[n + 3],
+                              dY[n, j], dY[n + 1, j], dY[n + 2, j], dY[n + 3, j])
+            for n in range(t1 - (t1 - t0) % 4, t1):
+                axpy(g0, H[n], dY[n, j])
 
 
 @njit(cache=True, nogil=True)
@@ -122,8 +145,11 @@ def hidden_grad(dY, w2t, n0, n1, dH):
             rank4_update(d0, d1, w2t[j], w2t[j + 1], w2t[j + 2], w2t[j + 3],
                          e[0], e[1], e[2], e[3], f[0], f[1], f[2], f[3])
         for j in range(p - p % 4, p):
-            axpy(d0, w2t[j], dY[n, j])
-            axpy(d1, w2t[j], dY[n + 1, j])
+            axpy2(d0, d1, w2t[j], dY[n, j], dY[n + 1, j])
     if (n1 - n0) % 2:                                              # the last n of an odd range
-        for j in range(p):
-            axpy(dH[n1 - 1], w2t[j], dY[n1 - 1, j])
+        n, d0 = n1 - 1, dH[n1 - 1]
+        for j in range(0, p - 3, 4):
+            e = dY[n, j:]
+            rank4_update1(d0, w2t[j], w2t[j + 1], w2t[j + 2], w2t[j + 3], e[0], e[1], e[2], e[3])
+        for j in range(p - p % 4, p):
+            axpy(d0, w2t[j], dY[n, j])
