@@ -108,3 +108,27 @@ def test_readme_example_output_is_what_the_first_command_prints():
         assert line in block, f"README block lacks {line!r}"
     bar_norm = re.search(r"‖θ‖ ([0-9.]+)\]", block).group(1)
     assert bar_norm == f"{float(res.history['norm'][-1]):.3f}"
+
+
+def test_a_lone_large_model_splits_its_products_over_the_threads_with_the_same_bits():
+    """A model with N·width ≥ ATen's grain alone on two threads: its kernels run split over both
+    (split.CoreSplit, torch's own ops on one thread), and three steps give the parameters and
+    statistics of the one-thread run bitwise (the outputs are cut, never a sum)."""
+    from grokfast.backends.torch import TorchStepper
+    from grokfast.backends.torch.split import CoreSplit
+    c = Config(p=31, pairs="ordered", encoding="concat", train_frac=0.3, n_test=None, width=128,
+               activation="quadratic", loss="mse", optimizer="adamw", lr=1e-3, weight_decay=1.0,
+               log_every=1, eval_every=1)
+    data = grokfast.make_dataset(c)
+    runs = []
+    for threads in (1, 2):
+        st = TorchStepper([c], data, torch.device("cpu"), threads=threads)
+        assert isinstance(st.nb_kernels, CoreSplit) == (threads == 2)
+        assert st.N * st.width >= 32768 and st.threads == 1
+        rows = st.advance(0, 3, np.ones(1, bool))
+        runs.append((st.params(), rows))
+    (W1a, W2a), rows_a = runs[0]
+    (W1b, W2b), rows_b = runs[1]
+    assert torch.equal(W1a, W1b) and torch.equal(W2a, W2b)
+    for k in rows_a:
+        assert rows_a[k].tobytes() == rows_b[k].tobytes(), k
