@@ -36,7 +36,12 @@ CASES = {  # name → (config, models, timed steps per measurement)
 
 def setup(case: str, provider: str):
     """A warmed-up stepper of `case` with numerics `provider`; returns (run, model-steps per call)."""
-    config, models, steps = CASES[case]
+    return setup_case(*CASES[case], provider)
+
+
+def setup_case(config, models: int, steps: int, provider: str):
+    """A warmed-up stepper of `models` seeds of `config` with numerics `provider` (make_stepper's
+    threads and shards), whose run() advances `steps` steps; returns (run, model-steps per call)."""
     configs = [config.replace(seed=s, numerics=provider) for s in range(models)]
     stepper = make_stepper(configs, make_dataset(config), torch.device("cpu"))
     active = np.ones(models, bool)
@@ -47,6 +52,19 @@ def setup(case: str, provider: str):
         stepper.advance(state["step"], steps, active)
         state["step"] += steps
     return run, models * steps
+
+
+def measure(runs: dict, repeats: int) -> tuple[dict, dict]:
+    """Model-steps/s of each provider's (run, model-steps) over `repeats` rounds, the providers
+    alternating within each round: (wall-clock rates, process-CPU-time rates), provider → list."""
+    wall, cpu = {p: [] for p in runs}, {p: [] for p in runs}
+    for _ in range(repeats):
+        for p, (run, work) in runs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
+            wall[p].append(work / (time.perf_counter() - t0))
+            cpu[p].append(work / (time.process_time() - c0))
+    return wall, cpu
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -66,13 +84,7 @@ def main() -> None:
     print("| case | portable model-steps/s | host model-steps/s | portable / host (spread) |")
     print("|---|---|---|---|")
     for case in args.cases.split(","):
-        runs = {p: setup(case, p) for p in PROVIDERS}
-        rates = {p: [] for p in PROVIDERS}
-        for _ in range(args.repeats):
-            for p, (run, work) in runs.items():
-                t0 = time.perf_counter()
-                run()
-                rates[p].append(work / (time.perf_counter() - t0))
+        rates, _ = measure({p: setup(case, p) for p in PROVIDERS}, args.repeats)
         med = {p: float(np.median(v)) for p, v in rates.items()}
         ratios = np.array(rates["portable"]) / np.array(rates["host"])
         print(f"| {case} | {med['portable']:,.0f} | {med['host']:,.0f} | "

@@ -8,7 +8,13 @@ evaluation use these when `numerics="portable"`; `"host"` keeps the host-tuned p
   are formed first by elementwise torch ops, one rounding each, the same under every ATen
   capability);
 - MKL's small GEMMs pick their order by CPU, code path, alignment and threads: `logits` runs the
-  numba forward of kernels/cpu/grad.py (Ŷ summed over the hidden units in order).
+  numba forward of kernels/cpu/grad.py (Ŷ summed over the hidden units in order, one explicit FMA
+  per term: kernels/cpu/fma.py).
+Which multiply–adds fuse is decided one by one: the three products and the forward's Ŷ fuse
+(explicit llvm.fma, correctly rounded everywhere); the statistics here (norms as Σ x·x, dot products
+of ⊥Grad) and the optimizers' updates (kernels/cpu/update.py, backends/torch/optim.py) do not: the
+product is rounded first, then added, as torch's separate ops compute it, so the statistics keep
+the bits of the unfused torch expressions that the host path and the reference use.
 exp and log stay torch's (elementwise; measured bitwise equal under ATen's default, AVX2 and
 AVX-512 capabilities, see README "What is bitwise, and where"). CPU tensors only: on other devices
 these fall back to torch's own reductions.

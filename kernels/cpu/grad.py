@@ -13,28 +13,31 @@ it out, one row per model):
     logits, dlogits [M, N, p]
     g2t             [M, p, w]    ∇W2ᵀ (work buffer)
 
-Every inner loop runs over the width, contiguous, through 1-D row views, so LLVM vectorizes it
+Every inner loop runs over contiguous memory through 1-D row views, so LLVM vectorizes it
 (indexed as θ[m, a + k] with a row offset read from i0/i1, the gather and the ∇W1 scatter stayed
 scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The sums:
-    Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     k = 0 … w−1 in order (forward_portable: vectorized
-                                         across n through Hᵀ, eight k per pass, parenthesized);
-                                         forward (numerics "host"): a dot product over k compiled
-                                         with reassociation allowed, LLVM's vector partial sums,
-                                         whose order depends on the host's vector width
-    ∇W2[k, j] = Σ_n H[n, k] dŶ[n, j]     n = 0 … N−1 in order (vectorized across k)
-    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    j = 0 … p−1 in order (vectorized across k)
+    Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     forward_portable: fma.forward_product, one FMA per term,
+                                         k = 0 … w−1 in order (through Hᵀ and Ŷᵀ); forward
+                                         (numerics "host"): a dot product over k compiled with
+                                         reassociation allowed, LLVM's vector partial sums, whose
+                                         order depends on the host's vector width
+    ∇W2[k, j] = Σ_n H[n, k] dŶ[n, j]     fma.w2_grad: one FMA per term, n = 0 … N−1 in order
+    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad: one FMA per term, j = 0 … p−1 in order
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
-                position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x)
-The unrolled loops (eight or four j or k, or four n, per pass over a row) keep each sum's order,
-written out with parentheses. No multiply–add is fused: without fastmath numba gives LLVM no
-`contract` flag, so it never forms an FMA. Every loop but forward's Ŷ sum therefore computes the
-same bits whatever vector width LLVM compiles it for (SSE2, AVX2, AVX-512, or NEON): vectorizing
-across independent outputs never changes an order. tests/test_portability.py checks it under
-NUMBA_CPU_NAME / NUMBA_CPU_FEATURES targets from generic x86-64 to AVX-512. The models of a call run
-one after another through the same compiled loops with the same trip counts, so model m's bits do
-not depend on M, on which thread runs it (the caller's threads over models), on alignment or on
-MKL: batch invariance by construction. They differ from MKL's GEMMs in the reference by summation
-order only. The kernels release the GIL (nogil), so a caller's threads run them in parallel.
+                position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x);
+                adds only, nothing to fuse
+The FMAs are explicit (kernels/cpu/fma.py: llvm.fma, one rounding), nothing else is fused (no
+fastmath, so LLVM gets no `contract` flag): every loop but the host forward's Ŷ sum computes the
+same bits whatever the CPU and vector width (SSE2 with glibc's fma, AVX2, AVX-512, NEON):
+vectorizing across independent outputs never changes an order. tests/backends/test_portability.py
+checks it under NUMBA_CPU_NAME / NUMBA_CPU_FEATURES targets from generic x86-64 to AVX-512, and
+tests/kernels/test_kernel_fma.py reads the compiled code. The models of a call run one after
+another through the same compiled loops, so model m's bits do not depend on M, on which thread
+runs it, on alignment or on MKL: batch invariance by construction. The range functions
+(forward_rows, backward_w2, backward_hidden, backward_w1) compute disjoint outputs of one model,
+each whole, so a caller may run them on several threads (grokfast.backends.torch.split) with the
+bits of the one-call kernels. They differ from MKL's GEMMs in the reference by summation order
+and fusion only. The kernels release the GIL (nogil).
 
 Limits: CPU; float32 or float64 (one compiled variant each, cached on disk); σ = ReLU
 (σ'(0) = 0, NaN propagates) or x².
@@ -43,18 +46,25 @@ from __future__ import annotations
 
 from numba import njit
 
+from .fma import forward_product, hidden_grad, w2_grad
 
-@njit(cache=True, nogil=True, inline="always")
-def _first_layer(t, i0, i1, P1, p, quadratic, zero, Zm, Hm, w2tm):
-    """One model's W2ᵀ [p, w] (w2tm), Z = X W1 = W1[a] + W1[b] and H = σ(Z) (Zm, Hm [N, w]) from
-    its θ row t: elementwise, one rounding per entry, no reduction (the same bits in every kernel
-    that inlines it)."""
-    N, w = Zm.shape
-    for j in range(p):                                             # W2ᵀ [p, w]
+
+@njit(cache=True, nogil=True)
+def w2_transpose(t, P1, p, w2tm):
+    """W2ᵀ [p, w] (w2tm) of one model from its θ row t (a copy)."""
+    w = w2tm.shape[1]
+    for j in range(p):
         row = w2tm[j]
         for k in range(w):
             row[k] = t[P1 + k * p + j]
-    for n in range(N):
+
+
+@njit(cache=True, nogil=True)
+def first_layer_rows(t, i0, i1, quadratic, zero, Zm, Hm, r0, r1):
+    """Z = X W1 = W1[a] + W1[b] and H = σ(Z) (Zm, Hm [N, w]) of the rows r0 ≤ n < r1 of one model
+    from its θ row t: elementwise, one rounding per entry, no reduction."""
+    w = Zm.shape[1]
+    for n in range(r0, r1):
         a, b = i0[n] * w, i1[n] * w                                # Z = W1[a] + W1[b]
         ra, rb, zr, hr = t[a:a + w], t[b:b + w], Zm[n], Hm[n]     # (1-D views vectorize)
         if quadratic:
@@ -67,6 +77,13 @@ def _first_layer(t, i0, i1, P1, p, quadratic, zero, Zm, Hm, w2tm):
                 z = ra[k] + rb[k]
                 zr[k] = z
                 hr[k] = z if not z <= 0 else zero                  # NaN stays NaN
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_layer(t, i0, i1, P1, p, quadratic, zero, Zm, Hm, w2tm):
+    """One model's W2ᵀ, Z and H (w2_transpose, first_layer_rows over every row)."""
+    w2_transpose(t, P1, p, w2tm)
+    first_layer_rows(t, i0, i1, quadratic, zero, Zm, Hm, 0, Zm.shape[0])
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -127,123 +144,99 @@ def _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logit
 
 
 @njit(cache=True, nogil=True)
+def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
+    """∇W2[:, j] of model m for j0 ≤ j < j1: g2t[m, j] (fma.w2_grad), then into grad[m]."""
+    w, p = H.shape[2], dlogits.shape[2]
+    w2_grad(H[m], dlogits[m], j0, j1, g2t[m])
+    transpose(g2t[m, j0:j1], grad[m, P1:P1 + w * p].reshape((w, p))[:, j0:j1])
+
+
+@njit(cache=True, nogil=True)
+def backward_hidden(m, quadratic, dlogits, Z, w2t, dH, n0, n1):
+    """dZ = (dŶ W2ᵀ) ⊙ σ'(Z) of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]
+    (σ = x²: ⊙ Z, the 2 in ∇W1)."""
+    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m])
+    w = Z.shape[2]
+    for n in range(n0, n1):
+        d, z = dH[m, n], Z[m, n]
+        if quadratic:
+            for k in range(w):
+                d[k] = d[k] * z[k]
+        else:
+            for k in range(w):
+                d[k] = d[k] if z[k] > 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def backward_w1(m, i0, i1, P1, quadratic, dH, grad, k0, k1):
+    """∇W1 = Xᵀ dZ of model m for the columns k0 ≤ k < k1: grad[m, r·w + k] = Σ dZ[n, k] over
+    the samples with row r, position 0 of samples 0 … N−1 then position 1 (× 2 for x², exact)."""
+    N, w = dH.shape[1], dH.shape[2]
+    g = grad[m]
+    for r in range(P1 // w):
+        row = g[r * w + k0:r * w + k1]
+        for k in range(k1 - k0):
+            row[k] = 0
+    for n in range(N):                                             # position 0
+        row, d = g[i0[n] * w + k0:i0[n] * w + k1], dH[m, n, k0:k1]
+        for k in range(k1 - k0):
+            row[k] += d[k]
+    for n in range(N):                                             # then position 1
+        row, d = g[i1[n] * w + k0:i1[n] * w + k1], dH[m, n, k0:k1]
+        for k in range(k1 - k0):
+            row[k] += d[k]
+    if quadratic:
+        for r in range(P1 // w):
+            row = g[r * w + k0:r * w + k1]
+            for k in range(k1 - k0):
+                row[k] += row[k]
+
+
+@njit(cache=True, nogil=True)
 def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
     """One call runs the models listed in `models` in turn; model m owns g2t[m], dH[m] and
     grad[m]."""
-    N, w = Z.shape[1], Z.shape[2]
-    p = dlogits.shape[2]
+    N, w, p = Z.shape[1], Z.shape[2], dlogits.shape[2]
     for m in models:
-        for j in range(p):
-            for k in range(w):
-                g2t[m, j, k] = 0
-        n = 0
-        while n + 4 <= N:                                          # ∇W2ᵀ[j] += dŶ[n, j] H[n],
-            for j in range(p):                                     # four n per pass, in order
-                d0, d1 = dlogits[m, n, j], dlogits[m, n + 1, j]
-                d2, d3 = dlogits[m, n + 2, j], dlogits[m, n + 3, j]
-                for k in range(w):
-                    g2t[m, j, k] = ((((g2t[m, j, k] + d0 * H[m, n, k]) + d1 * H[m, n + 1, k])
-                                     + d2 * H[m, n + 2, k]) + d3 * H[m, n + 3, k])
-            n += 4
-        while n < N:
-            for j in range(p):
-                d0 = dlogits[m, n, j]
-                for k in range(w):
-                    g2t[m, j, k] += d0 * H[m, n, k]
-            n += 1
-        for k in range(w):
-            for j in range(p):
-                grad[m, P1 + k * p + j] = g2t[m, j, k]
-        for n in range(N):                                         # dH[n] = Σ_j dŶ[n, j] W2ᵀ[j]
-            d, z = dH[m, n], Z[m, n]
-            for k in range(w):
-                d[k] = 0
-            j = 0
-            while j + 8 <= p:                                      # eight j per pass, in order
-                d0, d1 = dlogits[m, n, j], dlogits[m, n, j + 1]
-                d2, d3 = dlogits[m, n, j + 2], dlogits[m, n, j + 3]
-                d4, d5 = dlogits[m, n, j + 4], dlogits[m, n, j + 5]
-                d6, d7 = dlogits[m, n, j + 6], dlogits[m, n, j + 7]
-                a0, a1, a2, a3 = w2t[m, j], w2t[m, j + 1], w2t[m, j + 2], w2t[m, j + 3]
-                a4, a5, a6, a7 = w2t[m, j + 4], w2t[m, j + 5], w2t[m, j + 6], w2t[m, j + 7]
-                for k in range(w):
-                    d[k] = ((((((((d[k] + d0 * a0[k]) + d1 * a1[k]) + d2 * a2[k]) + d3 * a3[k])
-                             + d4 * a4[k]) + d5 * a5[k]) + d6 * a6[k]) + d7 * a7[k])
-                j += 8
-            while j + 2 <= p:                                      # two j per pass, in order
-                d0, d1 = dlogits[m, n, j], dlogits[m, n, j + 1]
-                a0, a1 = w2t[m, j], w2t[m, j + 1]
-                for k in range(w):
-                    d[k] = (d[k] + d0 * a0[k]) + d1 * a1[k]
-                j += 2
-            while j < p:
-                d0, a0 = dlogits[m, n, j], w2t[m, j]
-                for k in range(w):
-                    d[k] += d0 * a0[k]
-                j += 1
-            if quadratic:                                          # dZ = dH ⊙ σ'(Z) (2 later)
-                for k in range(w):
-                    d[k] = d[k] * z[k]
-            else:
-                for k in range(w):
-                    d[k] = d[k] if z[k] > 0 else 0
-        g = grad[m]
-        for r in range(P1):
-            g[r] = 0
-        for n in range(N):                                         # ∇W1 = Xᵀ dZ, position 0
-            a = i0[n] * w
-            row, d = g[a:a + w], dH[m, n]
-            for k in range(w):
-                row[k] += d[k]
-        for n in range(N):                                         # then position 1
-            b = i1[n] * w
-            row, d = g[b:b + w], dH[m, n]
-            for k in range(w):
-                row[k] += d[k]
-        if quadratic:
-            for r in range(P1):
-                grad[m, r] += grad[m, r]                           # × 2, exact
+        backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
+        backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
+        backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
+
+
+@njit(cache=True, nogil=True)
+def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, r0, r1):
+    """forward_portable of model m for the rows r0 ≤ n < r1 (r0 a multiple of 16, and r1 too
+    unless it is N): Z, H and logits rows, through the columns r0 … of ht and yt (W2ᵀ is
+    w2_transpose's)."""
+    t, h = theta[m], H[m]
+    N, w, p = Z.shape[1], Z.shape[2], logits.shape[2]
+    first_layer_rows(t, i0, i1, quadratic, zero, Z[m], h, r0, r1)
+    transpose(h[r0:r1], ht[:, r0:r1])                              # Hᵀ [w, r0:r1]
+    c1 = min(r0 + -(-(r1 - r0) // 16) * 16, ht.shape[1])
+    forward_product(ht, t[P1:], p, r0, c1, yt)
+    transpose(yt[:, r0:r1], logits[m, r0:r1])                      # Ŷ = (Ŷᵀ)ᵀ
+
+
+@njit(cache=True, nogil=True)
+def transpose(a, out):
+    """out = aᵀ for a [R, C] into out [C, R] (copies): rows of a read along, written down columns
+    of out (measured 2–6× faster than reading down columns at gromov's size, bench/RESULTS.md)."""
+    R, C = a.shape
+    for r in range(R):
+        row = a[r]
+        for c in range(C):
+            out[c, r] = row[c]
 
 
 @njit(cache=True, nogil=True)
 def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                              logits):
-    """As _forward_kernel, with Ŷ summed over k in order; ht [w, NP] and yt [p, NP] are scratch
-    (Hᵀ and Ŷᵀ of the model in hand, NP ≥ N columns, those from N on zero in ht)."""
-    N, w = Z.shape[1], Z.shape[2]
-    p, NP = logits.shape[2], ht.shape[1]
+    """As _forward_kernel, with Ŷ through fma.forward_product; ht [w, NP] and yt [p, NP] are
+    scratch (Hᵀ and Ŷᵀ of the model in hand, NP ≥ N columns, those from N on zero in ht)."""
+    N, p = Z.shape[1], logits.shape[2]
     for m in models:
-        t = theta[m]
-        _first_layer(t, i0, i1, P1, p, quadratic, zero, Z[m], H[m], w2t[m])
-        h = H[m]
-        for k in range(w):                                         # Hᵀ [w, N]
-            r = ht[k]
-            for n in range(N):
-                r[n] = h[n, k]
-        for j in range(p):                                         # Ŷᵀ[j] = Σ_k W2[k, j] Hᵀ[k],
-            y = yt[j]                                              # k in order, eight per pass,
-            for n in range(NP):                                    # all NP columns (no tail)
-                y[n] = zero
-            w2 = t[P1 + j:]                                        # W2[k, j] = w2[k·p]
-            k = 0
-            while k + 8 <= w:
-                c0, c1, c2, c3 = w2[k * p], w2[(k + 1) * p], w2[(k + 2) * p], w2[(k + 3) * p]
-                c4, c5, c6, c7 = w2[(k + 4) * p], w2[(k + 5) * p], w2[(k + 6) * p], w2[(k + 7) * p]
-                h0, h1, h2, h3 = ht[k], ht[k + 1], ht[k + 2], ht[k + 3]
-                h4, h5, h6, h7 = ht[k + 4], ht[k + 5], ht[k + 6], ht[k + 7]
-                for n in range(NP):
-                    y[n] = ((((((((y[n] + h0[n] * c0) + h1[n] * c1) + h2[n] * c2) + h3[n] * c3)
-                              + h4[n] * c4) + h5[n] * c5) + h6[n] * c6) + h7[n] * c7)
-                k += 8
-            while k < w:
-                c0, h0 = w2[k * p], ht[k]
-                for n in range(NP):
-                    y[n] = y[n] + h0[n] * c0
-                k += 1
-        for n in range(N):                                         # Ŷ = (Ŷᵀ)ᵀ
-            out = logits[m, n]
-            for j in range(p):
-                out[j] = yt[j, n]
+        w2_transpose(theta[m], P1, p, w2t[m])
+        forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
 
 
 def forward_portable(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,

@@ -13,6 +13,7 @@ import grokfast
 from grokfast import Config, GrokfastError, numerics
 from grokfast.kernels.cpu import grad as cpu_grad
 from grokfast.kernels.cpu import reduce as cpu_reduce
+from fma_order import chain
 from tolerances import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -47,8 +48,9 @@ def test_row_sums_follow_the_written_order_bitwise(dt, C):
 @pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
 def test_forward_portable_sums_over_k_in_order(dt, quadratic):
-    """Ŷ[n, j] = (((H[n,0] W2[0,j] + H[n,1] W2[1,j]) + …) in order, bitwise, for a width with
-    a ragged tail (19 = 2·8 + 3); Z and H exact; equal to the host forward to the tolerance."""
+    """Ŷ[n, j] = fma(H[n,w−1], W2[w−1,j], … fma(H[n,1], W2[1,j], fma(H[n,0], W2[0,j], 0))), k in
+    order, bitwise, for a width with a ragged tail (19 = 4·4 + 3); Z and H exact; equal to the
+    host forward to the tolerance."""
     rng = np.random.default_rng(1)
     M, N, w, p, d_in = 2, 5, 19, 3, 4
     P1 = d_in * w
@@ -67,9 +69,7 @@ def test_forward_portable_sums_over_k_in_order(dt, quadratic):
         assert np.array_equal(Z[m], z) and np.array_equal(H[m], h)
         for n in range(N):
             for j in range(p):
-                s = dt(0)
-                for k in range(w):
-                    s = dt(s + dt(h[n, k] * W2[k, j]))
+                s = chain([(h[n, k], W2[k, j]) for k in range(w)], dt)
                 assert out[m, n, j] == s, (m, n, j)
     Z2, H2, w2t2 = bufs()
     host = np.full((M, N, p), np.nan, dt)
@@ -108,3 +108,27 @@ def test_readme_example_output_is_what_the_first_command_prints():
         assert line in block, f"README block lacks {line!r}"
     bar_norm = re.search(r"‖θ‖ ([0-9.]+)\]", block).group(1)
     assert bar_norm == f"{float(res.history['norm'][-1]):.3f}"
+
+
+def test_a_lone_large_model_splits_its_products_over_the_threads_with_the_same_bits():
+    """A model with N·width ≥ ATen's grain alone on two threads: its kernels run split over both
+    (split.CoreSplit, torch's own ops on one thread), and three steps give the parameters and
+    statistics of the one-thread run bitwise (the outputs are cut, never a sum)."""
+    from grokfast.backends.torch import TorchStepper
+    from grokfast.backends.torch.split import CoreSplit
+    c = Config(p=31, pairs="ordered", encoding="concat", train_frac=0.3, n_test=None, width=128,
+               activation="quadratic", loss="mse", optimizer="adamw", lr=1e-3, weight_decay=1.0,
+               log_every=1, eval_every=1)
+    data = grokfast.make_dataset(c)
+    runs = []
+    for threads in (1, 2):
+        st = TorchStepper([c], data, torch.device("cpu"), threads=threads)
+        assert isinstance(st.nb_kernels, CoreSplit) == (threads == 2)
+        assert st.N * st.width >= 32768 and st.threads == 1
+        rows = st.advance(0, 3, np.ones(1, bool))
+        runs.append((st.params(), rows))
+    (W1a, W2a), rows_a = runs[0]
+    (W1b, W2b), rows_b = runs[1]
+    assert torch.equal(W1a, W1b) and torch.equal(W2a, W2b)
+    for k in rows_a:
+        assert rows_a[k].tobytes() == rows_b[k].tobytes(), k

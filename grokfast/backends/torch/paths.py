@@ -134,7 +134,8 @@ def shard_count(configs: Sequence[Config], device, shards: Optional[int],
         return 1
     c = configs[0]
     if c.n_train * c.width >= SMALL_ACTIVATIONS:
-        # large models: portable numerics step each on one thread, so threads go over models
+        # large models, portable: threads over models, one shard each; a lone model gets them
+        # all (its stepper splits each product over the threads: split.CoreSplit)
         return min(M, torch.get_num_threads()) if c.numerics == "portable" else 1
     return max(1, min(torch.get_num_threads(), M // MIN_MODELS_PER_SHARD),
                -(-M // MAX_MODELS_PER_SHARD))

@@ -42,10 +42,12 @@ grokfast.backends.torch.paths (choose_paths); a launch of many small models is c
 bench/RESULTS.md, "Why the torch backend is built as it is".
 
 Numerics (issue 17). With config.numerics "portable" (the default) on the CPU, models of every size
-take the numba kernels (the forward's forward_portable sums Ŷ over k in order), the test logits
-too, every statistic and loss sums in grokfast.numerics' written order, and the optimizers use
-unfused ops (optim.py): the same bits on every x86-64 CPU, whatever ATen, MKL or numba dispatch
-to (tests/backends/test_portability.py). "host" keeps the host-tuned paths.
+take the numba kernels (every product-sum a chain of explicit FMAs in a written order,
+kernels/cpu/fma.py; with more than one thread a model's products are split over the threads by
+independent outputs, split.CoreSplit, the same bits), the test logits too, every statistic and
+loss sums in grokfast.numerics' written order, and the optimizers use unfused ops (optim.py): the
+same bits on every x86-64 CPU, whatever ATen, MKL or numba dispatch to
+(tests/backends/test_portability.py). "host" keeps the host-tuned paths.
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ from .paths import (
     intra_op_threads,
     mm_per_model,
 )
+from .split import CoreSplit
 from .stats import STAT_INDEX, fixed_norm_, orthograd_, stats_after, stats_before
 
 
@@ -184,6 +187,12 @@ class TorchStepper:
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
         if self.cpu_grad is not None:
             self._numba_buffers()
+            # portable, more than one thread (a large model alone): every core on each model
+            self.nb_kernels = self.cpu_grad
+            if self.portable and self.threads > 1:
+                # the kernels' own threads take the cores; torch's ops (elementwise, per-element
+                # bits) run on one, so that its idle OpenMP workers never spin against them
+                self.nb_kernels, self.threads = CoreSplit(self.cpu_grad, self.threads), 1
         self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
@@ -304,9 +313,9 @@ class TorchStepper:
             self._numba_forward(nb, nb["logits"])
             logits = self.logits
             self.loss_grad(logits)
-            self.cpu_grad.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
-                                   nb["dlogits"], nb["Z"], nb["H"], nb["w2t"], nb["g2t"],
-                                   nb["dH"], nb["grad"])
+            self.nb_kernels.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
+                                nb["dlogits"], nb["Z"], nb["H"], nb["w2t"], nb["g2t"], nb["dH"],
+                                nb["grad"])
             return self._update(s, record, sched, logits)
         # forward: Z = X W1 is a gather, W1[a] + W1[b] (bitwise the dense product: one rounding)
         if self.gather:
@@ -378,7 +387,7 @@ class TorchStepper:
         args = (self.stepping, self.nb["theta"], nb["i0"], nb["i1"], P1, quadratic, z, nb["Z"],
                 nb["H"], self.nb["w2t"])
         if self.portable:
-            self.cpu_grad.forward_portable(*args, nb["ht"], nb["yt"], logits)
+            self.nb_kernels.forward_portable(*args, nb["ht"], nb["yt"], logits)
         else:
             self.cpu_grad.forward(*args, logits)
 

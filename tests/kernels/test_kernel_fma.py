@@ -1,0 +1,188 @@
+"""kernels/cpu/fma.py: the fused multiply–add rounds once, every micro-kernel output is the FMA chain
+its docstring writes (bitwise, against an exact-rational model of fma), the products agree with
+numpy's to the tolerance, the threaded split of one model equals the one-thread kernels bitwise,
+and the compiled code uses the FMA instruction where the target has it and glibc's fma / fmaf
+where it has none (numba's inspect_asm, fresh processes under NUMBA_CPU_NAME / FEATURES).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from grokfast.backends.torch.split import CoreSplit, cuts
+from grokfast.kernels.cpu import fma as kfma
+from grokfast.kernels.cpu import grad as cpu_grad
+from fma_order import chain, fma_exact
+from tolerances import assert_close
+
+DTYPES = [np.float32, np.float64]
+IDS = ["float32", "float64"]
+
+
+def rand(rng, shape, dt):
+    return (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3, shape)).astype(dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+def test_fma_rounds_once(dt):
+    """fma(a, b, c) is the correctly rounded a·b + c, not round(round(a·b) + c)."""
+    from numba import njit
+    f = njit(lambda a, b, c: kfma.fma(a, b, c))
+    rng = np.random.default_rng(0)
+    a, b, c = rand(rng, 200, dt), rand(rng, 200, dt), rand(rng, 200, dt)
+    got = np.array([f(x, y, z) for x, y, z in zip(a, b, c)], dt)
+    want = np.array([fma_exact(x, y, z, dt) for x, y, z in zip(a, b, c)], dt)
+    assert got.tobytes() == want.tobytes()
+    eps = np.finfo(dt).eps
+    one = dt(1)
+    x, y = one + dt(eps), one - dt(eps)               # x·y = 1 − ε²: rounded first, 1
+    assert f(x, y, -one) == -dt(eps) * dt(eps) != 0 == x * y - one
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("w,p,c0,c1", [(6, 3, 0, 16), (9, 4, 16, 32), (5, 1, 0, 32)],
+                         ids=["w6-p3", "w9-p4-cols16", "w5-p1"])
+def test_forward_product_is_the_written_fma_chain(dt, w, p, c0, c1):
+    rng = np.random.default_rng(w)
+    NP = 32
+    ht, w2 = rand(rng, (w, NP), dt), rand(rng, w * p + 3, dt)
+    yt = np.full((p, NP), np.nan, dt)
+    kfma.forward_product(ht, w2, p, c0, c1, yt)
+    assert np.isnan(yt[:, :c0]).all() and np.isnan(yt[:, c1:]).all()
+    for j in range(p):
+        for c in range(c0, c1):
+            assert yt[j, c] == chain([(ht[k, c], w2[k * p + j]) for k in range(w)], dt), (j, c)
+    assert_close(yt[:, c0:c1], (w2[:w * p].reshape(w, p).T.astype(np.float64)
+                                @ ht[:, c0:c1].astype(np.float64)).astype(dt), "yt",
+                 dtype=torch.from_numpy(yt).dtype)
+
+
+# kernel → cases (N, w, p, lo, hi): the range lo … hi of output rows (j of ∇W2ᵀ, n of dH)
+GRAD_CASES = {"w2_grad": [(7, 5, 5, 0, 5), (11, 3, 6, 1, 4), (3, 4, 2, 1, 2)],
+              "hidden_grad": [(5, 6, 7, 0, 5), (6, 3, 4, 1, 4), (2, 5, 9, 1, 2)]}
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("kernel,case", [(k, c) for k, cs in GRAD_CASES.items() for c in cs],
+                         ids=lambda v: v if isinstance(v, str) else "N{}-w{}-p{}-rows{}to{}".format(*v))
+def test_gradient_products_are_the_written_fma_chains(dt, kernel, case):
+    """∇W2ᵀ[j, k]: n = 0 … N−1 in order; dH[n, k]: j = 0 … p−1 in order; rows outside the range
+    untouched (ragged blocks: odd ranges, n and j not multiples of 4)."""
+    N, w, p, lo, hi = case
+    rng = np.random.default_rng(N + p)
+    H, dY, w2t = rand(rng, (N, w), dt), rand(rng, (N, p), dt), rand(rng, (p, w), dt)
+    if kernel == "w2_grad":
+        out = np.full((p, w), np.nan, dt)
+        kfma.w2_grad(H, dY, lo, hi, out)
+        terms = lambda r, k: [(dY[n, r], H[n, k]) for n in range(N)]  # noqa: E731
+    else:
+        out = np.full((N, w), np.nan, dt)
+        kfma.hidden_grad(dY, w2t, lo, hi, out)
+        terms = lambda r, k: [(dY[r, j], w2t[j, k]) for j in range(p)]  # noqa: E731
+    assert np.isnan(out[:lo]).all() and np.isnan(out[hi:]).all()
+    for r in range(lo, hi):
+        for k in range(w):
+            assert out[r, k] == chain(terms(r, k), dt), (r, k)
+
+
+def test_cuts_cover_the_range_with_aligned_inner_bounds():
+    assert cuts(97, 2, 2) == [(0, 50), (50, 97)]
+    assert cuts(40, 3, 16) == [(0, 16), (16, 32), (32, 40)]
+    assert cuts(5, 4, 16) == [(0, 5)]
+    assert cuts(0, 2, 16) == []
+
+
+def _model(dt, quadratic, N=45, w=40, p=7, d_in=10, seed=3):
+    rng = np.random.default_rng(seed)
+    P1 = d_in * w
+    theta = rand(rng, (2, P1 + w * p + 8), dt)
+    i0, i1 = rng.integers(0, d_in, N), rng.integers(0, d_in, N)
+    dlogits = rand(rng, (2, N, p), dt)
+    return theta, i0, i1, P1, dlogits
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_core_split_equals_one_thread_bitwise(dt, quadratic, threads):
+    """Forward and backward of one model cut over 2 or 3 threads: the one-thread bits, NaN
+    elsewhere untouched (model 1 is not stepped)."""
+    theta, i0, i1, P1, dlogits = _model(dt, quadratic)
+    N, w, p = dlogits.shape[1], (theta.shape[1] - 8) // 17, dlogits.shape[2]
+    results = []
+    for kernels in (cpu_grad, CoreSplit(cpu_grad, threads)):
+        NP = cpu_grad.scratch_columns(N)
+        bufs = {k: np.full(s, np.nan, dt) for k, s in
+                dict(Z=(2, N, w), H=(2, N, w), w2t=(2, p, w), g2t=(2, p, w), dH=(2, N, w),
+                     logits=(2, N, p), grad=theta.shape).items()}
+        models = np.array([0])
+        kernels.forward_portable(models, theta, i0, i1, P1, quadratic, dt(0), bufs["Z"],
+                                 bufs["H"], bufs["w2t"], np.zeros((w, NP), dt),
+                                 np.full((p, NP), np.nan, dt), bufs["logits"])
+        kernels.backward(models, i0, i1, P1, quadratic, dlogits, bufs["Z"], bufs["H"],
+                         bufs["w2t"], bufs["g2t"], bufs["dH"], bufs["grad"])
+        results.append(bufs)
+    for k in results[0]:
+        assert results[0][k].tobytes() == results[1][k].tobytes(), k
+    assert not np.isnan(results[0]["grad"][0, :P1 + w * p]).any()
+    assert np.isnan(results[0]["grad"][1]).all()
+
+
+ASM = """
+import numpy as np
+from grokfast.kernels.cpu import fma
+for dt in (np.float32, np.float64):
+    ht, w2, yt = np.ones((8, 16), dt), np.ones(64, dt), np.zeros((4, 16), dt)
+    fma.forward_product(ht, w2, 4, 0, 16, yt)
+    H, dY, g = np.ones((8, 16), dt), np.ones((8, 4), dt), np.zeros((4, 16), dt)
+    fma.w2_grad(H, dY, 0, 4, g)
+    fma.hidden_grad(dY, g, 0, 8, H)
+for f in (fma.forward_product, fma.w2_grad, fma.hidden_grad):
+    for sig, asm in f.inspect_asm().items():
+        print("KERNEL", f.__name__, sig[0].dtype)
+        print(asm)
+"""
+HASWELL = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+fma,+bmi,+bmi2"
+
+
+def _asm(tmp_path, cpu_name, features):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env.update(NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES=features,
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = proc.stdout.split("KERNEL ")[1:]
+    return {tuple(part.split("\n", 1)[0].split()): part.split("\n", 1)[1] for part in parts}
+
+
+def _code(asm):
+    """The instructions of an assembly listing (no directives, labels or symbol names)."""
+    return [line.split(None, 1) for line in (raw.strip() for raw in asm.splitlines())
+            if line and not line.startswith((".", "_", '"', "#")) and not line.endswith(":")]
+
+
+def test_compiled_code_fuses_on_fma_targets_and_calls_libm_elsewhere(tmp_path):
+    """Haswell (AVX2 + FMA3): vector vfmadd…ps/pd on ymm registers and no multiply instruction at
+    all (a product left unfused would show one); generic x86-64 without FMA: glibc's fmaf
+    (float32) / fma (float64) loaded for calls and no inline multiply. A numba or LLVM that
+    dropped the intrinsic, contracted or split it would fail here."""
+    fused = _asm(tmp_path / "haswell", "haswell", HASWELL)
+    assert len(fused) == 6, sorted(fused)
+    for (name, dtype), asm in fused.items():
+        ops = [ins for ins in _code(asm)]
+        vector = [i for i in ops if i[0].startswith("vfmadd") and i[0][-2:] in ("ps", "pd")
+                  and "ymm" in i[-1]]
+        assert vector, (name, dtype)
+        assert not [i for i in ops if i[0].startswith(("vmul", "mul"))], (name, dtype)
+    generic = _asm(tmp_path / "generic", "generic", "-avx,-avx2,-fma,-fma4,-avx512f")
+    assert len(generic) == 6, sorted(generic)
+    for (name, dtype), asm in generic.items():
+        want = "$fmaf," if dtype == "float32" else "$fma,"
+        ops = _code(asm)
+        libm = [i for i in ops if len(i) > 1 and ("$fma," in i[1] or "$fmaf," in i[1])]
+        assert libm and all(want in i[1] for i in libm), (name, dtype, libm[:3])
+        assert not [i for i in ops if i[0].startswith(("vfmadd", "mul", "vmul"))], (name, dtype)
