@@ -25,12 +25,15 @@ COVERED = {
     "mse-sum-gd-float32": dict(dtype="float32", loss_reduction="sum", lr=0.05),
     "no-weight-decay": dict(weight_decay=0.0),
     "warmup-float32": dict(dtype="float32", warmup_steps=12),
+    "sgd-momentum-warmup": dict(optimizer="sgd", momentum=0.9, lr=0.3, warmup_steps=8),
+    "sgd-nesterov-float32": dict(optimizer="sgd", momentum=0.8, nesterov=True, lr=0.3,
+                                 dtype="float32"),
+    "sgd-no-momentum-no-wd": dict(optimizer="sgd", weight_decay=0.0),
     "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
                                      n_test=None, train_frac=0.6, lr=0.1),
 }
 
 PER_STEP = {
-    "sgd-momentum": dict(optimizer="sgd", momentum=0.9),
     "adamw": dict(optimizer="adamw", lr=1e-2),
     "ema": dict(grad_filter="ema"),
     "ma": dict(grad_filter="ma", filter_window=3),
@@ -43,10 +46,11 @@ PER_STEP = {
 
 
 def launch(c: Config) -> list:
-    """Three models with different seeds, learning rates and weight decays."""
+    """Three models with different seeds, learning rates, weight decays (and momenta)."""
+    last = dict(momentum=c.momentum * 0.5) if c.momentum else {}
     return [c.replace(seed=10, lr=c.lr, weight_decay=c.weight_decay),
             c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3),
-            c.replace(seed=12, lr=c.lr * 1.3, weight_decay=0.0)]
+            c.replace(seed=12, lr=c.lr * 1.3, weight_decay=0.0, **last)]
 
 
 def run(configs, native: bool, active=None, steps: int = 37):
@@ -88,8 +92,11 @@ def test_stopped_models_are_not_stepped_by_the_native_loop():
     assert np.isnan(h_nat["train_loss"][1]).all()
 
 
-def test_native_resume_from_a_state_dict_continues_bitwise():
-    configs = launch(BASE.replace(warmup_steps=9))
+@pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
+                                                                 nesterov=True, lr=0.3)],
+                         ids=["gd-warmup", "sgd-nesterov"])
+def test_native_resume_from_a_state_dict_continues_bitwise(changes):
+    configs = launch(BASE.replace(**changes))
     data, ones = make_dataset(configs[0]), np.ones(3, bool)
     straight = TorchStepper(configs, data, CPU)
     h = straight.advance(0, 33, ones)

@@ -4,15 +4,15 @@ models in one numba call (kernels/cpu/loop.py), for the configurations it covers
 TorchStepper.advance runs a chunk step by step in Python (forward and backward in numba, the loss
 gradient, the optimizer and the statistics in between). Where `native_loop` returns a NativeLoop,
 the stepper hands it the chunk instead: each run of unlogged steps (up to the next multiple of
-log_every, or the chunk's end) is one call of kernels/cpu/loop.mse_gd_chunk over the stepping
+log_every, or the chunk's end) is one call of kernels/cpu/loop.mse_chunk over the stepping
 models; each logged step (and so each eval step, a multiple of log_every) runs on the per-step
 path, which writes its statistics row and test metrics as always. The kernel calls the same @njit
 stages as the per-step path, so θ, the gradient and every history row are bitwise those of the
 per-step path (tests/backends/test_native_loop.py), whatever the chunk boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
-model, alone or sharded), ReLU or x², MSE (mean or sum), plain GD with or without weight decay,
-warmup (the per-step −lr comes from the optimizer's schedule), float32 and float64, no gradient
+model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
+with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule), float32 and float64, no gradient
 filter, no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .optim import GD
+from .optim import GD, SGD
 
 
 def why_not(st) -> Optional[str]:
@@ -33,8 +33,10 @@ def why_not(st) -> Optional[str]:
         return "a model split over several threads (a large model) steps per step"
     if c.loss != "mse" or st.loss_grad.fused is None:
         return f"loss={c.loss!r} is on the per-step path (the native loop covers MSE)"
-    if type(st.opt) is not GD or st.opt.gd_kernel is None:
-        return f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD)"
+    if not ((type(st.opt) is GD and st.opt.gd_kernel is not None)
+            or (type(st.opt) is SGD and not st.opt.fused)):
+        return (f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD "
+                f"and SGD)")
     if c.grad_filter != "none":
         return f"grad_filter={c.grad_filter!r} is on the per-step path"
     if c.orthograd or c.fixed_norm:
@@ -53,12 +55,20 @@ class NativeLoop:
     def __init__(self, st):
         from grokfast.kernels.cpu import loop
 
-        self.kernel = loop
-        nb = st.nb
+        self.kernel, self.opt = loop, st.opt
+        nb, opt = st.nb, st.opt
         _, labels, _, scale = st.loss_grad.fused
-        self.wd = np.ascontiguousarray(st.opt.wd.numpy()[:, 0])
+        self.wd = np.ascontiguousarray(opt.wd.numpy()[:, 0])
         self.args = (nb["i0"], nb["i1"], labels, st.d_in * st.width, not st.relu, nb["zero"],
                      scale)
+        if type(opt) is SGD:   # torch.optim.SGD's launch-wide switches and per-model scalars
+            self.sgd = (True, opt.any_wd, opt.use_momentum,
+                        np.ascontiguousarray(opt.momentum.numpy()[:, 0]),
+                        np.ascontiguousarray(opt.nesterov.numpy()[:, 0]))
+            self.buf = opt.momentum_buffer.numpy()
+        else:                  # GD: the SGD arguments unused (same types, one compiled kernel)
+            self.sgd = (False, False, False, self.wd, np.zeros(st.M, dtype=np.bool_))
+            self.buf = nb["theta"]
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
 
@@ -76,8 +86,9 @@ class NativeLoop:
                 continue
             end = min(n_steps, k + log_every - s % log_every)     # the next logged step
             neg_lr = self._neg_lr(sched, k, end)
-            self.kernel.mse_gd_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
-                                     neg_lr, self.wd, *self.buffers)
+            self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args, neg_lr,
+                                  self.wd, *self.sgd, self.opt.steps_taken + st.offset,
+                                  self.buf, *self.buffers)
             st.offset += end - k
             k = end
 
