@@ -148,10 +148,7 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
     """∇W2[:, j] of model m for j0 ≤ j < j1: g2t[m, j] (fma.w2_grad), then into grad[m]."""
     w, p = H.shape[2], dlogits.shape[2]
     w2_grad(H[m], dlogits[m], j0, j1, g2t[m])
-    g, gt = grad[m, P1:], g2t[m]
-    for k in range(w):
-        for j in range(j0, j1):
-            g[k * p + j] = gt[j, k]
+    transpose(g2t[m, j0:j1], grad[m, P1:P1 + w * p].reshape((w, p))[:, j0:j1])
 
 
 @njit(cache=True, nogil=True)
@@ -222,16 +219,13 @@ def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, r0
 
 @njit(cache=True, nogil=True)
 def transpose(a, out):
-    """out = aᵀ for a [R, C] into out [C, R] (copies), in blocks of 16 rows of a, so that each
-    pass reads 16 rows along and writes 16 consecutive elements of every row of out."""
+    """out = aᵀ for a [R, C] into out [C, R] (copies): rows of a read along, written down columns
+    of out (measured 2–6× faster than reading down columns at gromov's size, bench/RESULTS.md)."""
     R, C = a.shape
-    for r0 in range(0, R, 16):
-        r1 = min(r0 + 16, R)
-        blk = a[r0:r1]
+    for r in range(R):
+        row = a[r]
         for c in range(C):
-            o = out[c, r0:r1]
-            for i in range(r1 - r0):
-                o[i] = blk[i, c]
+            out[c, r] = row[c]
 
 
 @njit(cache=True, nogil=True)

@@ -194,8 +194,11 @@ class TorchStepper:
         if self.cpu_grad is not None:
             self._numba_buffers()
             # portable, more than one thread (a large model alone): every core on each model
-            self.nb_kernels = (CoreSplit(self.cpu_grad, self.threads)
-                          if self.portable and self.threads > 1 else self.cpu_grad)
+            self.nb_kernels = self.cpu_grad
+            if self.portable and self.threads > 1:
+                # the kernels' own threads take the cores; torch's ops (elementwise, per-element
+                # bits) run on one, so that its idle OpenMP workers never spin against them
+                self.nb_kernels, self.threads = CoreSplit(self.cpu_grad, self.threads), 1
         self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
