@@ -39,7 +39,7 @@ PLAIN_CASES = {1: "paper-real", 16: "paper-real-16-seeds"}   # bench_cpu's cases
 def provider_steps(provider: str, models: int) -> int:
     """Timed steps per measurement: about 0.1–1 s of work for each provider."""
     if provider == "native":
-        return 20 * steps_for(models)
+        return 2 * steps_for(models)
     return steps_for(models) // (10 if provider == "plain" else 1)
 
 
