@@ -41,8 +41,9 @@ def steps_for(models: int) -> int:
     return max(20, 6000 // models)
 
 
-def setup(provider: str, models: int, config: Config = CONFIG):
-    """A warmed-up runner: one call does `steps` GD steps of `models` paper-real seeds."""
+def setup(provider: str, models: int, config: Config = CONFIG, **stepper_kw):
+    """A warmed-up runner: one call does `steps` GD steps of `models` paper-real seeds
+    (stepper_kw: more make_stepper options for the torch providers)."""
     configs = [config.replace(seed=s) for s in range(models)]
     data = make_dataset(config)
     if provider.startswith("vmap"):
@@ -50,7 +51,7 @@ def setup(provider: str, models: int, config: Config = CONFIG):
     kw = dict(kernel="mkl", shards=1) if provider == "torch-mkl-1t" else {}
     if kw:  # MKL's GEMMs are the host-tuned numerics
         configs = [c.replace(numerics="host") for c in configs]
-    stepper = make_stepper(configs, data, torch.device("cpu"), **kw)
+    stepper = make_stepper(configs, data, torch.device("cpu"), **kw, **stepper_kw)
     active = np.ones(models, bool)
     stepper.advance(0, 3, active)
     state = {"step": 3}
@@ -136,13 +137,18 @@ def test_many_models_throughput(benchmark, provider, models):
         benchmark.extra_info["model_steps_per_s"] = models * steps / benchmark.stats.stats.median
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv, doc: str) -> tuple[list, int]:
+    """--models (comma-separated counts) and --repeats of a many-model bench script: (models, repeats)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--models", default="1,16,64,256")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    models_list = [int(m) for m in args.models.split(",")]
-    print(table(measure(models_list, args.repeats), models_list))
+    return [int(m) for m in args.models.split(",")], args.repeats
+
+
+def main(argv=None) -> int:
+    models_list, repeats = parse_args(argv, __doc__)
+    print(table(measure(models_list, repeats), models_list))
     return 0
 
 

@@ -65,6 +65,7 @@ from grokfast.numerics import param_norm
 
 from .grad_filters import make_filter
 from .loss import LossGrad
+from .native import native_loop
 from .optim import make_optimizer
 from .paths import (
     aligned_empty,
@@ -88,14 +89,17 @@ class TorchStepper:
     threads, the intra-op threads while stepping (default: 1 for small models, else
     torch.get_num_threads(); the caller's setting is restored afterwards); kernel "numba"
     (kernels/cpu/grad.py) or "mkl" (the GEMMs above); shards, how many shards of models threads
-    step (default: shard_count; make_stepper builds a ShardedStepper when it is more than one). The optimizer (optim.py) and the gradient filter (grad_filters.py)
+    step (default: shard_count; make_stepper builds a ShardedStepper when it is more than one);
+    native False keeps every step on the per-step path (native.py: the chunk loop in one numba
+    call, chosen where it covers the configs; `native` None then). The optimizer (optim.py) and the gradient filter (grad_filters.py)
     own their state; the stepper owns θ, the gradient, the forward / backward and the statistics.
     """
 
     backend = "torch"
 
     def __init__(self, configs: Sequence[Config], data: Dataset, device, *, dw1: str = "auto",
-                 first_layer: str = "auto", threads: Optional[int] = None, kernel: str = "auto"):
+                 first_layer: str = "auto", threads: Optional[int] = None, kernel: str = "auto",
+                 native: bool = True):
         configs = list(configs)
         c = _check(configs, data)
         self.configs, self.config = configs, c
@@ -111,6 +115,8 @@ class TorchStepper:
         self._data(data, dw1, first_layer, kernel, threads)
         self._parameters(configs)
         self._buffers()
+        # the native chunk loop (native.py) where it covers the configs and `native` allows it
+        self.native = native_loop(self) if native else None
 
     def _data(self, data: Dataset, dw1: str, first_layer: str, kernel: str, threads) -> None:
         """The training set as index tensors, and the code paths for its size."""
@@ -260,9 +266,12 @@ class TorchStepper:
             with intra_op_threads(self.threads, self.device), torch.no_grad():
                 sched = self.opt.schedule(step0, n_steps)
                 self.offset = 0                              # steps done in this chunk
-                for k in range(n_steps):
-                    s = step0 + k
-                    rows.append(self._step(s, s % c.log_every == 0, sched[k]))
+                if self.native is not None:
+                    self.native.run(self, step0, n_steps, sched, rows)
+                else:
+                    for k in range(n_steps):
+                        s = step0 + k
+                        rows.append(self._step(s, s % c.log_every == 0, sched[k]))
         finally:  # counters and frozen models stay true to θ even if a step is interrupted
             done, self.offset = self.offset, 0
             self.opt.finish(done)

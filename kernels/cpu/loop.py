@@ -1,0 +1,86 @@
+"""A chunk of full-batch training steps of many small models in one native call: the CPU twin of the
+fused Triton kernel, for the torch backend's portable numerics.
+
+Fused, per model m listed in `models` and per step k of the chunk, with no Python in between:
+
+    W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
+    dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
+    ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
+    g ← g + wd·θ;  θ ← θ + (−lr_k)·g      update._gd_step_kernel (GD with coupled weight decay)
+    or SGD with momentum / Nesterov       _sgd_step (torch.optim.SGD's order, as optim.SGD)
+
+Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py),
+called on the same model's rows in the same order, so each model's bits are those of the per-step
+path by construction; models are independent, so running all steps of one model before the next
+(its θ and buffers stay in cache) changes no bit. Statistics are not computed here: the caller
+runs the logged steps on the per-step path and this loop between them.
+
+Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
+    theta, grad [M, S];  i0, i1, labels [N] int64;  neg_lr [K, M] (−lr of each of the K steps);
+    wd [M];  SGD: momentum [M], nesterov [M] bool, steps_before [M] int64, buf [M, S];  Z, H, dH [M, N, w];  w2t, g2t [M, p, w];  ht [w, NP], yt [p, NP] (grad.forward_portable's
+    scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype.
+
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD, no gradient filter,
+⊥Grad or fixed norm; one thread per call (callers run shards of models on threads; nogil).
+"""
+from __future__ import annotations
+
+from numba import njit
+
+from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
+from .update import _gd_step_kernel, _mse_grad_kernel
+
+
+@njit(cache=True, nogil=True)
+def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, first):
+    """One torch.optim.SGD update of one model's row in the per-step path's portable operation
+    order (grokfast/backends/torch/optim.py, SGD): g ← g + θ·wd (when any model of the launch
+    has weight decay); buf ← buf·m + g, or g at the model's first step; direction buf, or
+    buf·m + g with Nesterov (g alone when no model of the launch has momentum, buf untouched);
+    θ ← θ + direction·(−lr). One IEEE rounding per operation, no FMA."""
+    for i in range(t.shape[0]):
+        gi = g[i]
+        if any_wd:
+            gi = gi + t[i] * wd
+            g[i] = gi
+        d = gi
+        if use_momentum:
+            b = gi if first else buf[i] * momentum + gi
+            buf[i] = b
+            d = b * momentum + gi if nesterov else b
+        t[i] = t[i] + d * neg_lr
+
+
+@njit(cache=True, nogil=True)
+def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
+                  sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
+                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits):
+    N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
+    for m in models:
+        for k in range(neg_lr.shape[0]):
+            w2_transpose(theta[m], P1, p, w2t[m])
+            forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
+            _mse_grad_kernel(logits[m:m + 1], labels, scale, dlogits[m:m + 1])
+            backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
+            backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
+            backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
+            if sgd:
+                _sgd_step(theta[m], grad[m], buf[m], neg_lr[k, m], wd[m], any_wd, use_momentum,
+                          momentum[m], nesterov[m], steps_before[m] + k == 0)
+            else:
+                _gd_step_kernel(theta[m:m + 1], grad[m:m + 1], neg_lr[k, m:m + 1],
+                                wd[m:m + 1], S)
+
+
+def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
+              sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
+              Z, H, dH, w2t, g2t, ht, yt, logits, dlogits) -> None:
+    """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
+    full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
+    launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
+    model's steps before this call steps_before [M] int64 and its momentum buffer buf [M, S]),
+    in place (module docstring for the other shapes); the other models' rows are left as they
+    are. neg_lr, wd and momentum are C-contiguous arrays of the working dtype."""
+    _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
+                  sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
+                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits)

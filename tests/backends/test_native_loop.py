@@ -1,0 +1,142 @@
+"""The native chunk loop (grokfast/backends/torch/native.py, kernels/cpu/loop.py) against the
+per-step path of the same stepper: bitwise equal histories, parameters and state on every covered
+combination, at chunk boundaries that divide neither the log nor the eval interval; the per-step
+path for everything it does not cover."""
+import numpy as np
+import pytest
+import torch
+from bitwise import assert_bitwise
+
+import grokfast
+from grokfast import Config, make_dataset
+from grokfast.backends.torch import ShardedStepper, TorchStepper, make_stepper
+from grokfast.backends.torch.native import why_not
+from grokfast.model import STAT_NAMES
+
+CPU = torch.device("cpu")
+# small shapes with paper-real's structure; log every 5, eval every 10 steps, chunks of 7 and 11
+BASE = Config(p=7, width=16, n_test=7, seed=3, split_seed=1, log_every=5, eval_every=10)
+CHUNKS = (7, 11, 3, 16)
+
+COVERED = {
+    "mse-mean-gd-wd-float32": dict(dtype="float32"),
+    "mse-mean-gd-wd-float64": dict(dtype="float64"),
+    "mse-sum-gd-float64": dict(dtype="float64", loss_reduction="sum", lr=0.05),
+    "mse-sum-gd-float32": dict(dtype="float32", loss_reduction="sum", lr=0.05),
+    "no-weight-decay": dict(weight_decay=0.0),
+    "warmup-float32": dict(dtype="float32", warmup_steps=12),
+    "sgd-momentum-warmup": dict(optimizer="sgd", momentum=0.9, lr=0.3, warmup_steps=8),
+    "sgd-nesterov-float32": dict(optimizer="sgd", momentum=0.8, nesterov=True, lr=0.3,
+                                 dtype="float32"),
+    "sgd-no-momentum-no-wd": dict(optimizer="sgd", weight_decay=0.0),
+    "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
+                                     n_test=None, train_frac=0.6, lr=0.1),
+}
+
+PER_STEP = {
+    "adamw": dict(optimizer="adamw", lr=1e-2),
+    "ema": dict(grad_filter="ema"),
+    "ma": dict(grad_filter="ma", filter_window=3),
+    "orthograd": dict(orthograd=True),
+    "fixed-norm": dict(fixed_norm=True),
+    "cross-entropy": dict(loss="cross_entropy"),
+    "stablemax": dict(loss="stablemax"),
+    "host-numerics": dict(numerics="host"),
+}
+
+
+def launch(c: Config) -> list:
+    """Three models with different seeds, learning rates, weight decays (and momenta)."""
+    last = dict(momentum=c.momentum * 0.5) if c.momentum else {}
+    return [c.replace(seed=10, lr=c.lr, weight_decay=c.weight_decay),
+            c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3),
+            c.replace(seed=12, lr=c.lr * 1.3, weight_decay=0.0, **last)]
+
+
+def run(configs, native: bool, active=None, steps: int = 37):
+    """History (name → [M, rows]), the stepper and its state after `steps` updates in CHUNKS."""
+    st = TorchStepper(configs, make_dataset(configs[0]), CPU, native=native)
+    assert (st.native is not None) == native
+    mask = np.ones(len(configs), bool) if active is None else active
+    pieces, s = [], 0
+    for n in list(CHUNKS) + [steps - sum(CHUNKS)]:
+        pieces.append(st.advance(s, n, mask))
+        s += n
+    hist = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in STAT_NAMES}
+    return hist, st, st.state_dict()
+
+
+@pytest.mark.parametrize("variant", list(COVERED), ids=list(COVERED))
+def test_native_loop_is_bitwise_the_per_step_path(variant):
+    configs = launch(BASE.replace(**COVERED[variant]))
+    h_step, st_step, s_step = run(configs, native=False)
+    h_nat, st_nat, s_nat = run(configs, native=True)
+    assert np.isfinite(h_nat["test_acc"]).any() and np.isfinite(h_nat["train_loss"]).all()
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+    # a model alone in the native loop is the same model in the launch
+    h1, _, s1 = run(configs[1:2], native=True)
+    assert_bitwise({k: v[1:2] for k, v in h_nat.items()}, h1, "model 1 alone")
+    assert torch.equal(s_nat["theta"][1:2], s1["theta"])
+
+
+def test_stopped_models_are_not_stepped_by_the_native_loop():
+    configs = launch(BASE)
+    active = np.array([True, False, True])
+    h_step, _, s_step = run(configs, native=False, active=active)
+    h_nat, st, s_nat = run(configs, native=True, active=active)
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+    fresh = TorchStepper(configs, make_dataset(configs[0]), CPU)
+    assert torch.equal(s_nat["theta"][1], fresh.state_dict()["theta"][1])
+    assert np.isnan(h_nat["train_loss"][1]).all()
+
+
+@pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
+                                                                 nesterov=True, lr=0.3)],
+                         ids=["gd-warmup", "sgd-nesterov"])
+def test_native_resume_from_a_state_dict_continues_bitwise(changes):
+    configs = launch(BASE.replace(**changes))
+    data, ones = make_dataset(configs[0]), np.ones(3, bool)
+    straight = TorchStepper(configs, data, CPU)
+    h = straight.advance(0, 33, ones)
+    first = TorchStepper(configs, data, CPU)
+    first.advance(0, 13, ones)
+    resumed = TorchStepper(configs, data, CPU)
+    resumed.load_state_dict(first.state_dict())
+    h2 = resumed.advance(13, 20, ones)
+    assert_bitwise({k: v[:, 3:] for k, v in h.items()}, h2, "history after resume")
+    assert_bitwise(resumed.state_dict(), straight.state_dict(), "state after resume")
+
+
+@pytest.mark.parametrize("variant", list(PER_STEP), ids=list(PER_STEP))
+def test_configs_the_native_loop_does_not_cover_stay_on_the_per_step_path(variant):
+    c = BASE.replace(**PER_STEP[variant])
+    st = TorchStepper([c], make_dataset(c), CPU)
+    assert st.native is None and why_not(st)
+
+
+def test_shards_of_many_models_each_run_the_native_loop():
+    configs = [BASE.replace(seed=s, lr=1.0 + 0.01 * s) for s in range(16)]
+    data = make_dataset(configs[0])
+    sharded = make_stepper(configs, data, CPU, shards=2)
+    assert isinstance(sharded, ShardedStepper)
+    assert all(sh.native is not None for sh in sharded.shards)
+    ones = np.ones(16, bool)
+    h = sharded.advance(0, 23, ones)
+    per_step = TorchStepper(configs, data, CPU, native=False)
+    assert_bitwise(h, per_step.advance(0, 23, ones), "history")
+    assert torch.equal(sharded.state_dict()["theta"], per_step.state_dict()["theta"])
+
+
+def test_engine_run_is_the_same_with_and_without_the_native_loop(monkeypatch):
+    import grokfast.backends.torch.stepper as stepper
+
+    configs = launch(BASE.replace(steps=45))
+    native = grokfast.engine.run(configs, backend="torch", chunk_steps=15)
+    monkeypatch.setattr(stepper, "native_loop", lambda st: None)
+    per_step = grokfast.engine.run(configs, backend="torch", chunk_steps=15)
+    for a, b in zip(native, per_step):
+        assert_bitwise({k: np.asarray(v) for k, v in a.history.items()},
+                       {k: np.asarray(v) for k, v in b.history.items()}, "history")
+        assert_bitwise(a.params, b.params, "params")
