@@ -42,11 +42,12 @@ except ImportError:
         raise RuntimeError('CI runs the Ray tests: install the extra, pip install -e ".[ray]"')
 needs_ray = pytest.mark.skipif(ray is None, reason='needs Ray: pip install "grokfast[ray]"')
 
-# paper-real at p = 11, 2 models per launch: about 7000 steps/s per launch on one core here, so a
-# launch of LONG takes a second or more: long enough to kill mid-way after a checkpoint.
-LONG = Config.preset("paper-real").replace(steps=8000)
+# paper-real at p = 11, 2 models per launch: about 10 000 steps/s per launch on one idle core here
+# with the native chunk loop, so a launch of LONG takes a few seconds: long enough to kill mid-way
+# after a checkpoint (at 8000 steps the last launch could finish between the check and the kill).
+LONG = Config.preset("paper-real").replace(steps=30_000)
 LONG_GRID = {"weight_decay": [1e-4, 2e-4, 4e-4]}  # with 2 models per launch: 3 launches
-LONG_SETS = ["steps=8000"]
+LONG_SETS = ["steps=30000"]
 
 
 def same_sweeps(got: SweepResult, want: SweepResult) -> None:
@@ -156,6 +157,7 @@ def test_driver_killed_then_resume_runs_only_what_is_missing(tmp_path, long_loca
             rows = SweepResult.load(out).table if (out / "results.csv").is_file() else []
             done = {r["launch"] for r in rows}
             if len(rows) == 4 and checkpointed(out / (last := (names - done).pop())):
+                assert not attempts(out, last, "finished"), "the last launch ended before the kill"
                 break
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the third launch wrote no checkpoint in 240 s"
