@@ -26,6 +26,9 @@ scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The 
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x);
                 adds only, nothing to fuse
+The three products are fma.product's register tiles (the chains above, in registers). numba's
+disk cache keys a function on its own file only: after a change to fma.py, delete the cached
+kernels/cpu/__pycache__ (or change this file) or the functions here keep the old products.
 The FMAs are explicit (kernels/cpu/fma.py: llvm.fma, one rounding), nothing else is fused (no
 fastmath, so LLVM gets no `contract` flag): every loop but the host forward's Ŷ sum computes the
 same bits whatever the CPU and vector width (SSE2 with glibc's fma, AVX2, AVX-512, NEON):
