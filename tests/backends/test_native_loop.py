@@ -80,6 +80,37 @@ def test_native_loop_is_bitwise_the_per_step_path(variant):
     assert torch.equal(s_nat["theta"][1:2], s1["theta"])
 
 
+def test_logged_and_eval_steps_run_in_the_native_call(monkeypatch):
+    """Every step of a chunk, logged and evaluated ones included, runs in the native call: the
+    per-step path is never entered, and the rows are still bitwise the per-step path's."""
+    configs = launch(BASE.replace(dtype="float32", optimizer="sgd", momentum=0.9, lr=0.3))
+    h_step, _, s_step = run(configs, native=False)
+
+    def no_step(*args, **kw):
+        raise AssertionError("a step ran on the per-step path")
+
+    monkeypatch.setattr(TorchStepper, "_step", no_step)
+    h_nat, _, s_nat = run(configs, native=True)
+    assert np.isfinite(h_nat["test_loss"]).sum() == 3 * 4       # steps 0, 10, 20, 30
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
+    """inf and NaN logits (x² with lr far too large): argmax, margins, norms and cosines treat them as the
+    per-step path's torch ops do."""
+    configs = launch(BASE.replace(dtype=dtype, loss_reduction="sum", activation="quadratic",
+                                lr=0.2))
+    h_step, _, s_step = run(configs, native=False)
+    h_nat, _, s_nat = run(configs, native=True)
+    assert not np.isfinite(h_step["train_loss"][:, -1]).any()
+    assert np.isnan(h_step["min_margin"]).any()
+    assert np.isnan(h_step["norm"]).any()
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+
+
 def test_stopped_models_are_not_stepped_by_the_native_loop():
     configs = launch(BASE)
     active = np.array([True, False, True])

@@ -1,14 +1,16 @@
-"""The native chunk loop of the torch backend: the steps between logged steps of a shard of small
-models in one numba call (kernels/cpu/loop.py), for the configurations it covers.
+"""The native chunk loop of the torch backend: a chunk of steps of a shard of small models in
+one numba call (kernels/cpu/loop.py), for the configurations it covers.
 
 TorchStepper.advance runs a chunk step by step in Python (forward and backward in numba, the loss
 gradient, the optimizer and the statistics in between). Where `native_loop` returns a NativeLoop,
-the stepper hands it the chunk instead: each run of unlogged steps (up to the next multiple of
-log_every, or the chunk's end) is one call of kernels/cpu/loop.mse_chunk over the stepping
-models; each logged step (and so each eval step, a multiple of log_every) runs on the per-step
-path, which writes its statistics row and test metrics as always. The kernel calls the same @njit
-stages as the per-step path, so θ, the gradient and every history row are bitwise those of the
-per-step path (tests/backends/test_native_loop.py), whatever the chunk boundaries.
+the stepper hands it the chunk instead: the whole chunk is one call of
+kernels/cpu/loop.mse_chunk over the stepping models, logged and eval steps included. The kernel
+calls the same @njit stages as the per-step path, and reduces the statistics of logged steps
+(kernels/cpu/loop_stats.py: the per-step path's products and row_sums' order) into the chunk's
+rows; the roots and cosines are then formed from those sums for all rows at once by the per-step
+path's own code (stats.finish_before / finish_after). So θ, the gradient and every history row are
+bitwise those of the per-step path (tests/backends/test_native_loop.py), whatever the chunk
+boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
 model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
@@ -20,8 +22,12 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch
+
+from grokfast.model import STAT_NAMES
 
 from .optim import GD, SGD
+from .stats import STAT_INDEX, finish_after, finish_before
 
 
 def why_not(st) -> Optional[str]:
@@ -50,7 +56,7 @@ def native_loop(st) -> Optional["NativeLoop"]:
 
 
 class NativeLoop:
-    """Runs TorchStepper.advance's steps: logged ones on the per-step path, the rest natively."""
+    """Runs TorchStepper.advance's steps natively, statistics rows included."""
 
     def __init__(self, st):
         from grokfast.kernels.cpu import loop
@@ -71,26 +77,40 @@ class NativeLoop:
             self.buf = nb["theta"]
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
+        self.stats = self._stats_args(st)
+
+    @staticmethod
+    def _stats_args(st) -> tuple:
+        """mse_chunk's arguments for the statistics: the MSE divisor, the test set, scratch."""
+        from grokfast.kernels.cpu.loop_stats import COLUMNS
+
+        t, c, p = st.nb_test, st.config, st.p
+        dt = st.nb["theta"].dtype.type
+        n_test = t["i0"].shape[0]
+        mean = c.loss_reduction == "mean"
+        test = (t["i0"], t["i1"], st.test_labels.numpy().astype(np.int64),
+                dt(n_test * p if mean else 1), t["Z"], t["H"], t["ht"], t["yt"], t["logits"])
+        scratch = np.empty((1, max(st.S, st.N * p, n_test * p)), st.nb["theta"].dtype)
+        return (dt(st.N * p if mean else 1), test, np.empty((2, st.S), scratch.dtype), scratch,
+                np.empty(1, scratch.dtype), np.array([STAT_INDEX[n] for n in COLUMNS], np.int64))
 
     def run(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
-        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars);
-        the statistics rows of logged steps are appended to `rows`; st.offset counts the steps
-        done, as TorchStepper._step does."""
-        log_every = st.config.log_every
-        k = 0
-        while k < n_steps:
-            s = step0 + k
-            if s % log_every == 0:
-                rows.append(st._step(s, True, sched[k]))
-                k += 1
-                continue
-            end = min(n_steps, k + log_every - s % log_every)     # the next logged step
-            neg_lr = self._neg_lr(sched, k, end)
-            self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args, neg_lr,
-                                  self.wd, *self.sgd, self.opt.steps_taken + st.offset,
-                                  self.buf, *self.buffers)
-            st.offset += end - k
-            k = end
+        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars) in
+        one native call; the statistics rows [n_stats, M] of logged steps are appended to
+        `rows`; st.offset counts the steps done, as TorchStepper._step does."""
+        c = st.config
+        n_rows = len(range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps,
+                           c.log_every))
+        table = np.full((n_rows, len(STAT_NAMES), st.M), np.nan)
+        self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
+                              self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
+                              self.opt.steps_taken + st.offset, self.buf, *self.buffers,
+                              step0, c.log_every, c.eval_every, st.P, *self.stats, table)
+        st.offset += n_steps
+        stats = torch.from_numpy(table).permute(1, 0, 2)          # [n_stats, n_rows, M]
+        finish_before(stats, st.dtype)
+        finish_after(stats, st.dtype)
+        rows.extend(torch.from_numpy(table))
 
     @staticmethod
     def _neg_lr(sched: list, k: int, end: int) -> np.ndarray:
