@@ -6,11 +6,13 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
     dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
     ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
+    on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
+    Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
     g ← g + wd·θ;  θ ← θ + (−lr_k)·g      update._gd_step_kernel (GD with coupled weight decay)
     or SGD with momentum / Nesterov       _sgd_step (torch.optim.SGD's order, as optim.SGD)
-    on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
 
-Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py),
+Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py)
+or its operations in the same order (loop_stats.py, loop_filters.py),
 called on the same model's rows in the same order, so each model's bits are those of the per-step
 path by construction; models are independent, so running all steps of one model before the next
 (its θ and buffers stay in cache) changes no bit. The logged steps' statistics are reduced here
@@ -23,7 +25,7 @@ Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
     rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
-Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD, no gradient filter,
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD; no filter, EMA or MA; no
 ⊥Grad or fixed norm; one thread per call (callers run shards of models on threads; nogil).
 """
 from __future__ import annotations
@@ -31,8 +33,12 @@ from __future__ import annotations
 from numba import njit
 
 from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
+from .loop_filters import ema_filter, ma_filter
 from .loop_stats import stats_after, stats_before, test_metrics
 from .update import _gd_step_kernel, _mse_grad_kernel
+
+
+NONE, EMA, MA = 0, 1, 2                  # filt's kind
 
 
 @njit(cache=True, nogil=True)
@@ -59,9 +65,12 @@ def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, f
 def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
-                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows):
+                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+                  filt):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
     ti0, ti1, tlabels, tdiv, tZ, tH, tht, tyt, tlogits = test
+    kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
+    W = ring.shape[0]
     one = scale / scale
     for m in models:
         r = 0
@@ -83,6 +92,12 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                     test_metrics(m, tlogits[m], tlabels, tdiv, one, zero, prod, acc, cols,
                                  rows[r])
                 theta0[0, :P] = theta[m, :P]
+            if kind == EMA:
+                ema_filter(grad[m], ema[m], alpha[m], one_minus_alpha[m], lamb[m],
+                           filtered[m] + k == 0)
+            elif kind == MA:
+                ma_filter(grad[m], ring[:, m], (ring_pos + k) % W, min(filtered[m] + k + 1, W),
+                          warmup, mean, lamb[m], one, zero, theta0[1])
             if sgd:
                 _sgd_step(theta[m], grad[m], buf[m], neg_lr[k, m], wd[m], any_wd, use_momentum,
                           momentum[m], nesterov[m], steps_before[m] + k == 0)
@@ -98,7 +113,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
 def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
               Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
-              step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows) -> None:
+              step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+              filt) -> None:
     """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
@@ -112,8 +128,15 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     metrics too. P = d_in·w + w·p; div: the MSE's divisor (N·p for the mean, 1 for the sum) and
     test = (i0, i1, labels, div, Z, H, ht, yt, logits) of the test set (forward_rows' buffers);
     theta0 [2, S] scratch (θ before a logged update, and the update), prod [1, L] with
-    L ≥ max(S, N·p, n_test·p) and acc [1] scratch of the working dtype."""
+    L ≥ max(S, N·p, n_test·p) and acc [1] scratch of the working dtype.
+
+    filt = (kind, ema [M, S], α [M], 1 − α [M], λ [M], filtered [M] int64, ring [W, M, S],
+    ring_pos, warmup, mean): the gradient filter between the statistics and the update
+    (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
+    ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
+    any of the right type)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
-                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows)
+                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+                  filt)

@@ -29,14 +29,19 @@ COVERED = {
     "sgd-nesterov-float32": dict(optimizer="sgd", momentum=0.8, nesterov=True, lr=0.3,
                                  dtype="float32"),
     "sgd-no-momentum-no-wd": dict(optimizer="sgd", weight_decay=0.0),
+    "ema-gd-float32": dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0,
+                           dtype="float32"),
+    "ema-sgd-momentum-normalized-lr": dict(grad_filter="ema", optimizer="sgd", momentum=0.9,
+                                           lr=0.3, filter_normalize_lr=True),
+    "ma-mean-warmup-gd": dict(grad_filter="ma", filter_window=4, filter_lamb=3.0),
+    "ma-sum-no-warmup-float32": dict(grad_filter="ma", filter_window=5, filter_type="sum",
+                                     filter_warmup=False, filter_lamb=0.5, dtype="float32"),
     "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
                                      n_test=None, train_frac=0.6, lr=0.1),
 }
 
 PER_STEP = {
     "adamw": dict(optimizer="adamw", lr=1e-2),
-    "ema": dict(grad_filter="ema"),
-    "ma": dict(grad_filter="ma", filter_window=3),
     "orthograd": dict(orthograd=True),
     "fixed-norm": dict(fixed_norm=True),
     "cross-entropy": dict(loss="cross_entropy"),
@@ -46,10 +51,12 @@ PER_STEP = {
 
 
 def launch(c: Config) -> list:
-    """Three models with different seeds, learning rates, weight decays (and momenta)."""
+    """Three models with different seeds, learning rates, weight decays (and momenta, filter
+    strengths)."""
     last = dict(momentum=c.momentum * 0.5) if c.momentum else {}
     return [c.replace(seed=10, lr=c.lr, weight_decay=c.weight_decay),
-            c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3),
+            c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3,
+                      filter_alpha=c.filter_alpha * 0.9, filter_lamb=c.filter_lamb * 0.5),
             c.replace(seed=12, lr=c.lr * 1.3, weight_decay=0.0, **last)]
 
 
@@ -111,8 +118,10 @@ def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
     assert_bitwise(s_nat, s_step, "state")
 
 
-def test_stopped_models_are_not_stepped_by_the_native_loop():
-    configs = launch(BASE)
+@pytest.mark.parametrize("changes", [{}, dict(grad_filter="ma", filter_window=3),
+                                     dict(grad_filter="ema")], ids=["gd", "ma", "ema"])
+def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
+    configs = launch(BASE.replace(**changes))
     active = np.array([True, False, True])
     h_step, _, s_step = run(configs, native=False, active=active)
     h_nat, st, s_nat = run(configs, native=True, active=active)
@@ -124,8 +133,10 @@ def test_stopped_models_are_not_stepped_by_the_native_loop():
 
 
 @pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
-                                                                 nesterov=True, lr=0.3)],
-                         ids=["gd-warmup", "sgd-nesterov"])
+                                                                 nesterov=True, lr=0.3),
+                                     dict(grad_filter="ma", filter_window=4),
+                                     dict(grad_filter="ema")],
+                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema"])
 def test_native_resume_from_a_state_dict_continues_bitwise(changes):
     configs = launch(BASE.replace(**changes))
     data, ones = make_dataset(configs[0]), np.ones(3, bool)

@@ -14,8 +14,8 @@ boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
 model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
-with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule), float32 and float64, no gradient
-filter, no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
+with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule),
+Grokfast EMA and MA filters (and their lr switch), float32 and float64; no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 
 from grokfast.model import STAT_NAMES
 
+from .grad_filters import EMAFilter, MAFilter
 from .optim import GD, SGD
 from .stats import STAT_INDEX, finish_after, finish_before
 
@@ -43,8 +44,6 @@ def why_not(st) -> Optional[str]:
             or (type(st.opt) is SGD and not st.opt.fused)):
         return (f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD "
                 f"and SGD)")
-    if c.grad_filter != "none":
-        return f"grad_filter={c.grad_filter!r} is on the per-step path"
     if c.orthograd or c.fixed_norm:
         return "orthograd and fixed_norm are on the per-step path"
     return None
@@ -64,13 +63,12 @@ class NativeLoop:
         self.kernel, self.opt = loop, st.opt
         nb, opt = st.nb, st.opt
         _, labels, _, scale = st.loss_grad.fused
-        self.wd = np.ascontiguousarray(opt.wd.numpy()[:, 0])
+        self.wd = _per_model(opt.wd)
         self.args = (nb["i0"], nb["i1"], labels, st.d_in * st.width, not st.relu, nb["zero"],
                      scale)
         if type(opt) is SGD:   # torch.optim.SGD's launch-wide switches and per-model scalars
             self.sgd = (True, opt.any_wd, opt.use_momentum,
-                        np.ascontiguousarray(opt.momentum.numpy()[:, 0]),
-                        np.ascontiguousarray(opt.nesterov.numpy()[:, 0]))
+                        _per_model(opt.momentum), _per_model(opt.nesterov))
             self.buf = opt.momentum_buffer.numpy()
         else:                  # GD: the SGD arguments unused (same types, one compiled kernel)
             self.sgd = (False, False, False, self.wd, np.zeros(st.M, dtype=np.bool_))
@@ -78,6 +76,22 @@ class NativeLoop:
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
         self.stats = self._stats_args(st)
+        self.filter = st.filter
+
+    def _filter_args(self, st) -> tuple:
+        """mse_chunk's `filt` for the stepper's gradient filter (grad_filters.py) at this call."""
+        from grokfast.kernels.cpu.loop import EMA, MA, NONE
+
+        f, theta = st.filter, st.nb["theta"]
+        if type(f) is EMAFilter:
+            return (EMA, f.ema.numpy(), _per_model(f.filter_alpha),
+                    _per_model(f.filter_one_minus_alpha), _per_model(f.filter_lamb),
+                    f.filter_count + st.offset, theta[None], 0, False, False)
+        if type(f) is MAFilter:
+            return (MA, theta, self.wd, self.wd, _per_model(f.filter_lamb),
+                    f.filter_count + st.offset, f.ring.numpy(), f.ring_pos, f.warmup, f.mean)
+        return (NONE, theta, self.wd, self.wd, self.wd, np.zeros(st.M, np.int64), theta[None],
+                0, False, False)
 
     @staticmethod
     def _stats_args(st) -> tuple:
@@ -105,8 +119,11 @@ class NativeLoop:
         self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
                               self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
                               self.opt.steps_taken + st.offset, self.buf, *self.buffers,
-                              step0, c.log_every, c.eval_every, st.P, *self.stats, table)
+                              step0, c.log_every, c.eval_every, st.P, *self.stats, table,
+                              self._filter_args(st))
         st.offset += n_steps
+        if type(self.filter) is MAFilter:     # the ring advanced one slot per step
+            self.filter.ring_pos = (self.filter.ring_pos + n_steps) % self.filter.window
         stats = torch.from_numpy(table).permute(1, 0, 2)          # [n_stats, n_rows, M]
         finish_before(stats, st.dtype)
         finish_after(stats, st.dtype)
@@ -119,3 +136,8 @@ class NativeLoop:
         if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
             return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
         return np.stack([sched[i][0].numpy()[:, 0] for i in range(k, end)])
+
+
+def _per_model(x: torch.Tensor) -> np.ndarray:
+    """A [M, 1] per-model scalar tensor as a C-contiguous numpy [M]."""
+    return np.ascontiguousarray(x.numpy()[:, 0])
