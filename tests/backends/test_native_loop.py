@@ -103,6 +103,24 @@ def test_logged_and_eval_steps_run_in_the_native_call(monkeypatch):
     assert_bitwise(s_nat, s_step, "state")
 
 
+def test_chunks_cut_into_timed_native_calls_are_bitwise_one_call(monkeypatch):
+    """A chunk runs in native calls of about PIECE_SECONDS each: with a tiny one every step is
+    its own call (logged, eval and MA ring steps included), and nothing changes."""
+    import grokfast.backends.torch.native as native
+
+    configs = launch(BASE.replace(grad_filter="ma", filter_window=3))
+    h_one, _, s_one = run(configs, native=True)
+    monkeypatch.setattr(native, "PIECE_SECONDS", 1e-12)
+    calls = []
+    real = native.NativeLoop._call
+    monkeypatch.setattr(native.NativeLoop, "_call",
+                        lambda self, st, s0, n, *a: calls.append(n) or real(self, st, s0, n, *a))
+    h_cut, _, s_cut = run(configs, native=True)
+    assert calls == [1] * 37
+    assert_bitwise(h_cut, h_one, "history")
+    assert_bitwise(s_cut, s_one, "state")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
     """inf and NaN logits (x² with lr far too large): argmax, margins, norms and cosines treat them as the

@@ -19,6 +19,7 @@ Grokfast EMA and MA filters (and their lr switch), float32 and float64; no ⊥Gr
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -29,6 +30,9 @@ from grokfast.model import STAT_NAMES
 from .grad_filters import EMAFilter, MAFilter
 from .optim import GD, SGD
 from .stats import STAT_INDEX, finish_after, finish_before
+
+
+PIECE_SECONDS = 0.25     # the wall time a native call aims at
 
 
 def why_not(st) -> Optional[str]:
@@ -77,6 +81,7 @@ class NativeLoop:
                         nb["logits"], nb["dlogits"])
         self.stats = self._stats_args(st)
         self.filter = st.filter
+        self.piece = 1            # steps per native call, then sized by time (run)
 
     def _filter_args(self, st) -> tuple:
         """mse_chunk's `filt` for the stepper's gradient filter (grad_filters.py) at this call."""
@@ -109,9 +114,21 @@ class NativeLoop:
                 np.empty(1, scratch.dtype), np.array([STAT_INDEX[n] for n in COLUMNS], np.int64))
 
     def run(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
-        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars) in
-        one native call; the statistics rows [n_stats, M] of logged steps are appended to
-        `rows`; st.offset counts the steps done, as TorchStepper._step does."""
+        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars), in
+        native calls of about PIECE_SECONDS each (between them Python handles signals: a second
+        Ctrl-C breaks into a long chunk within a fraction of a second); the statistics rows
+        [n_stats, M] of logged steps are appended to `rows`; st.offset counts the steps done, as
+        TorchStepper._step does."""
+        k = 0
+        while k < n_steps:
+            n = min(n_steps - k, self.piece)
+            t0 = time.perf_counter()
+            self._call(st, step0 + k, n, sched[k:k + n], rows)
+            self.piece = max(1, int(n * PIECE_SECONDS / max(time.perf_counter() - t0, 1e-6)))
+            k += n
+
+    def _call(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
+        """One native call of steps step0 … step0+n_steps−1 (run)."""
         c = st.config
         n_rows = len(range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps,
                            c.log_every))
