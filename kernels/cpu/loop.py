@@ -66,7 +66,7 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt):
+                  filt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
     ti0, ti1, tlabels, tdiv, tZ, tH, tht, tyt, tlogits = test
     kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
@@ -108,13 +108,14 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                 stats_after(m, theta[m], theta0[0], theta0[1], P1, P,
                             zero, prod, acc, cols, rows[r])
                 r += 1
+    done[0] = neg_lr.shape[0]
 
 
 def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
               Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-              filt) -> None:
+              filt, done) -> None:
     """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
@@ -134,9 +135,10 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     ring_pos, warmup, mean): the gradient filter between the statistics and the update
     (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
     ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
-    any of the right type)."""
+    any of the right type). done [1] int64: set to the number of steps as the call's last act
+    (the caller can tell whether it ran when an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt)
+                  filt, done)

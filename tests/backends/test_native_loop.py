@@ -121,6 +121,31 @@ def test_chunks_cut_into_timed_native_calls_are_bitwise_one_call(monkeypatch):
     assert_bitwise(s_cut, s_one, "state")
 
 
+def test_ctrl_c_breaks_into_a_long_native_chunk_and_keeps_the_steps_done():
+    """KeyboardInterrupt reaches Python between native calls (a second Ctrl-C in the engine):
+    a chunk far longer than a second stops within a second, the counters and θ those of the
+    steps done (a fresh stepper advanced by that many steps has the same bits)."""
+    import _thread
+    import threading
+    import time
+
+    configs = launch(BASE.replace(grad_filter="ema", log_every=1000, eval_every=1000))
+    data, ones = make_dataset(configs[0]), np.ones(3, bool)
+    st = TorchStepper(configs, data, CPU)
+    st.advance(0, 5, ones)                                 # compiled
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    t0 = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        st.advance(5, 1_000_000, ones)                     # seconds of work in one chunk
+    assert time.perf_counter() - t0 < 1.3
+    done = int(st.steps_taken[0])
+    assert 5 < done < 1_000_005 and (st.steps_taken == done).all()
+    again = TorchStepper(configs, data, CPU)
+    again.advance(0, done, ones)
+    assert_bitwise(st.state_dict(), again.state_dict(), "state after the interrupt")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
     """inf and NaN logits (x² with lr far too large): argmax, margins, norms and cosines treat them as the

@@ -80,7 +80,7 @@ class NativeLoop:
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
         self.stats = self._stats_args(st)
-        self.filter = st.filter
+        self.ring = st.filter if type(st.filter) is MAFilter else None
         self.piece = 1            # steps per native call, then sized by time (run)
 
     def _filter_args(self, st) -> tuple:
@@ -133,14 +133,17 @@ class NativeLoop:
         n_rows = len(range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps,
                            c.log_every))
         table = np.full((n_rows, len(STAT_NAMES), st.M), np.nan)
-        self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
-                              self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
-                              self.opt.steps_taken + st.offset, self.buf, *self.buffers,
-                              step0, c.log_every, c.eval_every, st.P, *self.stats, table,
-                              self._filter_args(st))
-        st.offset += n_steps
-        if type(self.filter) is MAFilter:     # the ring advanced one slot per step
-            self.filter.ring_pos = (self.filter.ring_pos + n_steps) % self.filter.window
+        done = np.zeros(1, np.int64)
+        try:
+            self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
+                                  self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
+                                  self.opt.steps_taken + st.offset, self.buf, *self.buffers,
+                                  step0, c.log_every, c.eval_every, st.P, *self.stats, table,
+                                  self._filter_args(st), done)
+        finally:  # a Ctrl-C surfacing right after the call: the steps ran, count them
+            st.offset += int(done[0])
+            if self.ring is not None:      # the MA ring advanced one slot per step
+                self.ring.ring_pos = (self.ring.ring_pos + int(done[0])) % self.ring.window
         stats = torch.from_numpy(table).permute(1, 0, 2)          # [n_stats, n_rows, M]
         finish_before(stats, st.dtype)
         finish_after(stats, st.dtype)
