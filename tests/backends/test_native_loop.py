@@ -123,8 +123,9 @@ def test_chunks_cut_into_timed_native_calls_are_bitwise_one_call(monkeypatch):
 
 def test_ctrl_c_breaks_into_a_long_native_chunk_and_keeps_the_steps_done():
     """KeyboardInterrupt reaches Python between native calls (a second Ctrl-C in the engine):
-    a chunk far longer than a second stops within a second, the counters and θ those of the
-    steps done (a fresh stepper advanced by that many steps has the same bits)."""
+    a chunk of about a minute of work stops long before its end (calls of ~0.25 s), the
+    counters and θ those of the steps done (a fresh stepper advanced by that many steps has the
+    same bits)."""
     import _thread
     import threading
     import time
@@ -137,8 +138,8 @@ def test_ctrl_c_breaks_into_a_long_native_chunk_and_keeps_the_steps_done():
     t0 = time.perf_counter()
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        st.advance(5, 1_000_000, ones)                     # seconds of work in one chunk
-    assert time.perf_counter() - t0 < 1.3
+        st.advance(5, 1_000_000, ones)                     # ~1 min of work in one chunk
+    assert time.perf_counter() - t0 < 10                   # loose: a loaded machine is slower
     done = int(st.steps_taken[0])
     assert 5 < done < 1_000_005 and (st.steps_taken == done).all()
     again = TorchStepper(configs, data, CPU)
