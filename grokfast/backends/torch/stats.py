@@ -6,7 +6,10 @@ A one-stage full reduction splits across threads differently for M = 1 than for 
 each model's rows first, then the row sums, keeps every model's summation order independent of the
 batch. The element products go to a scratch [M, S] buffer (θ's layout). With portable numerics
 (`fixed=True`, the stepper's `portable`) the sums run in the written order of grokfast.numerics
-instead of torch's vector-width lanes.
+instead of torch's vector-width lanes. The statistics are taken in two steps: the sums (Σ x·x per
+layer, ⟨g, θ⟩, the update's) into the row, then finish_before / finish_after form the roots,
+totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
+the same finish functions on a whole chunk's rows.
 """
 from __future__ import annotations
 
