@@ -6,21 +6,26 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
     dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
     ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
+    on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
+    Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
     g ← g + wd·θ;  θ ← θ + (−lr_k)·g      update._gd_step_kernel (GD with coupled weight decay)
     or SGD with momentum / Nesterov       _sgd_step (torch.optim.SGD's order, as optim.SGD)
 
-Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py),
+Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py)
+or its operations in the same order (loop_stats.py, loop_filters.py),
 called on the same model's rows in the same order, so each model's bits are those of the per-step
 path by construction; models are independent, so running all steps of one model before the next
-(its θ and buffers stay in cache) changes no bit. Statistics are not computed here: the caller
-runs the logged steps on the per-step path and this loop between them.
+(its θ and buffers stay in cache) changes no bit. The logged steps' statistics are reduced here
+(loop_stats.py, the per-step path's operations and row_sums' order) into the chunk's rows; the
+caller forms the roots and cosines from those sums for all rows at once.
 
 Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     theta, grad [M, S];  i0, i1, labels [N] int64;  neg_lr [K, M] (−lr of each of the K steps);
     wd [M];  SGD: momentum [M], nesterov [M] bool, steps_before [M] int64, buf [M, S];  Z, H, dH [M, N, w];  w2t, g2t [M, p, w];  ht [w, NP], yt [p, NP] (grad.forward_portable's
-    scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype.
+    scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
+    rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
-Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD, no gradient filter,
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD; no filter, EMA or MA; no
 ⊥Grad or fixed norm; one thread per call (callers run shards of models on threads; nogil).
 """
 from __future__ import annotations
@@ -28,7 +33,12 @@ from __future__ import annotations
 from numba import njit
 
 from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
+from .loop_filters import ema_filter, ma_filter
+from .loop_stats import stats_after, stats_before, test_metrics
 from .update import _gd_step_kernel, _mse_grad_kernel
+
+
+NONE, EMA, MA = 0, 1, 2                  # filt's kind
 
 
 @njit(cache=True, nogil=True)
@@ -54,33 +64,81 @@ def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, f
 @njit(cache=True, nogil=True)
 def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits):
+                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+                  filt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
+    ti0, ti1, tlabels, tdiv, tZ, tH, tht, tyt, tlogits = test
+    kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
+    W = ring.shape[0]
+    one = scale / scale
     for m in models:
+        r = 0
         for k in range(neg_lr.shape[0]):
+            s = step0 + k
+            logged = s % log_every == 0
             w2_transpose(theta[m], P1, p, w2t[m])
             forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
             _mse_grad_kernel(logits[m:m + 1], labels, scale, dlogits[m:m + 1])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
             backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
             backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
+            if logged:
+                stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div,
+                                    one, zero, prod, acc, cols, rows[r])
+                if s % eval_every == 0:
+                    forward_rows(m, theta, ti0, ti1, P1, quadratic, zero, tZ, tH, tht, tyt,
+                                 tlogits, 0, tZ.shape[1])
+                    test_metrics(m, tlogits[m], tlabels, tdiv, one, zero, prod, acc, cols,
+                                 rows[r])
+                theta0[0, :P] = theta[m, :P]
+            if kind == EMA:
+                ema_filter(grad[m], ema[m], alpha[m], one_minus_alpha[m], lamb[m],
+                           filtered[m] + k == 0)
+            elif kind == MA:
+                ma_filter(grad[m], ring[:, m], (ring_pos + k) % W, min(filtered[m] + k + 1, W),
+                          warmup, mean, lamb[m], one, zero, theta0[1])
             if sgd:
                 _sgd_step(theta[m], grad[m], buf[m], neg_lr[k, m], wd[m], any_wd, use_momentum,
                           momentum[m], nesterov[m], steps_before[m] + k == 0)
             else:
                 _gd_step_kernel(theta[m:m + 1], grad[m:m + 1], neg_lr[k, m:m + 1],
                                 wd[m:m + 1], S)
+            if logged:
+                stats_after(m, theta[m], theta0[0], theta0[1], P1, P,
+                            zero, prod, acc, cols, rows[r])
+                r += 1
+    done[0] = neg_lr.shape[0]
 
 
 def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-              Z, H, dH, w2t, g2t, ht, yt, logits, dlogits) -> None:
+              Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+              step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+              filt, done) -> None:
     """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
     model's steps before this call steps_before [M] int64 and its momentum buffer buf [M, S]),
     in place (module docstring for the other shapes); the other models' rows are left as they
-    are. neg_lr, wd and momentum are C-contiguous arrays of the working dtype."""
+    are. neg_lr, wd and momentum are C-contiguous arrays of the working dtype.
+
+    Steps step0 + k that are multiples of log_every write their statistics (loop_stats) into
+    rows[r, :, m] (rows [R, n_stats, M] float64, r counting the logged steps of the call; cols:
+    loop_stats.COLUMNS' indices in a row), those that are multiples of eval_every the test
+    metrics too. P = d_in·w + w·p; div: the MSE's divisor (N·p for the mean, 1 for the sum) and
+    test = (i0, i1, labels, div, Z, H, ht, yt, logits) of the test set (forward_rows' buffers);
+    theta0 [2, S] scratch (θ before a logged update, and the update), prod [1, L] with
+    L ≥ max(S, N·p, n_test·p) and acc [1] scratch of the working dtype.
+
+    filt = (kind, ema [M, S], α [M], 1 − α [M], λ [M], filtered [M] int64, ring [W, M, S],
+    ring_pos, warmup, mean): the gradient filter between the statistics and the update
+    (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
+    ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
+    any of the right type). done [1] int64: set to the number of steps as the call's last act
+    (the caller can tell whether it ran when an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits)
+                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+                  step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
+                  filt, done)

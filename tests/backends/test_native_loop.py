@@ -29,14 +29,19 @@ COVERED = {
     "sgd-nesterov-float32": dict(optimizer="sgd", momentum=0.8, nesterov=True, lr=0.3,
                                  dtype="float32"),
     "sgd-no-momentum-no-wd": dict(optimizer="sgd", weight_decay=0.0),
+    "ema-gd-float32": dict(grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0,
+                           dtype="float32"),
+    "ema-sgd-momentum-normalized-lr": dict(grad_filter="ema", optimizer="sgd", momentum=0.9,
+                                           lr=0.3, filter_normalize_lr=True),
+    "ma-mean-warmup-gd": dict(grad_filter="ma", filter_window=4, filter_lamb=3.0),
+    "ma-sum-no-warmup-float32": dict(grad_filter="ma", filter_window=5, filter_type="sum",
+                                     filter_warmup=False, filter_lamb=0.5, dtype="float32"),
     "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
                                      n_test=None, train_frac=0.6, lr=0.1),
 }
 
 PER_STEP = {
     "adamw": dict(optimizer="adamw", lr=1e-2),
-    "ema": dict(grad_filter="ema"),
-    "ma": dict(grad_filter="ma", filter_window=3),
     "orthograd": dict(orthograd=True),
     "fixed-norm": dict(fixed_norm=True),
     "cross-entropy": dict(loss="cross_entropy"),
@@ -46,10 +51,12 @@ PER_STEP = {
 
 
 def launch(c: Config) -> list:
-    """Three models with different seeds, learning rates, weight decays (and momenta)."""
+    """Three models with different seeds, learning rates, weight decays (and momenta, filter
+    strengths)."""
     last = dict(momentum=c.momentum * 0.5) if c.momentum else {}
     return [c.replace(seed=10, lr=c.lr, weight_decay=c.weight_decay),
-            c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3),
+            c.replace(seed=11, lr=c.lr * 0.7, weight_decay=c.weight_decay * 3 + 1e-3,
+                      filter_alpha=c.filter_alpha * 0.9, filter_lamb=c.filter_lamb * 0.5),
             c.replace(seed=12, lr=c.lr * 1.3, weight_decay=0.0, **last)]
 
 
@@ -80,8 +87,85 @@ def test_native_loop_is_bitwise_the_per_step_path(variant):
     assert torch.equal(s_nat["theta"][1:2], s1["theta"])
 
 
-def test_stopped_models_are_not_stepped_by_the_native_loop():
-    configs = launch(BASE)
+def test_logged_and_eval_steps_run_in_the_native_call(monkeypatch):
+    """Every step of a chunk, logged and evaluated ones included, runs in the native call: the
+    per-step path is never entered, and the rows are still bitwise the per-step path's."""
+    configs = launch(BASE.replace(dtype="float32", optimizer="sgd", momentum=0.9, lr=0.3))
+    h_step, _, s_step = run(configs, native=False)
+
+    def no_step(*args, **kw):
+        raise AssertionError("a step ran on the per-step path")
+
+    monkeypatch.setattr(TorchStepper, "_step", no_step)
+    h_nat, _, s_nat = run(configs, native=True)
+    assert np.isfinite(h_nat["test_loss"]).sum() == 3 * 4       # steps 0, 10, 20, 30
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+
+
+def test_chunks_cut_into_timed_native_calls_are_bitwise_one_call(monkeypatch):
+    """A chunk runs in native calls of about PIECE_SECONDS each: with a tiny one every step is
+    its own call (logged, eval and MA ring steps included), and nothing changes."""
+    import grokfast.backends.torch.native as native
+
+    configs = launch(BASE.replace(grad_filter="ma", filter_window=3))
+    h_one, _, s_one = run(configs, native=True)
+    monkeypatch.setattr(native, "PIECE_SECONDS", 1e-12)
+    calls = []
+    real = native.NativeLoop._call
+    monkeypatch.setattr(native.NativeLoop, "_call",
+                        lambda self, st, s0, n, *a: calls.append(n) or real(self, st, s0, n, *a))
+    h_cut, _, s_cut = run(configs, native=True)
+    assert calls == [1] * 37
+    assert_bitwise(h_cut, h_one, "history")
+    assert_bitwise(s_cut, s_one, "state")
+
+
+def test_ctrl_c_breaks_into_a_long_native_chunk_and_keeps_the_steps_done():
+    """KeyboardInterrupt reaches Python between native calls (a second Ctrl-C in the engine):
+    a chunk of about a minute of work stops long before its end (calls of ~0.25 s), the
+    counters and θ those of the steps done (a fresh stepper advanced by that many steps has the
+    same bits)."""
+    import _thread
+    import threading
+    import time
+
+    configs = launch(BASE.replace(grad_filter="ema", log_every=1000, eval_every=1000))
+    data, ones = make_dataset(configs[0]), np.ones(3, bool)
+    st = TorchStepper(configs, data, CPU)
+    st.advance(0, 5, ones)                                 # compiled
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    t0 = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        st.advance(5, 1_000_000, ones)                     # ~1 min of work in one chunk
+    assert time.perf_counter() - t0 < 10                   # loose: a loaded machine is slower
+    done = int(st.steps_taken[0])
+    assert 5 < done < 1_000_005 and (st.steps_taken == done).all()
+    again = TorchStepper(configs, data, CPU)
+    again.advance(0, done, ones)
+    assert_bitwise(st.state_dict(), again.state_dict(), "state after the interrupt")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
+    """inf and NaN logits (x² with lr far too large): argmax, margins, norms and cosines treat them as the
+    per-step path's torch ops do."""
+    configs = launch(BASE.replace(dtype=dtype, loss_reduction="sum", activation="quadratic",
+                                lr=0.2))
+    h_step, _, s_step = run(configs, native=False)
+    h_nat, _, s_nat = run(configs, native=True)
+    assert not np.isfinite(h_step["train_loss"][:, -1]).any()
+    assert np.isnan(h_step["min_margin"]).any()
+    assert np.isnan(h_step["norm"]).any()
+    assert_bitwise(h_nat, h_step, "history")
+    assert_bitwise(s_nat, s_step, "state")
+
+
+@pytest.mark.parametrize("changes", [{}, dict(grad_filter="ma", filter_window=3),
+                                     dict(grad_filter="ema")], ids=["gd", "ma", "ema"])
+def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
+    configs = launch(BASE.replace(**changes))
     active = np.array([True, False, True])
     h_step, _, s_step = run(configs, native=False, active=active)
     h_nat, st, s_nat = run(configs, native=True, active=active)
@@ -93,8 +177,10 @@ def test_stopped_models_are_not_stepped_by_the_native_loop():
 
 
 @pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
-                                                                 nesterov=True, lr=0.3)],
-                         ids=["gd-warmup", "sgd-nesterov"])
+                                                                 nesterov=True, lr=0.3),
+                                     dict(grad_filter="ma", filter_window=4),
+                                     dict(grad_filter="ema")],
+                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema"])
 def test_native_resume_from_a_state_dict_continues_bitwise(changes):
     configs = launch(BASE.replace(**changes))
     data, ones = make_dataset(configs[0]), np.ones(3, bool)

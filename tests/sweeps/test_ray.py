@@ -42,12 +42,13 @@ except ImportError:
         raise RuntimeError('CI runs the Ray tests: install the extra, pip install -e ".[ray]"')
 needs_ray = pytest.mark.skipif(ray is None, reason='needs Ray: pip install "grokfast[ray]"')
 
-# paper-real at p = 11, 2 models per launch: about 10 000 steps/s per launch on one idle core here
-# with the native chunk loop, so a launch of LONG takes a few seconds: long enough to kill mid-way
-# after a checkpoint (at 8000 steps the last launch could finish between the check and the kill).
-LONG = Config.preset("paper-real").replace(steps=30_000)
+# paper-real at p = 11, 2 models per launch: about 19 000 steps/s per launch on one core here with
+# the native chunk loop (statistics included), so a launch of LONG takes a few seconds: long enough
+# to kill mid-way after a checkpoint (at 8000 steps the last launch could finish between the check
+# and the kill).
+LONG = Config.preset("paper-real").replace(steps=60_000)
 LONG_GRID = {"weight_decay": [1e-4, 2e-4, 4e-4]}  # with 2 models per launch: 3 launches
-LONG_SETS = ["steps=30000"]
+LONG_SETS = ["steps=60000"]
 
 
 def same_sweeps(got: SweepResult, want: SweepResult) -> None:

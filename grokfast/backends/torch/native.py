@@ -1,27 +1,38 @@
-"""The native chunk loop of the torch backend: the steps between logged steps of a shard of small
-models in one numba call (kernels/cpu/loop.py), for the configurations it covers.
+"""The native chunk loop of the torch backend: a chunk of steps of a shard of small models in
+one numba call (kernels/cpu/loop.py), for the configurations it covers.
 
 TorchStepper.advance runs a chunk step by step in Python (forward and backward in numba, the loss
 gradient, the optimizer and the statistics in between). Where `native_loop` returns a NativeLoop,
-the stepper hands it the chunk instead: each run of unlogged steps (up to the next multiple of
-log_every, or the chunk's end) is one call of kernels/cpu/loop.mse_chunk over the stepping
-models; each logged step (and so each eval step, a multiple of log_every) runs on the per-step
-path, which writes its statistics row and test metrics as always. The kernel calls the same @njit
-stages as the per-step path, so θ, the gradient and every history row are bitwise those of the
-per-step path (tests/backends/test_native_loop.py), whatever the chunk boundaries.
+the stepper hands it the chunk instead: the whole chunk is one call of
+kernels/cpu/loop.mse_chunk over the stepping models, logged and eval steps included. The kernel
+calls the same @njit stages as the per-step path, and reduces the statistics of logged steps
+(kernels/cpu/loop_stats.py: the per-step path's products and row_sums' order) into the chunk's
+rows; the roots and cosines are then formed from those sums for all rows at once by the per-step
+path's own code (stats.finish_before / finish_after). So θ, the gradient and every history row are
+bitwise those of the per-step path (tests/backends/test_native_loop.py), whatever the chunk
+boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
 model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
-with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule), float32 and float64, no gradient
-filter, no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
+with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule),
+Grokfast EMA and MA filters (and their lr switch), float32 and float64; no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
+import torch
 
+from grokfast.model import STAT_NAMES
+
+from .grad_filters import EMAFilter, MAFilter
 from .optim import GD, SGD
+from .stats import STAT_INDEX, finish_after, finish_before
+
+
+PIECE_SECONDS = 0.25     # the wall time a native call aims at
 
 
 def why_not(st) -> Optional[str]:
@@ -37,8 +48,6 @@ def why_not(st) -> Optional[str]:
             or (type(st.opt) is SGD and not st.opt.fused)):
         return (f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD "
                 f"and SGD)")
-    if c.grad_filter != "none":
-        return f"grad_filter={c.grad_filter!r} is on the per-step path"
     if c.orthograd or c.fixed_norm:
         return "orthograd and fixed_norm are on the per-step path"
     return None
@@ -50,7 +59,7 @@ def native_loop(st) -> Optional["NativeLoop"]:
 
 
 class NativeLoop:
-    """Runs TorchStepper.advance's steps: logged ones on the per-step path, the rest natively."""
+    """Runs TorchStepper.advance's steps natively, statistics rows included."""
 
     def __init__(self, st):
         from grokfast.kernels.cpu import loop
@@ -58,39 +67,87 @@ class NativeLoop:
         self.kernel, self.opt = loop, st.opt
         nb, opt = st.nb, st.opt
         _, labels, _, scale = st.loss_grad.fused
-        self.wd = np.ascontiguousarray(opt.wd.numpy()[:, 0])
+        self.wd = _per_model(opt.wd)
         self.args = (nb["i0"], nb["i1"], labels, st.d_in * st.width, not st.relu, nb["zero"],
                      scale)
         if type(opt) is SGD:   # torch.optim.SGD's launch-wide switches and per-model scalars
             self.sgd = (True, opt.any_wd, opt.use_momentum,
-                        np.ascontiguousarray(opt.momentum.numpy()[:, 0]),
-                        np.ascontiguousarray(opt.nesterov.numpy()[:, 0]))
+                        _per_model(opt.momentum), _per_model(opt.nesterov))
             self.buf = opt.momentum_buffer.numpy()
         else:                  # GD: the SGD arguments unused (same types, one compiled kernel)
             self.sgd = (False, False, False, self.wd, np.zeros(st.M, dtype=np.bool_))
             self.buf = nb["theta"]
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
+        self.stats = self._stats_args(st)
+        self.ring = st.filter if type(st.filter) is MAFilter else None
+        self.piece = 1            # steps per native call, then sized by time (run)
+
+    def _filter_args(self, st) -> tuple:
+        """mse_chunk's `filt` for the stepper's gradient filter (grad_filters.py) at this call."""
+        from grokfast.kernels.cpu.loop import EMA, MA, NONE
+
+        f, theta = st.filter, st.nb["theta"]
+        if type(f) is EMAFilter:
+            return (EMA, f.ema.numpy(), _per_model(f.filter_alpha),
+                    _per_model(f.filter_one_minus_alpha), _per_model(f.filter_lamb),
+                    f.filter_count + st.offset, theta[None], 0, False, False)
+        if type(f) is MAFilter:
+            return (MA, theta, self.wd, self.wd, _per_model(f.filter_lamb),
+                    f.filter_count + st.offset, f.ring.numpy(), f.ring_pos, f.warmup, f.mean)
+        return (NONE, theta, self.wd, self.wd, self.wd, np.zeros(st.M, np.int64), theta[None],
+                0, False, False)
+
+    @staticmethod
+    def _stats_args(st) -> tuple:
+        """mse_chunk's arguments for the statistics: the MSE divisor, the test set, scratch."""
+        from grokfast.kernels.cpu.loop_stats import COLUMNS
+
+        t, c, p = st.nb_test, st.config, st.p
+        dt = st.nb["theta"].dtype.type
+        n_test = t["i0"].shape[0]
+        mean = c.loss_reduction == "mean"
+        test = (t["i0"], t["i1"], st.test_labels.numpy().astype(np.int64),
+                dt(n_test * p if mean else 1), t["Z"], t["H"], t["ht"], t["yt"], t["logits"])
+        scratch = np.empty((1, max(st.S, st.N * p, n_test * p)), st.nb["theta"].dtype)
+        return (dt(st.N * p if mean else 1), test, np.empty((2, st.S), scratch.dtype), scratch,
+                np.empty(1, scratch.dtype), np.array([STAT_INDEX[n] for n in COLUMNS], np.int64))
 
     def run(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
-        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars);
-        the statistics rows of logged steps are appended to `rows`; st.offset counts the steps
-        done, as TorchStepper._step does."""
-        log_every = st.config.log_every
+        """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars), in
+        native calls of about PIECE_SECONDS each (between them Python handles signals: a second
+        Ctrl-C breaks into a long chunk within a fraction of a second); the statistics rows
+        [n_stats, M] of logged steps are appended to `rows`; st.offset counts the steps done, as
+        TorchStepper._step does."""
         k = 0
         while k < n_steps:
-            s = step0 + k
-            if s % log_every == 0:
-                rows.append(st._step(s, True, sched[k]))
-                k += 1
-                continue
-            end = min(n_steps, k + log_every - s % log_every)     # the next logged step
-            neg_lr = self._neg_lr(sched, k, end)
-            self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args, neg_lr,
-                                  self.wd, *self.sgd, self.opt.steps_taken + st.offset,
-                                  self.buf, *self.buffers)
-            st.offset += end - k
-            k = end
+            n = min(n_steps - k, self.piece)
+            t0 = time.perf_counter()
+            self._call(st, step0 + k, n, sched[k:k + n], rows)
+            self.piece = max(1, int(n * PIECE_SECONDS / max(time.perf_counter() - t0, 1e-6)))
+            k += n
+
+    def _call(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
+        """One native call of steps step0 … step0+n_steps−1 (run)."""
+        c = st.config
+        n_rows = len(range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps,
+                           c.log_every))
+        table = np.full((n_rows, len(STAT_NAMES), st.M), np.nan)
+        done = np.zeros(1, np.int64)
+        try:
+            self.kernel.mse_chunk(st.stepping, st.nb["theta"], st.nb["grad"], *self.args,
+                                  self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
+                                  self.opt.steps_taken + st.offset, self.buf, *self.buffers,
+                                  step0, c.log_every, c.eval_every, st.P, *self.stats, table,
+                                  self._filter_args(st), done)
+        finally:  # a Ctrl-C surfacing right after the call: the steps ran, count them
+            st.offset += int(done[0])
+            if self.ring is not None:      # the MA ring advanced one slot per step
+                self.ring.ring_pos = (self.ring.ring_pos + int(done[0])) % self.ring.window
+        stats = torch.from_numpy(table).permute(1, 0, 2)          # [n_stats, n_rows, M]
+        finish_before(stats, st.dtype)
+        finish_after(stats, st.dtype)
+        rows.extend(torch.from_numpy(table))
 
     @staticmethod
     def _neg_lr(sched: list, k: int, end: int) -> np.ndarray:
@@ -99,3 +156,8 @@ class NativeLoop:
         if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
             return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
         return np.stack([sched[i][0].numpy()[:, 0] for i in range(k, end)])
+
+
+def _per_model(x: torch.Tensor) -> np.ndarray:
+    """A [M, 1] per-model scalar tensor as a C-contiguous numpy [M]."""
+    return np.ascontiguousarray(x.numpy()[:, 0])

@@ -6,7 +6,10 @@ A one-stage full reduction splits across threads differently for M = 1 than for 
 each model's rows first, then the row sums, keeps every model's summation order independent of the
 batch. The element products go to a scratch [M, S] buffer (θ's layout). With portable numerics
 (`fixed=True`, the stepper's `portable`) the sums run in the written order of grokfast.numerics
-instead of torch's vector-width lanes.
+instead of torch's vector-width lanes. The statistics are taken in two steps: the sums (Σ x·x per
+layer, ⟨g, θ⟩, the update's) into the row, then finish_before / finish_after form the roots,
+totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
+the same finish functions on a whole chunk's rows.
 """
 from __future__ import annotations
 
@@ -72,17 +75,13 @@ def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
     c, M, tmp, fx = st.config, st.M, st.tmp, st.portable
     W1, W2, G1, G2 = st.W1, st.W2, st.G1, st.G2
     row = torch.full((len(STAT_NAMES), M), float("nan"), dtype=torch.float64)
-    n1, n2 = torch.sqrt(sumsq(W1, tmp, fx)), torch.sqrt(sumsq(W2, tmp, fx))
-    gn1, gn2 = torch.sqrt(sumsq(G1, tmp, fx)), torch.sqrt(sumsq(G2, tmp, fx))
-    dot1, dot2 = dot(G1, W1, tmp, fx), dot(G2, W2, tmp, fx)
-    norm, gnorm = torch.sqrt(n1 * n1 + n2 * n2), torch.sqrt(gn1 * gn1 + gn2 * gn2)
-    values = dict(
+    values = dict(   # the norms and cosines as sums (finish_before forms them)
         step=torch.full((M,), float(s), dtype=torch.float64),
         train_loss=losses(logits, st.labels, st.configs, fx),
         train_acc=accuracy(logits, st.labels),
-        norm_W1=n1, norm_W2=n2, norm=norm, grad_norm_W1=gn1, grad_norm_W2=gn2,
-        grad_norm=gnorm, cos_grad_W1=cosine(dot1, gn1, n1), cos_grad_W2=cosine(dot2, gn2, n2),
-        cos_grad=cosine(dot1 + dot2, gnorm, norm),
+        norm_W1=sumsq(W1, tmp, fx), norm_W2=sumsq(W2, tmp, fx),
+        grad_norm_W1=sumsq(G1, tmp, fx), grad_norm_W2=sumsq(G2, tmp, fx),
+        cos_grad_W1=dot(G1, W1, tmp, fx), cos_grad_W2=dot(G2, W2, tmp, fx),
         min_margin=min_margin(logits, st.labels_M))
     if s % c.eval_every == 0:
         test_logits = st.test_logits()
@@ -90,6 +89,7 @@ def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
         values["test_acc"] = accuracy(test_logits, st.test_labels)
     for name, v in values.items():
         row[STAT_INDEX[name]] = v.to(torch.float64).cpu()
+    finish_before(row, st.dtype)
     return row
 
 
@@ -98,8 +98,36 @@ def stats_after(st, row: torch.Tensor, theta0: torch.Tensor) -> None:
     tmp, fx = st.tmp, st.portable
     d1, d2 = st.split(st.theta - theta0)
     t1, t2 = st.split(theta0)
-    upd = torch.sqrt(sumsq(d1, tmp, fx) + sumsq(d2, tmp, fx))
-    dt = -(dot(d1, t1, tmp, fx) + dot(d2, t2, tmp, fx))
-    norm = row[STAT_INDEX["norm"]].to(st.dtype)
-    row[STAT_INDEX["update_norm"]] = upd.to(torch.float64).cpu()
-    row[STAT_INDEX["cos_update"]] = cosine(dt, upd, norm).to(torch.float64).cpu()
+    sums = dict(update_norm=sumsq(d1, tmp, fx) + sumsq(d2, tmp, fx),
+                cos_update=-(dot(d1, t1, tmp, fx) + dot(d2, t2, tmp, fx)))
+    for name, v in sums.items():      # as sums (finish_after forms them)
+        row[STAT_INDEX[name]] = v.to(torch.float64).cpu()
+    finish_after(row, st.dtype)
+
+
+def finish_before(rows: torch.Tensor, dtype: torch.dtype) -> None:
+    """The norms and cosines of statistics rows [n_stats, ...] (float64) from the sums that
+    stats_before and the native loop (kernels/cpu/loop_stats.py) leave in their columns (Σ x·x
+    of each layer of θ and of the gradient, ⟨g, θ⟩ of each layer), in the working dtype, in
+    place."""
+    def col(name):
+        return rows[STAT_INDEX[name]].to(dtype)
+
+    n1, n2 = torch.sqrt(col("norm_W1")), torch.sqrt(col("norm_W2"))
+    gn1, gn2 = torch.sqrt(col("grad_norm_W1")), torch.sqrt(col("grad_norm_W2"))
+    dot1, dot2 = col("cos_grad_W1"), col("cos_grad_W2")
+    norm, gnorm = torch.sqrt(n1 * n1 + n2 * n2), torch.sqrt(gn1 * gn1 + gn2 * gn2)
+    values = dict(norm_W1=n1, norm_W2=n2, norm=norm, grad_norm_W1=gn1, grad_norm_W2=gn2,
+                  grad_norm=gnorm, cos_grad_W1=cosine(dot1, gn1, n1),
+                  cos_grad_W2=cosine(dot2, gn2, n2), cos_grad=cosine(dot1 + dot2, gnorm, norm))
+    for name, v in values.items():
+        rows[STAT_INDEX[name]] = v.to(torch.float64)
+
+
+def finish_after(rows: torch.Tensor, dtype: torch.dtype) -> None:
+    """update_norm and cos_update of statistics rows from their sums (Σ d·d and −⟨d, θ_s⟩ of
+    the update d, as stats_after and the native loop leave them) and ‖θ_s‖ (finish_before's)."""
+    upd = torch.sqrt(rows[STAT_INDEX["update_norm"]].to(dtype))
+    dt, norm = (rows[STAT_INDEX[n]].to(dtype) for n in ("cos_update", "norm"))
+    rows[STAT_INDEX["update_norm"]] = upd.to(torch.float64)
+    rows[STAT_INDEX["cos_update"]] = cosine(dt, upd, norm).to(torch.float64)
