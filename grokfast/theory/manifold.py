@@ -86,10 +86,13 @@ class ManifoldPoint:
 
 
 def _column_projectors(X, kinks):
-    """[width, d_in, d_in]: per hidden unit h, the projector onto null(X[kinks[:, h]])."""
+    """[width, d_in, d_in]: per hidden unit h, the projector onto null(X[kinks[:, h]]), from the
+    eigenvectors of the held rows' d_in × d_in Gram (eigenvalues above 1e-10 of the largest span
+    their row space)."""
     Xm = X[None] * kinks.T[:, :, None].to(X.dtype)                            # [width, n, d_in]
-    eye = torch.eye(X.shape[1], dtype=X.dtype)
-    return eye - torch.linalg.pinv(Xm, hermitian=False) @ Xm
+    e, V = torch.linalg.eigh(Xm.mT @ Xm)                                      # [width, d_in(, d_in)]
+    span = (e > 1e-10 * e.amax(-1, keepdim=True)).to(X.dtype)
+    return torch.eye(X.shape[1], dtype=X.dtype) - (V * span[:, None, :]) @ V.mT
 
 
 def _velocity_w1(pt: ManifoldPoint, tol: float, maxiter: Optional[int]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -175,32 +176,40 @@ def simulate_manifold(config: Config, W1, W2, *, data: Optional[Dataset] = None,
                       tau_max: float = 6.0, record_every: float = 0.05, reset_W2: bool = False,
                       h0: float = 0.01, h_max: float = 0.05, h_min: float = 1e-4, rtol: float = 0.01,
                       method: str = "gram", stop_at_grok: bool = False,
-                      labels: Optional[Sequence] = None, log=None) -> ManifoldResult:
+                      labels: Optional[Sequence] = None, log=None,
+                      workers: int = 1) -> ManifoldResult:
     """The exact manifold flow from (W1, W2) [(M,) d_in, width], [(M,) width, p], first retracted onto
-    Z, for τ up to tau_max, recorded every record_every (float64, CPU, one model after another).
+    Z, for τ up to tau_max, recorded every record_every (float64, CPU; `workers` models at a time,
+    each in its own thread on the caller's torch threads: one model's numbers do not depend on it).
 
     reset_W2: the N = 0 variant (W2 = H⁺Y after every step). h0, h_max, h_min, rtol: the step
     control (module docstring). method: the velocity's solve ("w1" or "cg"). stop_at_grok: stop a
     model at its first record with test accuracy ≥ config.grok_threshold. A model whose HHᵀ turns
-    singular stops there (meta["stopped"][i]; its records before are kept).
+    singular stops there (meta["stopped"][i]; its records before are kept). meta["model_seconds"]:
+    each model's wall time.
     """
     W1, W2 = _check(config, W1, W2)
     if W1.dim() == 2:
         W1, W2 = W1[None], W2[None]
-    if not (tau_max > 0 and record_every > 0 and 0 < h_min <= h0 <= h_max and rtol > 0):
-        raise GrokfastError(f"need tau_max > 0, record_every > 0, 0 < h_min ≤ h0 ≤ h_max, rtol > 0 "
-                            f"(got {tau_max}, {record_every}, {h_min}, {h0}, {h_max}, {rtol})")
+    if not (tau_max > 0 and record_every > 0 and 0 < h_min <= h0 <= h_max and rtol > 0
+            and workers >= 1):
+        raise GrokfastError(f"need tau_max > 0, record_every > 0, 0 < h_min ≤ h0 ≤ h_max, rtol > 0, "
+                            f"workers ≥ 1 (got {tau_max}, {record_every}, {h_min}, {h0}, {h_max}, "
+                            f"{rtol}, {workers})")
     data = make_dataset(config) if data is None else data
     X, Y = training_tensors(config, data)
     labels = list(range(len(W1))) if labels is None else list(labels)
     opts = dict(reset_W2=reset_W2, h0=h0, h_max=h_max, h_min=h_min, rtol=rtol, method=method)
     n_rec = int(math.floor(tau_max / record_every + 1e-9))
     history = {k: np.full((len(W1), n_rec + 1), np.nan) for k in RECORDS}
-    stopped, finals, t0 = [None] * len(W1), [], time.perf_counter()
-    for i in range(len(W1)):
+    t0, threads = time.perf_counter(), torch.get_num_threads()
+
+    def one(i):
+        torch.set_num_threads(threads)  # the caller's intra-op threads, in this worker thread too
+        t_model = time.perf_counter()
         flow = _Flow(config, data, X, Y, W1[i], W2[i], opts)
         flow.record(0.0)
-        tau = 0.0
+        tau, stopped = 0.0, None
         try:
             for j in range(1, n_rec + 1):
                 if stop_at_grok and flow.rows["test_acc"][-1] >= config.grok_threshold:
@@ -212,15 +221,26 @@ def simulate_manifold(config: Config, W1, W2, *, data: Optional[Dataset] = None,
                 flow.record(tau)
                 if log is not None and j % round(1 / record_every) == 0:
                     log(f"[manifold] model {labels[i]}: τ {tau:.3g}, test accuracy "
-                        f"{flow.rows['test_acc'][-1]:.3g}, {time.perf_counter() - t0:.0f} s")
+                        f"{flow.rows['test_acc'][-1]:.3g}, {time.perf_counter() - t_model:.0f} s")
         except GrokfastError as e:
-            stopped[i] = f"stopped at τ = {tau:.4g} (records before kept): {e}"
+            stopped = f"stopped at τ = {tau:.4g} (records before kept): {e}"
+        seconds = time.perf_counter() - t_model
+        if log is not None:
+            log(f"[manifold] model {labels[i]}: τ {tau:.3g}, {seconds:.1f} s")
+        return flow, stopped, seconds
+
+    if workers == 1:
+        done = [one(i) for i in range(len(W1))]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(one, range(len(W1))))
+    for i, (flow, _, _) in enumerate(done):
         for k, v in flow.rows.items():
             history[k][i, :len(v)] = v
-        finals.append((flow.pt.W1, flow.pt.W2))
-        if log is not None:
-            log(f"[manifold] model {labels[i]}: τ {tau:.3g}, {time.perf_counter() - t0:.1f} s")
+    stopped, seconds = [d[1] for d in done], [d[2] for d in done]
+    finals = [(d[0].pt.W1, d[0].pt.W2) for d in done]
     meta = dict(tau_max=tau_max, record_every=record_every, reset_W2=reset_W2, h0=h0, h_max=h_max,
-                h_min=h_min, rtol=rtol, method=method, stop_at_grok=stop_at_grok, stopped=stopped)
+                h_min=h_min, rtol=rtol, method=method, stop_at_grok=stop_at_grok, stopped=stopped,
+                model_seconds=seconds)
     return ManifoldResult(config, labels, history, torch.stack([f[0] for f in finals]),
                           torch.stack([f[1] for f in finals]), time.perf_counter() - t0, meta)

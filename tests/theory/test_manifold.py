@@ -202,3 +202,15 @@ def test_gd_approaches_the_flow_as_weight_decay_halves():
     ratios = [a / b for a, b in zip(dists, dists[1:])]
     print("distance per halving:", dists, "ratios:", ratios)
     assert all(1.8 < r < 2.2 for r in ratios)
+
+
+def test_models_integrated_in_parallel_are_bitwise_the_sequential_ones():
+    """workers=2 runs two models at a time in threads: each model's numbers stay its own."""
+    config = CASES["paper-real"]
+    pts = [on_Z(config, seed=s) for s in range(2)]
+    W1, W2 = torch.stack([p[1] for p in pts]), torch.stack([p[2] for p in pts])
+    one, two = (simulate_manifold(config, W1, W2, data=pts[0][0], tau_max=0.05, record_every=0.05,
+                                  workers=w) for w in (1, 2))
+    assert torch.equal(one.W1, two.W1) and torch.equal(one.W2, two.W2)
+    for k, v in one.history.items():
+        assert np.array_equal(two.history[k], v, equal_nan=True), k
