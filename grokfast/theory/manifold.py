@@ -25,7 +25,10 @@ sliding mode: a pair whose velocity on its side would carry it across within the
 velocity of the other side (σ' flipped there) carries it back slides along the kink: its
 constraint (X dW1)_ih = 0 joins J (`kinks`), and the velocity is −P θ with P the projector onto the
 tangent space of that stratum of Z (the choice of σ'(0) then no longer matters: the pair's
-pre-activation does not move). Pairs that cross transversally just cross. The norm identity
+pre-activation does not move). The held set is found by an active-set iteration to its fixed point
+(`sliding_velocity`); the held rows enter the solve as a projection of dW1 (per hidden unit onto
+null(X rows held)), so the Gram stays n·p square however many pairs are held. Pairs that cross
+transversally just cross. The norm identity
 d‖θ‖²/dτ = 2⟨θ, v⟩ = −2‖P θ‖² holds for this velocity; `simulate_manifold` checks it step by step.
 """
 from __future__ import annotations

@@ -12,8 +12,11 @@ R sets W2 = H⁺Y instead: the exact metric G is kept, the part N = W2 − H⁺Y
 
 Step control by the norm identity d‖θ‖²/dτ = −2‖P_T θ‖²: a step is accepted when
 |‖θ'‖² − ‖θ‖² + h(‖v1‖² + ‖v2‖²)| ≤ rtol · h(‖v1‖² + ‖v2‖²) (the trapezoid of the identity), else
-h is halved (down to h_min, where the step is taken, counted in `forced`, and h restarts at h0); after an accepted step
-with half that error h doubles, up to h_max. Steps are cut to land on the record times.
+h is halved, down to h_min. A step-size error of Heun falls ∝ h² as h halves; an error that does not
+fall below half of the previous try's is a kink event (a pair crossing its kink transversally within the
+step, where v jumps), which smaller steps do not remove: that step is taken as it is, as is one at
+h_min, counted in `forced`, and h restarts at h0. After an accepted step with half the tolerated
+error h doubles, up to h_max. Steps are cut to land on the record times.
 """
 from __future__ import annotations
 
