@@ -43,6 +43,7 @@ from .scaling import base_config, sweep_cells
 from .stages import reproducing, stage
 
 FACTORS = (2, 4)
+FLOW_WORKERS = 2  # manifold-flow models integrated at a time, one torch thread each (2 cores)
 
 
 def gd_rung_configs(base, table: Sequence[dict], k: int) -> list:
@@ -78,7 +79,8 @@ def run_gd_rungs(base, table: Sequence[dict], b: HierarchyBudget, backend: str, 
 
 def manifold_jobs(base, snap: dict, b: HierarchyBudget, log=print) -> dict:
     """L3 ("manifold") and L4 ("manifold_n0"): name → a function running the exact flow from every
-    memorized model's (W1, W2) at its memorization step, float64, on SIM_THREADS threads."""
+    memorized model's (W1, W2) at its memorization step, float64, FLOW_WORKERS models at a time on
+    SIM_THREADS threads each."""
     W1, W2 = (torch.from_numpy(snap[k]).double() for k in ("W1", "W2"))
 
     def job(name: str, reset: bool):
@@ -89,7 +91,7 @@ def manifold_jobs(base, snap: dict, b: HierarchyBudget, log=print) -> dict:
                 return simulate_manifold(base, W1, W2, tau_max=b.tau_max, reset_W2=reset,
                                          record_every=b.record_every, rtol=b.rtol,
                                          h0=0.01, h_max=0.05, h_min=b.h_min,
-                                         stop_at_grok=True,
+                                         stop_at_grok=True, workers=FLOW_WORKERS,
                                          labels=[int(r) for r in snap["row"]], log=log)
         return run_flow
 

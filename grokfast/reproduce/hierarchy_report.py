@@ -152,6 +152,9 @@ def flow_quality(out: Path) -> dict:
         h = r.history
         q[name] = dict(max_train_loss=float(np.nanmax(h["train_loss"])),
                        max_identity_error=float(np.nanmax(h["identity_error"][:, 1:])),
+                       median_identity_error=float(np.nanmedian(h["identity_error"][:, 1:])),
+                       max_sliding_rounds=(int(np.nanmax(h["sliding_rounds"]))
+                                           if "sliding_rounds" in h else None),
                        forced_steps=int(np.nansum(h["forced"])),
                        rejected_steps=int(np.nansum(h["rejected"])),
                        max_sliding=int(np.nanmax(h["n_sliding"])),

@@ -25,7 +25,10 @@ sliding mode: a pair whose velocity on its side would carry it across within the
 velocity of the other side (σ' flipped there) carries it back slides along the kink: its
 constraint (X dW1)_ih = 0 joins J (`kinks`), and the velocity is −P θ with P the projector onto the
 tangent space of that stratum of Z (the choice of σ'(0) then no longer matters: the pair's
-pre-activation does not move). Pairs that cross transversally just cross. The norm identity
+pre-activation does not move). The held set is found by an active-set iteration to its fixed point
+(`sliding_velocity`); the held rows enter the solve as a projection of dW1 (per hidden unit onto
+null(X rows held)), so the Gram stays n·p square however many pairs are held. Pairs that cross
+transversally just cross. The norm identity
 d‖θ‖²/dτ = 2⟨θ, v⟩ = −2‖P θ‖² holds for this velocity; `simulate_manifold` checks it step by step.
 """
 from __future__ import annotations
@@ -86,10 +89,13 @@ class ManifoldPoint:
 
 
 def _column_projectors(X, kinks):
-    """[width, d_in, d_in]: per hidden unit h, the projector onto null(X[kinks[:, h]])."""
+    """[width, d_in, d_in]: per hidden unit h, the projector onto null(X[kinks[:, h]]), from the
+    eigenvectors of the held rows' d_in × d_in Gram (eigenvalues above 1e-10 of the largest span
+    their row space)."""
     Xm = X[None] * kinks.T[:, :, None].to(X.dtype)                            # [width, n, d_in]
-    eye = torch.eye(X.shape[1], dtype=X.dtype)
-    return eye - torch.linalg.pinv(Xm, hermitian=False) @ Xm
+    e, V = torch.linalg.eigh(Xm.mT @ Xm)                                      # [width, d_in(, d_in)]
+    span = (e > 1e-10 * e.amax(-1, keepdim=True)).to(X.dtype)
+    return torch.eye(X.shape[1], dtype=X.dtype) - (V * span[:, None, :]) @ V.mT
 
 
 def _velocity_w1(pt: ManifoldPoint, tol: float, maxiter: Optional[int]):
@@ -116,39 +122,35 @@ def _velocity_cg(pt: ManifoldPoint, tol: float, maxiter: Optional[int]):
 
 
 def _velocity_gram(pt: ManifoldPoint, tol: float, maxiter: Optional[int]):
-    """−θ + Jᵀu with (J Jᵀ) u = J θ solved by Cholesky of the closed-form NTK Gram (probe's
-    TwoLayerJacobian.gram, σ' taken from the point), augmented by the held kinks' rows
-    K = ∂z_ih/∂W1: K Kᵀ = (X_i·X_i') δ_hh', J Kᵀ e_k = ((X X_i) ⊙ S[:, h]) ⊗ W2[h]."""
+    """−P θ by Cholesky of the closed-form NTK Gram (probe's TwoLayerJacobian.gram, σ' taken from
+    the point). Held kinks restrict dW1 to range(P_K) (P_K: per hidden unit h the projector P_h onto
+    null(X rows held on h)), so v = −P_K θ + P_K Jᵀu with (J P_K Jᵀ) u = J P_K θ: the Gram stays
+    n·p square whatever the number of held pairs (dependent ones included), and it is ⪰ HHᵀ ⊗ I:
+    J P_K Jᵀ = Σ_h (X P_h Xᵀ ⊙ S_h S_hᵀ) ⊗ W2_h W2_hᵀ + HHᵀ ⊗ I (`_kink_gram`)."""
     jac = TwoLayerJacobian(pt.W1, pt.W2, pt.X, pt.activation)
     jac.S = pt.S
-    theta = pt.theta()
-    gram, rhs = jac.gram(), jac.jvp(theta)
-    ik = [] if pt.kinks is None else pt.kinks.nonzero().T
-    if len(ik):
-        i, h = ik
-        JK = (((pt.X @ pt.X[i].T) * pt.S[:, h])[:, None, :] * pt.W2[h].T[None]).reshape(len(rhs), -1)
-        KK = (pt.X[i] @ pt.X[i].T) * (h[:, None] == h[None, :])
-        gram = torch.cat([torch.cat([gram, JK], 1), torch.cat([JK.T, KK], 1)])
-        rhs = torch.cat([rhs, pt.Z[i, h]])
+    theta = torch.cat([pt.project_kinks(pt.W1).reshape(-1), pt.W2.reshape(-1)])
+    gram = jac.gram() if pt.kinks is None else _kink_gram(pt)
+    rhs = jac.jvp(theta)
     L, info = torch.linalg.cholesky_ex(gram)
-    ridge = 0.0
-    if int(info) != 0:  # held kinks dependent (> d_in on one unit, or on J's rows): tiny ridge
-        ridge = 1e-12 * float(gram.diagonal().max())
-        L, info = torch.linalg.cholesky_ex(gram + ridge * torch.eye(len(gram), dtype=gram.dtype))
+    if int(info) != 0:
+        raise GrokfastError("the NTK Gram J P_K Jᵀ is singular (HHᵀ is): no tangent space here")
     u = torch.cholesky_solve(rhs[:, None], L)[:, 0]
-    v = -theta + jac.vjp(u[:jac.dim_out])
-    dW1, dW2 = jac.split(v)
-    if len(ik):
-        dW1 = _add_kink_rows(dW1, pt.X, i, h, u[jac.dim_out:])
+    dW1, dW2 = jac.split(-theta + jac.vjp(u))
     res = float((gram @ u - rhs).norm() / rhs.norm()) if float(rhs.norm()) > 0 else 0.0
-    return dW1, dW2, dict(cg_iters=0, cg_residual=res, ridge=ridge)
+    return pt.project_kinks(dW1), dW2, dict(cg_iters=0, cg_residual=res)
 
 
-def _add_kink_rows(dW1, X, i, h, u):
-    """dW1 + Kᵀu: column h_k gains u_k X_{i_k}."""
-    out = dW1.clone()
-    out.T.index_add_(0, h, X[i] * u[:, None])
-    return out
+def _kink_gram(pt: ManifoldPoint) -> torch.Tensor:
+    """J P_K Jᵀ [n·p, n·p] (row-major (i, c) as TwoLayerJacobian.gram)."""
+    XPX = torch.einsum("ia,hab,jb->hij", pt.X, pt._kink_proj, pt.X)             # [width, n, n]
+    T = XPX * pt.S.T[:, :, None] * pt.S.T[:, None, :]
+    WW = pt.W2[:, :, None] * pt.W2[:, None, :]                                # [width, p, p]
+    n, p = pt.F.shape
+    K = (T.reshape(len(T), -1).T @ WW.reshape(len(WW), -1)).reshape(n, n, p, p)
+    K = K.permute(0, 2, 1, 3).reshape(n * p, n * p)
+    K += torch.kron(pt.H @ pt.H.T, torch.eye(p, dtype=K.dtype))
+    return K
 
 
 def point_velocity(pt: ManifoldPoint, method: str = "gram", tol: float = 1e-13,
@@ -201,17 +203,20 @@ def tangent_velocity(config, data, W1, W2, *, method: str = "gram", kinks=None, 
 
 
 def sliding_velocity(pt: ManifoldPoint, h: float, method: str = "gram", tol: float = 1e-13,
-                     rounds: int = 1):
+                     rounds: int = 8):
     """(dW1, dW2, info, point) at a ReLU point for a step of length h in τ: the Filippov velocity.
 
-    Pairs the velocity would carry across their kink within h are tested with σ' of the other
-    side; those carried back are held (sliding), the others cross. Repeated up to `rounds` times
-    with the held set growing. info adds n_sliding and n_crossing (pairs crossing transversally).
+    An active-set iteration from the point's held kinks (pt.kinks, None: none): pairs the velocity
+    would carry across their kink within h are tested with σ' of the other side; those carried back
+    join the held set (sliding), the others cross. Repeated until no pair is added, at most
+    `rounds` times (two solves a round). info adds n_sliding, n_crossing (pairs crossing
+    transversally within h) and sliding_rounds (the rounds that added pairs).
     """
     dW1, dW2, info = point_velocity(pt, method, tol)
     if pt.activation != "relu":
-        return dW1, dW2, dict(info, n_sliding=0, n_crossing=0), pt
+        return dW1, dW2, dict(info, n_sliding=0, n_crossing=0, sliding_rounds=0), pt
     held = torch.zeros_like(pt.Z, dtype=torch.bool) if pt.kinks is None else pt.kinks.clone()
+    added = 0
     for _ in range(rounds):
         dZ = pt.X @ dW1
         cross = ((pt.Z > 0) != (pt.Z + h * dZ > 0)) & ~held
@@ -222,8 +227,10 @@ def sliding_velocity(pt: ManifoldPoint, h: float, method: str = "gram", tol: flo
         if not bool(back.any()):
             break
         held |= back
+        added += 1
         pt = ManifoldPoint(pt.W1, pt.W2, pt.X, pt.Y, pt.activation, held)
         dW1, dW2, info = point_velocity(pt, method, tol)
     dZ = pt.X @ dW1
     n_cross = int((((pt.Z > 0) != (pt.Z + h * dZ > 0)) & ~held).sum())
-    return dW1, dW2, dict(info, n_sliding=int(held.sum()), n_crossing=n_cross), pt
+    return dW1, dW2, dict(info, n_sliding=int(held.sum()), n_crossing=n_cross,
+                          sliding_rounds=added), pt

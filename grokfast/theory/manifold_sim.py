@@ -12,14 +12,18 @@ R sets W2 = H⁺Y instead: the exact metric G is kept, the part N = W2 − H⁺Y
 
 Step control by the norm identity d‖θ‖²/dτ = −2‖P_T θ‖²: a step is accepted when
 |‖θ'‖² − ‖θ‖² + h(‖v1‖² + ‖v2‖²)| ≤ rtol · h(‖v1‖² + ‖v2‖²) (the trapezoid of the identity), else
-h is halved (down to h_min, where the step is taken, counted in `forced`, and h restarts at h0); after an accepted step
-with half that error h doubles, up to h_max. Steps are cut to land on the record times.
+h is halved, down to h_min. A step-size error of Heun falls ∝ h² as h halves; an error that does not
+fall below half of the previous try's is a kink event (a pair crossing its kink transversally within the
+step, where v jumps), which smaller steps do not remove: that step is taken as it is, as is one at
+h_min, counted in `forced`, and h restarts at h0. After an accepted step with half the tolerated
+error h doubles, up to h_max. Steps are cut to land on the record times.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,7 +40,7 @@ from .manifold import ManifoldPoint, _check, sliding_velocity, training_tensors
 
 RECORDS = ("tau", "train_loss", "train_acc", "test_acc", "norm", "norm_W1", "norm_W2", "norm_N",
            "dist_to_Z", "identity_error", "n_sliding", "n_crossing", "cg_iters", "cg_residual",
-           "h_min_used", "rejected", "forced")
+           "sliding_rounds", "h_min_used", "rejected", "forced")
 
 
 @dataclass
@@ -111,7 +115,7 @@ class _Flow:
 
     def _reset_window(self, dist=0.0):
         self.win = dict(dist_to_Z=dist, identity_error=0.0, n_sliding=0, n_crossing=0, cg_iters=0,
-                        cg_residual=0.0, h_min_used=math.inf, rejected=0, forced=0)
+                        cg_residual=0.0, sliding_rounds=0, h_min_used=math.inf, rejected=0, forced=0)
 
     def record(self, tau):
         pt = self.pt
@@ -130,7 +134,7 @@ class _Flow:
 
     def _stage(self, h):
         dW1, dW2, info, pt = sliding_velocity(self.pt, h, self.o["method"])
-        for k in ("n_sliding", "n_crossing", "cg_iters"):
+        for k in ("n_sliding", "n_crossing", "cg_iters", "sliding_rounds"):
             self.win[k] = max(self.win[k], info[k])
         self.win["cg_residual"] = max(self.win["cg_residual"], info["cg_residual"])
         return dW1, dW2, pt.kinks
@@ -138,6 +142,7 @@ class _Flow:
     def step(self, h_cap):
         """Advance by at most h_cap (one accepted step); returns the τ covered."""
         o = self.o
+        last_err = math.inf
         while True:
             h = min(self.h, h_cap)
             a1, b1, k1 = self._stage(h)
@@ -151,9 +156,12 @@ class _Flow:
             pred = h * (float((a1 * a1).sum() + (b1 * b1).sum()) + float((a2 * a2).sum() + (b2 * b2).sum()))
             meas = float((new.theta() ** 2).sum() - (p0.theta() ** 2).sum())
             err = abs(meas + pred) / pred if pred > 0 else 0.0
-            if err > o["rtol"] and h > o["h_min"]:
+            # a step-size error falls ∝ h² as h halves; one that does not (to under half) is a
+            # kink event (a pair crossing within the step), which smaller steps do not remove
+            event = err > last_err / 2
+            if err > o["rtol"] and h > o["h_min"] and not event:
                 self.win["rejected"] += 1
-                self.h = max(h / 2, o["h_min"])
+                self.h, last_err = max(h / 2, o["h_min"]), err
                 continue
             if err > o["rtol"]:  # not a step-size error (a kink event): take it, start h afresh
                 self.win["forced"] += 1
@@ -171,32 +179,40 @@ def simulate_manifold(config: Config, W1, W2, *, data: Optional[Dataset] = None,
                       tau_max: float = 6.0, record_every: float = 0.05, reset_W2: bool = False,
                       h0: float = 0.01, h_max: float = 0.05, h_min: float = 1e-4, rtol: float = 0.01,
                       method: str = "gram", stop_at_grok: bool = False,
-                      labels: Optional[Sequence] = None, log=None) -> ManifoldResult:
+                      labels: Optional[Sequence] = None, log=None,
+                      workers: int = 1) -> ManifoldResult:
     """The exact manifold flow from (W1, W2) [(M,) d_in, width], [(M,) width, p], first retracted onto
-    Z, for τ up to tau_max, recorded every record_every (float64, CPU, one model after another).
+    Z, for τ up to tau_max, recorded every record_every (float64, CPU; `workers` models at a time,
+    each in its own thread on the caller's torch threads: one model's numbers do not depend on it).
 
     reset_W2: the N = 0 variant (W2 = H⁺Y after every step). h0, h_max, h_min, rtol: the step
     control (module docstring). method: the velocity's solve ("w1" or "cg"). stop_at_grok: stop a
     model at its first record with test accuracy ≥ config.grok_threshold. A model whose HHᵀ turns
-    singular stops there (meta["stopped"][i]; its records before are kept).
+    singular stops there (meta["stopped"][i]; its records before are kept). meta["model_seconds"]:
+    each model's wall time.
     """
     W1, W2 = _check(config, W1, W2)
     if W1.dim() == 2:
         W1, W2 = W1[None], W2[None]
-    if not (tau_max > 0 and record_every > 0 and 0 < h_min <= h0 <= h_max and rtol > 0):
-        raise GrokfastError(f"need tau_max > 0, record_every > 0, 0 < h_min ≤ h0 ≤ h_max, rtol > 0 "
-                            f"(got {tau_max}, {record_every}, {h_min}, {h0}, {h_max}, {rtol})")
+    if not (tau_max > 0 and record_every > 0 and 0 < h_min <= h0 <= h_max and rtol > 0
+            and workers >= 1):
+        raise GrokfastError(f"need tau_max > 0, record_every > 0, 0 < h_min ≤ h0 ≤ h_max, rtol > 0, "
+                            f"workers ≥ 1 (got {tau_max}, {record_every}, {h_min}, {h0}, {h_max}, "
+                            f"{rtol}, {workers})")
     data = make_dataset(config) if data is None else data
     X, Y = training_tensors(config, data)
     labels = list(range(len(W1))) if labels is None else list(labels)
     opts = dict(reset_W2=reset_W2, h0=h0, h_max=h_max, h_min=h_min, rtol=rtol, method=method)
     n_rec = int(math.floor(tau_max / record_every + 1e-9))
     history = {k: np.full((len(W1), n_rec + 1), np.nan) for k in RECORDS}
-    stopped, finals, t0 = [None] * len(W1), [], time.perf_counter()
-    for i in range(len(W1)):
+    t0, threads = time.perf_counter(), torch.get_num_threads()
+
+    def one(i):
+        torch.set_num_threads(threads)  # the caller's intra-op threads, in this worker thread too
+        t_model = time.perf_counter()
         flow = _Flow(config, data, X, Y, W1[i], W2[i], opts)
         flow.record(0.0)
-        tau = 0.0
+        tau, stopped = 0.0, None
         try:
             for j in range(1, n_rec + 1):
                 if stop_at_grok and flow.rows["test_acc"][-1] >= config.grok_threshold:
@@ -208,15 +224,26 @@ def simulate_manifold(config: Config, W1, W2, *, data: Optional[Dataset] = None,
                 flow.record(tau)
                 if log is not None and j % round(1 / record_every) == 0:
                     log(f"[manifold] model {labels[i]}: τ {tau:.3g}, test accuracy "
-                        f"{flow.rows['test_acc'][-1]:.3g}, {time.perf_counter() - t0:.0f} s")
+                        f"{flow.rows['test_acc'][-1]:.3g}, {time.perf_counter() - t_model:.0f} s")
         except GrokfastError as e:
-            stopped[i] = f"stopped at τ = {tau:.4g} (records before kept): {e}"
+            stopped = f"stopped at τ = {tau:.4g} (records before kept): {e}"
+        seconds = time.perf_counter() - t_model
+        if log is not None:
+            log(f"[manifold] model {labels[i]}: τ {tau:.3g}, {seconds:.1f} s")
+        return flow, stopped, seconds
+
+    if workers == 1:
+        done = [one(i) for i in range(len(W1))]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(one, range(len(W1))))
+    for i, (flow, _, _) in enumerate(done):
         for k, v in flow.rows.items():
             history[k][i, :len(v)] = v
-        finals.append((flow.pt.W1, flow.pt.W2))
-        if log is not None:
-            log(f"[manifold] model {labels[i]}: τ {tau:.3g}, {time.perf_counter() - t0:.1f} s")
+    stopped, seconds = [d[1] for d in done], [d[2] for d in done]
+    finals = [(d[0].pt.W1, d[0].pt.W2) for d in done]
     meta = dict(tau_max=tau_max, record_every=record_every, reset_W2=reset_W2, h0=h0, h_max=h_max,
-                h_min=h_min, rtol=rtol, method=method, stop_at_grok=stop_at_grok, stopped=stopped)
+                h_min=h_min, rtol=rtol, method=method, stop_at_grok=stop_at_grok, stopped=stopped,
+                model_seconds=seconds)
     return ManifoldResult(config, labels, history, torch.stack([f[0] for f in finals]),
                           torch.stack([f[1] for f in finals]), time.perf_counter() - t0, meta)

@@ -13,7 +13,7 @@ from grokfast.backends.torch.paths import intra_op_threads
 from grokfast.errors import GrokfastError
 from grokfast.model import init_params
 from grokfast.theory import min_norm_W2, predicted_dW1
-from grokfast.theory.manifold import ManifoldPoint, point_velocity, tangent_velocity
+from grokfast.theory.manifold import ManifoldPoint, point_velocity, sliding_velocity, tangent_velocity
 from grokfast.theory.manifold_sim import ManifoldResult, simulate_manifold
 from grokfast.theory.probe import TwoLayerJacobian, tangent_projection, two_layer_functions
 
@@ -202,3 +202,33 @@ def test_gd_approaches_the_flow_as_weight_decay_halves():
     ratios = [a / b for a, b in zip(dists, dists[1:])]
     print("distance per halving:", dists, "ratios:", ratios)
     assert all(1.8 < r < 2.2 for r in ratios)
+
+
+def test_models_integrated_in_parallel_are_bitwise_the_sequential_ones():
+    """workers=2 runs two models at a time in threads: each model's numbers stay its own."""
+    config = CASES["paper-real"]
+    pts = [on_Z(config, seed=s) for s in range(2)]
+    W1, W2 = torch.stack([p[1] for p in pts]), torch.stack([p[2] for p in pts])
+    one, two = (simulate_manifold(config, W1, W2, data=pts[0][0], tau_max=0.05, record_every=0.05,
+                                  workers=w) for w in (1, 2))
+    assert torch.equal(one.W1, two.W1) and torch.equal(one.W2, two.W2)
+    for k, v in one.history.items():
+        assert np.array_equal(two.history[k], v, equal_nan=True), k
+
+
+def test_sliding_set_is_a_fixed_point():
+    """sliding_velocity's held set: no pair left that its velocity carries across within h while
+    the other side's carries it back, and the held pairs' pre-activations do not move."""
+    config = CASES["paper-real"]
+    data, W1, W2 = on_Z(config)
+    pt = ManifoldPoint(W1, W2, data.X_train.double(), data.Y_train.double(), "relu")
+    h = 0.05
+    dW1, _, info, held_pt = sliding_velocity(pt, h)
+    print(info)
+    assert info["n_sliding"] > 0 and info["sliding_rounds"] < 8
+    held = held_pt.kinks
+    dZ = pt.X @ dW1
+    assert float(dZ[held].abs().max()) < 1e-12 * float(dZ.abs().max())
+    cross = ((pt.Z > 0) != (pt.Z + h * dZ > 0)) & ~held
+    o1, _, _ = point_velocity(held_pt.with_sides(cross))
+    assert not bool((cross & ((pt.X @ o1) * pt.Z > 0)).any())
