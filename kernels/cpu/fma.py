@@ -32,7 +32,9 @@ Composable: every function here is @njit (nogil) and callable from other numba c
                                                                     (W2[k, j] = w2[k·p + j])
     w2_grad(H [N, w], dY [N, p], j0, j1, g2t [p, w])                g2t[j0:j1]
     hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w])           dH[n0:n1]
-    product(a [T, R], b [T, C], out [R, C], r0, r1, c0, c1)        out[r0:r1, c0:c1] (any strides)
+    product(a [T, R], b [T, C], out [R, C], r0, r1, c0, c1)        out[r0:r1, c0:c1] (a: any
+                                                                    strides; b, out: unit stride
+                                                                    in their last axis, checked)
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..errors import KernelError
 
 LANES = {types.float32: 8, types.float64: 4}  # lanes of a vector of the tile (fixed, any CPU)
 VECTORS = 2                                   # vectors per output row of a tile: COLS = 16 / 8
@@ -121,8 +125,11 @@ _tile6, _tile2, _tile1 = _tile_kernel(6), _tile_kernel(2), _tile_kernel(1)
 @njit(cache=True, nogil=True)
 def product(a, b, out, r0, r1, c0, c1):
     """Continue out[r, c] ← fma(a[t, r], b[t, c], out[r, c]) for t = 0 … T−1 in order
-    (a [T, R], b [T, C], out [R, C]; any strides), for r0 ≤ r < r1 and c0 ≤ c < c1: with out
-    zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
+    (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
+    store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
+    with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
+    if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize:
+        raise KernelError("fma.product: b and out need unit stride along their last axis")
     T = a.shape[0]
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile_kernel)
     cend = c0 + (c1 - c0) // cols * cols

@@ -93,6 +93,22 @@ def test_gradient_products_are_the_written_fma_chains(dt, kernel, case):
             assert out[r, k] == chain(terms(r, k), dt), (r, k)
 
 
+def test_product_refuses_strided_columns():
+    """The tiles load b[t, c : c+16] and store out[r, c : c+16] as vectors: a b or an out with a
+    non-unit stride along its last axis is refused, never read as if it were contiguous."""
+    from grokfast.kernels.errors import KernelError
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((8, 6)).astype(np.float32)
+    b = rng.standard_normal((8, 64)).astype(np.float32)
+    out = np.zeros((6, 64), np.float32)
+    with pytest.raises(KernelError, match="unit stride"):
+        kfma.product(a, b[:, ::2], out[:, :32], 0, 6, 0, 32)
+    with pytest.raises(KernelError, match="unit stride"):
+        kfma.product(a, b[:, :32], out[:, ::2], 0, 6, 0, 32)
+    kfma.product(a, b, out, 0, 6, 0, 64)                          # unit strides: accepted
+    assert_close(out, a.T.astype(np.float64) @ b.astype(np.float64), dtype=torch.float32)
+
+
 def test_cuts_cover_the_range_with_aligned_inner_bounds():
     assert cuts(97, 2, 2) == [(0, 50), (50, 97)]
     assert cuts(40, 3, 16) == [(0, 16), (16, 32), (32, 40)]
