@@ -179,7 +179,10 @@ def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
 
 
 @pytest.mark.parametrize("changes", [{}, dict(grad_filter="ma", filter_window=3),
-                                     dict(grad_filter="ema")], ids=["gd", "ma", "ema"])
+                                     dict(grad_filter="ema"),
+                                     dict(optimizer="adam", lr=1e-2, weight_decay=0.01,
+                                          orthograd=True, fixed_norm=True)],
+                         ids=["gd", "ma", "ema", "adam-orthograd-fixed-norm"])
 def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
     configs = launch(BASE.replace(**changes))
     active = np.array([True, False, True])
@@ -195,8 +198,11 @@ def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
 @pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
                                                                  nesterov=True, lr=0.3),
                                      dict(grad_filter="ma", filter_window=4),
-                                     dict(grad_filter="ema")],
-                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema"])
+                                     dict(grad_filter="ema"),
+                                     dict(optimizer="adamw", lr=1e-2, warmup_steps=9,
+                                          orthograd=True, fixed_norm=True)],
+                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema",
+                              "adamw-warmup-orthograd-fixed-norm"])
 def test_native_resume_from_a_state_dict_continues_bitwise(changes):
     configs = launch(BASE.replace(**changes))
     data, ones = make_dataset(configs[0]), np.ones(3, bool)
