@@ -116,3 +116,20 @@ def test_portable_sqrt_is_the_correctly_rounded_root(dtype):
     for xi, ri, hi, lo in zip(x, r, up, down):
         fx, fr = Fraction(float(xi)), Fraction(float(ri))
         assert ((fr + Fraction(float(lo))) / 2) ** 2 < fx < ((fr + Fraction(float(hi))) / 2) ** 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_norm_target_takes_the_correctly_rounded_root(dtype):
+    """stats.target_norm (portable): numerics.param_norm's sums, Python's IEEE math.sqrt of
+    their total; within the tolerance table of torch's norm."""
+    import math
+
+    from grokfast.numerics import total
+
+    gen = torch.Generator().manual_seed(8)
+    W1, W2 = (torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in
+              ((26, 40), (40, 13)))
+    a, b = W1.double(), W2.double()
+    norm = stats.target_norm(W1, W2, fixed=True)
+    assert norm == math.sqrt(float(total(a * a) + total(b * b)))
+    assert_close(torch.tensor(norm, dtype=torch.float64), torch.cat([a.flatten(), b.flatten()]).norm())

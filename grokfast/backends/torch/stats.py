@@ -6,7 +6,8 @@ A one-stage full reduction splits across threads differently for M = 1 than for 
 each model's rows first, then the row sums, keeps every model's summation order independent of the
 batch. The element products go to a scratch [M, S] buffer (θ's layout). With portable numerics
 (`fixed=True`, the stepper's `portable`) the sums run in the written order of grokfast.numerics
-instead of torch's vector-width lanes. The statistics are taken in two steps: the sums (Σ x·x per
+instead of torch's vector-width lanes, and the square roots θ depends on (⊥Grad's norms, the
+fixed-norm rescale and its target) are IEEE's correctly rounded one (`sqrt`). The statistics are taken in two steps: the sums (Σ x·x per
 layer, ⟨g, θ⟩, the update's) into the row, then finish_before / finish_after form the roots,
 totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
 the same finish functions on a whole chunk's rows.
@@ -20,7 +21,7 @@ import torch
 
 from grokfast.config import Config
 from grokfast.model import STAT_NAMES, accuracy, cosine, data_loss, min_margin
-from grokfast.numerics import row_sum
+from grokfast.numerics import param_norm, row_sum, total
 
 # Statistic names in the order of the rows collected per recorded step.
 STAT_INDEX = {name: k for k, name in enumerate(STAT_NAMES)}
@@ -50,8 +51,17 @@ def sqrt(x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
     (the sqrt instruction on every x86-64 CPU), else torch's (not correctly rounded on every
     build: 1 ulp off for ~17 % of float32 inputs on torch 2.13's CPU kernels)."""
     if fixed and x.device.type == "cpu":
-        return torch.from_numpy(np.sqrt(x.numpy()))
+        return torch.from_numpy(np.asarray(np.sqrt(x.numpy())))
     return torch.sqrt(x)
+
+
+def target_norm(W1: torch.Tensor, W2: torch.Tensor, fixed: bool = False) -> float:
+    """The fixed-norm target ‖θ_0‖ in float64 of one model's initial W1, W2 (CPU): the sums of
+    numerics.param_norm, and with `fixed` IEEE's square root of their total."""
+    if not fixed:
+        return param_norm(W1, W2, False)
+    a, b = W1.double(), W2.double()
+    return float(sqrt(total(a * a) + total(b * b), True))
 
 
 def orthograd_(W: torch.Tensor, G: torch.Tensor, tmp: torch.Tensor, tmp2: torch.Tensor,
