@@ -31,7 +31,7 @@ import torch
 from grokfast.model import STAT_NAMES
 
 from .grad_filters import EMAFilter, MAFilter
-from .optim import GD, SGD, Adam
+from .optim import GD, SGD, Adam, Schedule
 from .stats import STAT_INDEX, finish_after, finish_before
 
 
@@ -180,6 +180,8 @@ class NativeLoop:
     def _neg_lr(sched: list, k: int, end: int, j: int = 0) -> np.ndarray:
         """Scalar j of the optimizer's schedule (0: −lr, or Adam's −lr/(1 − β1ᵗ)) for steps
         k … end−1 of the chunk: [end − k, M] in the working dtype."""
+        if isinstance(sched, Schedule):
+            return np.ascontiguousarray(sched.table[k:end, j, :, 0].numpy())
         first = sched[k][j].numpy()[:, 0]
         if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
             return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))

@@ -50,6 +50,23 @@ def start_rows(state: torch.Tensor, grad: torch.Tensor, fresh: np.ndarray) -> No
         state.index_copy_(0, rows, grad.index_select(0, rows))
 
 
+class Schedule:
+    """The per-step scalars of a chunk (GD.schedule): `table` [n, k, M, 1] in the working dtype;
+    item s is step s's tuple of k [M, 1] tensors, made when asked (the native loop reads the
+    table itself); a slice is the Schedule of those steps."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    def __getitem__(self, s):
+        if isinstance(s, slice):
+            return Schedule(self.table[s])
+        return tuple(self.table[s].unbind(0))
+
+
 class ModelRows:
     """Per-model state: tensors `names` ([M, S], models on dim `model_dim`) and the int64 [M]
     counter `counter` of calls per model, advanced once per chunk (`finish`)."""
@@ -155,11 +172,9 @@ class GD(ModelRows):
             groups.setdefault(key, (ci, []))[1].append(i)
         values = np.empty((n_steps, 3 if self.adam else 1, self.M))
         for (*_, t0), (ci, members) in groups.items():
-            for k in range(n_steps):
-                values[k][:, members] = np.asarray(self._scalars(ci, step0 + k,
-                                                                 t0 + k + 1))[:, None]
-        table = torch.from_numpy(values).to(self.dtype).to(self.device)[..., None]  # [n, k, M, 1]
-        return [tuple(row.unbind(0)) for row in table.unbind(0)]
+            group = [self._scalars(ci, step0 + k, t0 + k + 1) for k in range(n_steps)]
+            values[:, :, members] = np.array(group)[:, :, None]
+        return Schedule(torch.from_numpy(values).to(self.dtype).to(self.device)[..., None])
 
     def _scalars(self, c: Config, s: int, t: int) -> tuple:
         lr = step_lr(c, s)

@@ -7,9 +7,9 @@ each model's rows first, then the row sums, keeps every model's summation order 
 batch. The element products go to a scratch [M, S] buffer (θ's layout). With portable numerics
 (`fixed=True`, the stepper's `portable`) the sums run in the written order of grokfast.numerics
 instead of torch's vector-width lanes, and the square roots θ depends on (⊥Grad's norms, the
-fixed-norm rescale and its target) are IEEE's correctly rounded one (`sqrt`). The statistics are taken in two steps: the sums (Σ x·x per
-layer, ⟨g, θ⟩, the update's) into the row, then finish_before / finish_after form the roots,
-totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
+fixed-norm rescale and its target) are IEEE's correctly rounded one (`sqrt`). The statistics are
+taken in two steps: the sums (Σ x·x per layer, ⟨g, θ⟩, the update's) into the row, then
+finish_before / finish_after form the roots (torch's), totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
 the same finish functions on a whole chunk's rows.
 """
 from __future__ import annotations
