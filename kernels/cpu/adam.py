@@ -12,13 +12,13 @@ Per element i of θ, g, m = exp_avg, v = exp_avg_sq, with per-model scalars of t
     denom = √v / bc2_sqrt + ε                                       bc2_sqrt = √(1 − β2ᵗ)
     θ ← θ + (m·neg_step_size) / denom                               neg_step_size = −lr/(1 − β1ᵗ)
 
-No multiply–add fuses (numba without fastmath gives LLVM no `contract` flag) and the square root
-is `sqrt` below, llvm.sqrt: IEEE's correctly rounded square root (sqrtss / sqrtsd or their vector
-forms on x86-64). numba's own math.sqrt is a call of libm's sqrtf / sqrt, correctly rounded too,
-but a call the loop vectorizer cannot widen; the intrinsic lets the loop run in vector lanes,
-which changes no bit (every element is independent). Each element's bits are fixed by the source.
-A division by zero gives IEEE's ±inf / NaN, as torch's (error_model "numpy": no Python
-ZeroDivisionError, whose test per division would also keep the loop scalar).
+No multiply–add fuses (numba without fastmath gives LLVM no `contract` flag), and the square
+root is `math.sqrt`: numba emits a pure call of libm's sqrtf / sqrt, which LLVM turns into
+llvm.sqrt, the sqrt instruction (IEEE's correctly rounded root; vsqrtps / vsqrtpd in the vector
+loop: every element is independent, so the lanes change no bit). A division by zero gives
+IEEE's ±inf / NaN, as torch's (error_model "numpy": no Python ZeroDivisionError, whose test per
+division would also keep the loop scalar). Each element's bits are fixed by the source alone
+(tests/kernels/test_kernel_adam.py reads the compiled code).
 
     adam_range(theta, g, exp_avg, exp_avg_sq, a, b, ...)   elements [a, b) of one model's row
         (1-D arrays [S]), so that a caller may split one large model's row over threads;
@@ -29,20 +29,9 @@ Limits: CPU; float32 or float64 (one compiled variant each, cached on disk).
 """
 from __future__ import annotations
 
-from numba import njit, types
-from numba.extending import intrinsic
+import math
 
-
-@intrinsic
-def sqrt(typingctx, x):
-    """√x correctly rounded (llvm.sqrt), for a float32 or float64 scalar."""
-    if not isinstance(x, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.sqrt", [args[0].type])
-        return builder.call(fn, args)
-    return x(x), codegen
+from numba import njit
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -62,7 +51,7 @@ def adam_range(theta, g, exp_avg, exp_avg_sq, a, b, neg_step_size, bc2_sqrt, dec
         v = exp_avg_sq[i] * beta2 + (gi * one_minus_beta2) * gi
         exp_avg[i] = m
         exp_avg_sq[i] = v
-        denom = sqrt(v) / bc2_sqrt + eps
+        denom = math.sqrt(v) / bc2_sqrt + eps
         theta[i] = t + (m * neg_step_size) / denom
 
 

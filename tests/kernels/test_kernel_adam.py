@@ -133,3 +133,43 @@ def test_fixed_norm_target_takes_the_correctly_rounded_root(dtype):
     norm = stats.target_norm(W1, W2, fixed=True)
     assert norm == math.sqrt(float(total(a * a) + total(b * b)))
     assert_close(torch.tensor(norm, dtype=torch.float64), torch.cat([a.flatten(), b.flatten()]).norm())
+
+
+ASM = """
+import numpy as np
+from grokfast.kernels.cpu import adam
+for dt in (np.float32, np.float64):
+    x, s = [np.ones((2, 40), dt) for _ in range(4)], np.ones(2, dt)
+    adam.adam_step(*x, *[s] * 8, True, False)
+for sig, asm in adam._adam_step_kernel.inspect_asm().items():
+    print("KERNEL", sig[0].dtype)
+    print(asm)
+"""
+
+
+def test_compiled_update_has_vector_square_roots_and_no_fma(tmp_path):
+    """Haswell (AVX2 + FMA3): the update runs in ymm lanes with the sqrt instruction
+    (vsqrtps / vsqrtpd: IEEE's root, no libm call) and no fused multiply–add anywhere (numba
+    without fastmath: no contraction). A numba or LLVM that contracted a product into an add
+    or called a library square root instead would fail here."""
+    import os
+    import subprocess
+    import sys
+
+    from test_kernel_fma import HASWELL, _code
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=HASWELL,
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = [p.split("\n", 1) for p in proc.stdout.split("KERNEL ")[1:]]
+    assert sorted(head for head, _ in parts) == ["float32", "float64"]
+    for head, asm in parts:
+        ops = _code(asm)
+        suffix = "ps" if head == "float32" else "pd"
+        assert [i for i in ops if i[0] == "vsqrt" + suffix and "ymm" in i[-1]], head
+        assert not [i for i in ops if "fmadd" in i[0] or "fmsub" in i[0]], head
+        assert not [i for i in ops if len(i) > 1 and "sqrt" in i[1] and i[0] != "vsqrt" + suffix
+                    and i[0].startswith(("call", "movabs"))], head

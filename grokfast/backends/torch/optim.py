@@ -13,10 +13,12 @@ CPU. With numerics "portable" (the default) every update is written as separate 
 sqrt ops (`fused` False); "host" keeps torch.optim's fused ops (bitwise torch.optim on one CPU).
 mul / add / div are one IEEE rounding each. torch's CPU sqrt is not the correctly rounded one
 (torch 2.13: 17 % of 10⁶ float32 and 1.2 % of float64 results one ulp off IEEE's), so portable
-Adam / AdamW on the CPU runs as one numba pass instead (kernels/cpu/adam.py: the same operations in
-the same order, `math.sqrt` = llvm.sqrt, correctly rounded), and its bias correction √(1 − β2ᵗ)
-is math.sqrt's too: its bits are fixed by the source, like the products'. (The powers β1ᵗ, β2ᵗ
-of the schedule are Python's float `**`, the C library's pow, as torch.optim computes them.)
+Adam / AdamW on the CPU runs as one numba pass instead (kernels/cpu/adam.py: the same operations
+in the same order, `math.sqrt`: the sqrt instruction, correctly rounded), and its bias
+correction √(1 − β2ᵗ) is Python's math.sqrt: its bits are fixed by the source, like the
+products'. (The powers β1ᵗ, β2ᵗ of the schedule are Python's float `**`, the C library's pow, as
+torch.optim computes them.) The schedule of a chunk is one table (Schedule), read whole by the
+native chunk loop and step by step by the per-step path.
 
 `ModelRows` is the common part of every component that keeps per-model state (these optimizers,
 grokfast.grad_filters): the named state tensors, a per-model counter, copies of frozen models'
