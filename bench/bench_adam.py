@@ -88,7 +88,8 @@ def measure(providers, repeats: int) -> dict:
 
 def table(times: dict) -> str:
     first = np.median(next(iter(times.values())))
-    lines = ["| provider | CPU µs / step (median) | spread | ratio to the first |", "|---|---|---|---|"]
+    lines = ["| provider | CPU µs / step (median) | spread | ratio to the first |",
+             "|---|---|---|---|"]
     for p, t in times.items():
         med = np.median(t)
         lines.append(f"| {p} | {med * 1e6:.1f} | {(max(t) - min(t)) * 1e6:.1f} | "

@@ -1,6 +1,6 @@
-"""⊥Grad and the fixed-norm rescale on one model's row, for the native chunk loop (loop.py): the torch
-backend's portable operations (grokfast/backends/torch/stats.py, orthograd_ and fixed_norm_ with
-`fixed`) in the same order, so the bits are the same.
+"""⊥Grad and the fixed-norm rescale on one model's row, for the native chunk loop (loop.py): the
+torch backend's portable operations (grokfast/backends/torch/stats.py, orthograd_ and
+fixed_norm_ with `fixed`) in the same order, so the bits are the same.
 
     orthograd_layer   one layer's w, g:  proj = ⟨w, g⟩ / (Σ w·w + ε);  g⊥ = g − w·proj;
                       scale = √(Σ g·g) / (√(Σ g⊥·g⊥) + ε);  g ← g⊥·scale

@@ -132,7 +132,8 @@ def test_fixed_norm_target_takes_the_correctly_rounded_root(dtype):
     a, b = W1.double(), W2.double()
     norm = stats.target_norm(W1, W2, fixed=True)
     assert norm == math.sqrt(float(total(a * a) + total(b * b)))
-    assert_close(torch.tensor(norm, dtype=torch.float64), torch.cat([a.flatten(), b.flatten()]).norm())
+    assert_close(torch.tensor(norm, dtype=torch.float64),
+                 torch.cat([a.flatten(), b.flatten()]).norm())
 
 
 ASM = """

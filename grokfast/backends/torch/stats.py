@@ -9,8 +9,9 @@ batch. The element products go to a scratch [M, S] buffer (θ's layout). With po
 instead of torch's vector-width lanes, and the square roots θ depends on (⊥Grad's norms, the
 fixed-norm rescale and its target) are IEEE's correctly rounded one (`sqrt`). The statistics are
 taken in two steps: the sums (Σ x·x per layer, ⟨g, θ⟩, the update's) into the row, then
-finish_before / finish_after form the roots (torch's), totals and cosines; the native chunk loop (native.py) computes the same sums in numba and calls
-the same finish functions on a whole chunk's rows.
+finish_before / finish_after form the roots (torch's), totals and cosines; the native chunk loop
+(native.py) computes the same sums in numba and calls the same finish functions on a whole
+chunk's rows.
 """
 from __future__ import annotations
 
