@@ -224,8 +224,12 @@ def test_configs_the_native_loop_does_not_cover_stay_on_the_per_step_path(varian
     assert st.native is None and why_not(st)
 
 
-def test_shards_of_many_models_each_run_the_native_loop():
-    configs = [BASE.replace(seed=s, lr=1.0 + 0.01 * s) for s in range(16)]
+@pytest.mark.parametrize("changes", [{}, dict(optimizer="adamw", lr=1e-2, fixed_norm=True)],
+                         ids=["gd", "adamw-fixed-norm"])
+def test_shards_of_many_models_each_run_the_native_loop(changes):
+    lr = changes.get("lr", BASE.lr)
+    configs = [BASE.replace(**{**changes, "seed": s, "lr": lr * (1.0 + 0.01 * s)})
+               for s in range(16)]
     data = make_dataset(configs[0])
     sharded = make_stepper(configs, data, CPU, shards=2)
     assert isinstance(sharded, ShardedStepper)
