@@ -8,11 +8,14 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
     on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
     Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
+    ⊥Grad on each layer                   loop_norms.orthograd_layer (stats.orthograd_'s order)
     g ← g + wd·θ;  θ ← θ + (−lr_k)·g      update._gd_step_kernel (GD with coupled weight decay)
     or SGD with momentum / Nesterov       _sgd_step (torch.optim.SGD's order, as optim.SGD)
+    or Adam / AdamW                       adam.adam_range (the per-step path's own kernel)
+    θ ← θ·(target / ‖θ‖)                  loop_norms.fixed_norm (stats.fixed_norm_'s order)
 
-Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py)
-or its operations in the same order (loop_stats.py, loop_filters.py),
+Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py,
+adam.py) or its operations in the same order (loop_stats.py, loop_filters.py, loop_norms.py),
 called on the same model's rows in the same order, so each model's bits are those of the per-step
 path by construction; models are independent, so running all steps of one model before the next
 (its θ and buffers stay in cache) changes no bit. The logged steps' statistics are reduced here
@@ -25,15 +28,19 @@ Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
     rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
-Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD or SGD; no filter, EMA or MA; no
-⊥Grad or fixed norm; one thread per call (callers run shards of models on threads; nogil).
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD, SGD, Adam or AdamW; no filter,
+EMA or MA; ⊥Grad and fixed norm or not; one thread per call (callers run shards of models on
+threads; nogil).
 """
 from __future__ import annotations
 
 from numba import njit
 
+from .adam import adam_range
 from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
 from .loop_filters import ema_filter, ma_filter
+from .loop_norms import fixed_norm as fixed_norm_row
+from .loop_norms import orthograd_layer
 from .loop_stats import stats_after, stats_before, test_metrics
 from .update import _gd_step_kernel, _mse_grad_kernel
 
@@ -66,8 +73,10 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt, done):
+                  filt, opt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
+    (adam, bc2_sqrt, decay, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, eps,
+     decoupled, orthograd, ortho_eps, fixed_norm, target) = opt
     ti0, ti1, tlabels, tdiv, tZ, tH, tht, tyt, tlogits = test
     kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
     W = ring.shape[0]
@@ -98,12 +107,21 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
             elif kind == MA:
                 ma_filter(grad[m], ring[:, m], (ring_pos + k) % W, min(filtered[m] + k + 1, W),
                           warmup, mean, lamb[m], one, zero, theta0[1])
-            if sgd:
+            if orthograd:
+                orthograd_layer(theta[m, :P1], grad[m, :P1], ortho_eps, prod, acc, zero)
+                orthograd_layer(theta[m, P1:P], grad[m, P1:P], ortho_eps, prod, acc, zero)
+            if adam:
+                adam_range(theta[m], grad[m], exp_avg[m], exp_avg_sq[m], 0, S, neg_lr[k, m],
+                           bc2_sqrt[k, m], decay[k, m], wd[m], one_minus_beta1[m], beta2[m],
+                           one_minus_beta2[m], eps[m], decoupled, any_wd)
+            elif sgd:
                 _sgd_step(theta[m], grad[m], buf[m], neg_lr[k, m], wd[m], any_wd, use_momentum,
                           momentum[m], nesterov[m], steps_before[m] + k == 0)
             else:
                 _gd_step_kernel(theta[m:m + 1], grad[m:m + 1], neg_lr[k, m:m + 1],
                                 wd[m:m + 1], S)
+            if fixed_norm:
+                fixed_norm_row(theta[m], P1, P, target[m], one, prod, acc, zero)
             if logged:
                 stats_after(m, theta[m], theta0[0], theta0[1], P1, P,
                             zero, prod, acc, cols, rows[r])
@@ -115,7 +133,7 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
               Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-              filt, done) -> None:
+              filt, opt, done) -> None:
     """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
@@ -135,10 +153,17 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     ring_pos, warmup, mean): the gradient filter between the statistics and the update
     (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
     ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
-    any of the right type). done [1] int64: set to the number of steps as the call's last act
+    any of the right type). opt = (adam, bc2_sqrt [K, M], decay [K, M], exp_avg [M, S],
+    exp_avg_sq [M, S], 1 − β1 [M], β2 [M], 1 − β2 [M], ε [M], decoupled, orthograd, ortho_eps,
+    fixed_norm, target [M]): with adam, Adam (decoupled False; weight decay on g where any_wd)
+    or AdamW (adam.adam_range) replaces GD / SGD, neg_lr then holding −lr/(1 − β1ᵗ) and
+    bc2_sqrt, decay (1 − lr·wd) the other per-step scalars of the optimizer's schedule; with
+    orthograd, ⊥Grad (loop_norms, ε ortho_eps) on each layer between the filter and the update;
+    with fixed_norm, θ rescaled to target after it (arrays a switch does not use may be any of
+    the right type). done [1] int64: set to the number of steps as the call's last act
     (the caller can tell whether it ran when an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt, done)
+                  filt, opt, done)

@@ -38,12 +38,28 @@ COVERED = {
                                      filter_warmup=False, filter_lamb=0.5, dtype="float32"),
     "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
                                      n_test=None, train_frac=0.6, lr=0.1),
+    "adamw-float32": dict(optimizer="adamw", lr=1e-2, weight_decay=1.0, dtype="float32"),
+    "adamw-float64-warmup-ema": dict(optimizer="adamw", lr=1e-2, weight_decay=0.5,
+                                     betas=(0.9, 0.98), warmup_steps=9, grad_filter="ema",
+                                     filter_alpha=0.9, filter_lamb=2.0, dtype="float64"),
+    "adam-wd-float32-ma": dict(optimizer="adam", lr=3e-3, weight_decay=0.01, grad_filter="ma",
+                               filter_window=4, filter_lamb=1.0, dtype="float32"),
+    "adam-no-wd-float64": dict(optimizer="adam", lr=1e-2, weight_decay=0.0, eps=1e-6,
+                               dtype="float64"),
+    "orthograd-gd-float32": dict(orthograd=True, dtype="float32"),
+    "orthograd-adamw-float64": dict(orthograd=True, optimizer="adamw", lr=1e-2, dtype="float64"),
+    "orthograd-adamw-quadratic-float32": dict(orthograd=True, optimizer="adamw", lr=1e-2,
+                                              activation="quadratic", dtype="float32"),
+    "fixed-norm-sgd-float32": dict(fixed_norm=True, optimizer="sgd", momentum=0.9, lr=0.3,
+                                   dtype="float32"),
+    "fixed-norm-sgd-nesterov-ema-float64": dict(fixed_norm=True, optimizer="sgd", momentum=0.8,
+                                                nesterov=True, lr=0.3, grad_filter="ema",
+                                                dtype="float64"),
+    "orthograd-fixed-norm-adam-float32": dict(orthograd=True, fixed_norm=True, optimizer="adam",
+                                              lr=1e-2, dtype="float32"),
 }
 
 PER_STEP = {
-    "adamw": dict(optimizer="adamw", lr=1e-2),
-    "orthograd": dict(orthograd=True),
-    "fixed-norm": dict(fixed_norm=True),
     "cross-entropy": dict(loss="cross_entropy"),
     "stablemax": dict(loss="stablemax"),
     "host-numerics": dict(numerics="host"),
@@ -163,7 +179,10 @@ def test_diverging_runs_record_the_same_non_finite_statistics(dtype):
 
 
 @pytest.mark.parametrize("changes", [{}, dict(grad_filter="ma", filter_window=3),
-                                     dict(grad_filter="ema")], ids=["gd", "ma", "ema"])
+                                     dict(grad_filter="ema"),
+                                     dict(optimizer="adam", lr=1e-2, weight_decay=0.01,
+                                          orthograd=True, fixed_norm=True)],
+                         ids=["gd", "ma", "ema", "adam-orthograd-fixed-norm"])
 def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
     configs = launch(BASE.replace(**changes))
     active = np.array([True, False, True])
@@ -179,8 +198,11 @@ def test_stopped_models_are_not_stepped_by_the_native_loop(changes):
 @pytest.mark.parametrize("changes", [dict(warmup_steps=9), dict(optimizer="sgd", momentum=0.9,
                                                                  nesterov=True, lr=0.3),
                                      dict(grad_filter="ma", filter_window=4),
-                                     dict(grad_filter="ema")],
-                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema"])
+                                     dict(grad_filter="ema"),
+                                     dict(optimizer="adamw", lr=1e-2, warmup_steps=9,
+                                          orthograd=True, fixed_norm=True)],
+                         ids=["gd-warmup", "sgd-nesterov", "ma", "ema",
+                              "adamw-warmup-orthograd-fixed-norm"])
 def test_native_resume_from_a_state_dict_continues_bitwise(changes):
     configs = launch(BASE.replace(**changes))
     data, ones = make_dataset(configs[0]), np.ones(3, bool)
@@ -202,8 +224,12 @@ def test_configs_the_native_loop_does_not_cover_stay_on_the_per_step_path(varian
     assert st.native is None and why_not(st)
 
 
-def test_shards_of_many_models_each_run_the_native_loop():
-    configs = [BASE.replace(seed=s, lr=1.0 + 0.01 * s) for s in range(16)]
+@pytest.mark.parametrize("changes", [{}, dict(optimizer="adamw", lr=1e-2, fixed_norm=True)],
+                         ids=["gd", "adamw-fixed-norm"])
+def test_shards_of_many_models_each_run_the_native_loop(changes):
+    lr = changes.get("lr", BASE.lr)
+    configs = [BASE.replace(**{**changes, "seed": s, "lr": lr * (1.0 + 0.01 * s)})
+               for s in range(16)]
     data = make_dataset(configs[0])
     sharded = make_stepper(configs, data, CPU, shards=2)
     assert isinstance(sharded, ShardedStepper)

@@ -14,8 +14,11 @@ boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
 model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
-with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule),
-Grokfast EMA and MA filters (and their lr switch), float32 and float64; no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
+Adam and AdamW (the per-step path's own numba update, kernels/cpu/adam.py), with or without
+weight decay, warmup (the per-step scalars come from the optimizer's schedule), Grokfast EMA and
+MA filters (and their lr switch), ⊥Grad and fixed norm (kernels/cpu/loop_norms.py: the per-step
+path's operations, IEEE square roots in both), float32 and float64. `why_not` names what sends a
+launch to the per-step path.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 from grokfast.model import STAT_NAMES
 
 from .grad_filters import EMAFilter, MAFilter
-from .optim import GD, SGD
+from .optim import GD, SGD, Adam, Schedule
 from .stats import STAT_INDEX, finish_after, finish_before
 
 
@@ -45,11 +48,10 @@ def why_not(st) -> Optional[str]:
     if c.loss != "mse" or st.loss_grad.fused is None:
         return f"loss={c.loss!r} is on the per-step path (the native loop covers MSE)"
     if not ((type(st.opt) is GD and st.opt.gd_kernel is not None)
-            or (type(st.opt) is SGD and not st.opt.fused)):
-        return (f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD "
-                f"and SGD)")
-    if c.orthograd or c.fixed_norm:
-        return "orthograd and fixed_norm are on the per-step path"
+            or (type(st.opt) is SGD and not st.opt.fused)
+            or (type(st.opt) is Adam and st.opt.adam_kernel is not None)):
+        return (f"optimizer={c.optimizer!r} is on the per-step path (the native loop covers GD, "
+                f"SGD, Adam and AdamW)")
     return None
 
 
@@ -74,9 +76,11 @@ class NativeLoop:
             self.sgd = (True, opt.any_wd, opt.use_momentum,
                         _per_model(opt.momentum), _per_model(opt.nesterov))
             self.buf = opt.momentum_buffer.numpy()
-        else:                  # GD: the SGD arguments unused (same types, one compiled kernel)
-            self.sgd = (False, False, False, self.wd, np.zeros(st.M, dtype=np.bool_))
+        else:                  # GD, Adam: the SGD arguments unused but Adam's any_wd (same
+            self.sgd = (False, type(opt) is Adam and opt.any_wd, False, self.wd,  # types, one
+                        np.zeros(st.M, dtype=np.bool_))                       # compiled kernel)
             self.buf = nb["theta"]
+        self.opt_args = self._opt_args(st)
         self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
                         nb["logits"], nb["dlogits"])
         self.stats = self._stats_args(st)
@@ -97,6 +101,19 @@ class NativeLoop:
                     f.filter_count + st.offset, f.ring.numpy(), f.ring_pos, f.warmup, f.mean)
         return (NONE, theta, self.wd, self.wd, self.wd, np.zeros(st.M, np.int64), theta[None],
                 0, False, False)
+
+    def _opt_args(self, st) -> tuple:
+        """mse_chunk's `opt` but its per-step tables (bc2_sqrt, decay: _call fills them in):
+        Adam's state and per-model scalars, the ⊥Grad and fixed-norm switches and targets."""
+        opt, theta, dt = st.opt, st.nb["theta"], st.nb["theta"].dtype.type
+        if type(opt) is Adam:
+            adam = (True, opt.exp_avg.numpy(), opt.exp_avg_sq.numpy(),
+                    *(_per_model(x) for x in (opt.one_minus_beta1, opt.beta2,
+                                              opt.one_minus_beta2, opt.eps)), opt.decoupled)
+        else:
+            adam = (False, theta, theta, self.wd, self.wd, self.wd, self.wd, False)
+        return (*adam, st.orthograd, dt(1e-30), st.fixed_norm,
+                np.ascontiguousarray(st.target_norm.numpy()))
 
     @staticmethod
     def _stats_args(st) -> tuple:
@@ -139,7 +156,7 @@ class NativeLoop:
                                   self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
                                   self.opt.steps_taken + st.offset, self.buf, *self.buffers,
                                   step0, c.log_every, c.eval_every, st.P, *self.stats, table,
-                                  self._filter_args(st), done)
+                                  self._filter_args(st), self._opt(sched, n_steps), done)
         finally:  # a Ctrl-C surfacing right after the call: the steps ran, count them
             st.offset += int(done[0])
             if self.ring is not None:      # the MA ring advanced one slot per step
@@ -149,13 +166,26 @@ class NativeLoop:
         finish_after(stats, st.dtype)
         rows.extend(torch.from_numpy(table))
 
+    def _opt(self, sched: list, n_steps: int) -> tuple:
+        """mse_chunk's `opt` for steps 0 … n_steps−1 of `sched`."""
+        adam, *state = self.opt_args
+        if adam:
+            tables = (self._neg_lr(sched, 0, n_steps, 1), self._neg_lr(sched, 0, n_steps, 2))
+        else:
+            lr = self._neg_lr(sched, 0, n_steps)
+            tables = (lr, lr)
+        return (adam, *tables, *state)
+
     @staticmethod
-    def _neg_lr(sched: list, k: int, end: int) -> np.ndarray:
-        """−lr of steps k … end−1 of the chunk: [end − k, M] in the working dtype."""
-        first = sched[k][0].numpy()[:, 0]
+    def _neg_lr(sched: list, k: int, end: int, j: int = 0) -> np.ndarray:
+        """Scalar j of the optimizer's schedule (0: −lr, or Adam's −lr/(1 − β1ᵗ)) for steps
+        k … end−1 of the chunk: [end − k, M] in the working dtype."""
+        if isinstance(sched, Schedule):
+            return np.ascontiguousarray(sched.table[k:end, j, :, 0].numpy())
+        first = sched[k][j].numpy()[:, 0]
         if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
             return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
-        return np.stack([sched[i][0].numpy()[:, 0] for i in range(k, end)])
+        return np.stack([sched[i][j].numpy()[:, 0] for i in range(k, end)])
 
 
 def _per_model(x: torch.Tensor) -> np.ndarray:

@@ -11,10 +11,14 @@ Numerics. torch's vectorized addcmul_, add_(alpha=), lerp_ fuse the multiply and
 under its AVX2 / AVX-512 capabilities and not under its default one, so their bits depend on the
 CPU. With numerics "portable" (the default) every update is written as separate mul / add / div /
 sqrt ops (`fused` False); "host" keeps torch.optim's fused ops (bitwise torch.optim on one CPU).
-mul / add / div are one IEEE rounding each. torch's CPU sqrt is not the correctly rounded one here
-(torch 2.13: 17 % of 10⁶ float32 and 1.2 % of float64 results one ulp off numpy's, the same bits
-under ATen's default and avx2 capabilities), so Adam's update is tested portable (the golden
-hashes under every capability a machine runs), not proven like the products.
+mul / add / div are one IEEE rounding each. torch's CPU sqrt is not the correctly rounded one
+(torch 2.13: 17 % of 10⁶ float32 and 1.2 % of float64 results one ulp off IEEE's), so portable
+Adam / AdamW on the CPU runs as one numba pass instead (kernels/cpu/adam.py: the same operations
+in the same order, `math.sqrt`: the sqrt instruction, correctly rounded), and its bias
+correction √(1 − β2ᵗ) is Python's math.sqrt: its bits are fixed by the source, like the
+products'. (The powers β1ᵗ, β2ᵗ of the schedule are Python's float `**`, the C library's pow, as
+torch.optim computes them.) The schedule of a chunk is one table (Schedule), read whole by the
+native chunk loop and step by step by the per-step path.
 
 `ModelRows` is the common part of every component that keeps per-model state (these optimizers,
 grokfast.grad_filters): the named state tensors, a per-model counter, copies of frozen models'
@@ -22,6 +26,7 @@ rows (snapshot / restore) and the state dict in the layout of grokfast.stepper.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +50,23 @@ def start_rows(state: torch.Tensor, grad: torch.Tensor, fresh: np.ndarray) -> No
     else:
         rows = torch.from_numpy(np.nonzero(fresh)[0]).to(grad.device)
         state.index_copy_(0, rows, grad.index_select(0, rows))
+
+
+class Schedule:
+    """The per-step scalars of a chunk (GD.schedule): `table` [n, k, M, 1] in the working dtype;
+    item s is step s's tuple of k [M, 1] tensors, made when asked (the native loop reads the
+    table itself); a slice is the Schedule of those steps."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    def __getitem__(self, s):
+        if isinstance(s, slice):
+            return Schedule(self.table[s])
+        return tuple(self.table[s].unbind(0))
 
 
 class ModelRows:
@@ -152,11 +174,9 @@ class GD(ModelRows):
             groups.setdefault(key, (ci, []))[1].append(i)
         values = np.empty((n_steps, 3 if self.adam else 1, self.M))
         for (*_, t0), (ci, members) in groups.items():
-            for k in range(n_steps):
-                values[k][:, members] = np.asarray(self._scalars(ci, step0 + k,
-                                                                 t0 + k + 1))[:, None]
-        table = torch.from_numpy(values).to(self.dtype).to(self.device)[..., None]  # [n, k, M, 1]
-        return [tuple(row.unbind(0)) for row in table.unbind(0)]
+            group = [self._scalars(ci, step0 + k, t0 + k + 1) for k in range(n_steps)]
+            values[:, :, members] = np.array(group)[:, :, None]
+        return Schedule(torch.from_numpy(values).to(self.dtype).to(self.device)[..., None])
 
     def _scalars(self, c: Config, s: int, t: int) -> tuple:
         lr = step_lr(c, s)
@@ -166,7 +186,9 @@ class GD(ModelRows):
         step = float(t)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
-        return (-(lr / bias_correction1), bias_correction2 ** 0.5, 1 - lr * c.weight_decay)
+        # portable: IEEE's square root (math.sqrt); host: torch.optim's own `** 0.5`
+        bc2_sqrt = bias_correction2 ** 0.5 if self.fused else math.sqrt(bias_correction2)
+        return (-(lr / bias_correction1), bc2_sqrt, 1 - lr * c.weight_decay)
 
 
 class SGD(GD):
@@ -212,6 +234,11 @@ class Adam(GD):
         super().__init__(configs, theta, tmp, tmp2)
         dt, dev = theta.dtype, theta.device
         self.decoupled = configs[0].optimizer == "adamw"
+        # portable on the CPU: one numba pass (kernels/cpu/adam.adam_step), IEEE's square root
+        self.adam_kernel = None
+        if not self.fused and dev.type == "cpu" and theta.is_contiguous():
+            from grokfast.kernels.cpu import adam as cpu_adam
+            self.adam_kernel = cpu_adam
         self.one_minus_beta1 = per_model([1 - ci.betas[0] for ci in configs], dt, dev)
         self.beta2 = per_model([ci.betas[1] for ci in configs], dt, dev)
         self.one_minus_beta2 = per_model([1 - ci.betas[1] for ci in configs], dt, dev)
@@ -222,6 +249,15 @@ class Adam(GD):
     def step(self, theta: torch.Tensor, G: torch.Tensor, sched, offset: int) -> None:
         tmp = self.tmp
         neg_step_size, bc2_sqrt, decay = sched
+        if self.adam_kernel is not None:
+            self.adam_kernel.adam_step(*(x.numpy() for x in (theta, G, self.exp_avg,
+                                                              self.exp_avg_sq)),
+                                       *(x.numpy()[:, 0] for x in (neg_step_size, bc2_sqrt, decay,
+                                                                   self.wd, self.one_minus_beta1,
+                                                                   self.beta2, self.one_minus_beta2,
+                                                                   self.eps)),
+                                       self.decoupled, self.any_wd)
+            return
         if self.decoupled:
             theta.mul_(decay)                                           # θ·(1 − lr·wd)
         elif self.any_wd:

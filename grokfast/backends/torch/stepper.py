@@ -61,7 +61,6 @@ from grokfast.config import Config
 from grokfast.data import Dataset
 from grokfast.errors import GrokfastError
 from grokfast.model import STAT_NAMES, init_params, torch_dtype
-from grokfast.numerics import param_norm
 
 from .grad_filters import make_filter
 from .loss import LossGrad
@@ -75,7 +74,14 @@ from .paths import (
     mm_per_model,
 )
 from .split import CoreSplit
-from .stats import STAT_INDEX, fixed_norm_, orthograd_, stats_after, stats_before
+from .stats import (
+    STAT_INDEX,
+    fixed_norm_,
+    orthograd_,
+    stats_after,
+    stats_before,
+    target_norm,
+)
 
 
 class TorchStepper:
@@ -168,7 +174,7 @@ class TorchStepper:
             self.W1[i].copy_(W1)
             self.W2[i].copy_(W2)
             # the reference's fixed-norm target: ‖θ_0‖ in float64 from the initial parameters
-            targets.append(param_norm(W1, W2, self.portable))
+            targets.append(target_norm(W1, W2, self.portable))
         self.target_norm = torch.tensor(targets, dtype=torch.float64).to(dt).to(dev)  # [M]
 
     def _buffers(self) -> None:
