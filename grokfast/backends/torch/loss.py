@@ -1,13 +1,16 @@
 """The torch backend's loss gradient ∂L/∂Ŷ for M models at once, formed in the operation order in
 which autograd forms it from the reference's loss (grokfast.model.data_loss); with portable numerics
-the sums over classes (logsumexp, stablemax's Σ s) run in the written order of grokfast.numerics."""
+the sums over classes (logsumexp, stablemax's Σ s) run in the written order of grokfast.numerics and
+exp / log are its written ones (on the CPU the gradient is kernels/cpu/loop_loss.py's, the same
+operations in numba, shared with the native chunk loop)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from grokfast.config import Config
 from grokfast.model import stablemax_s
-from grokfast.numerics import logsumexp, row_sum
+from grokfast.numerics import exp, logsumexp, row_sum
 
 
 class LossGrad:
@@ -36,6 +39,13 @@ class LossGrad:
             g = one / N if c.loss_reduction == "mean" else one          # ∂L/∂(per-sample loss)
             self.row_grad = g
             self.onehot_g = torch.nn.functional.one_hot(labels, p).to(lt) * g
+            # portable on the CPU: the same operations in numba, exp and log written in the
+            # source (kernels/cpu/loop_loss.py, shared with the native chunk loop)
+            self.fused = None
+            if portable and dev.type == "cpu" and out.is_contiguous():
+                from grokfast.kernels.cpu import loop_loss
+                self.fused = (loop_loss, labels.numpy().astype("int64"), out.numpy(),
+                              loss_args(c, N, p, lt))
         if not self.same_dtype:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
 
@@ -48,12 +58,17 @@ class LossGrad:
                 kernel.mse_grad(logits.numpy(), labels, scale, dst)
                 return out
             return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
+        if self.fused is not None and logits.is_contiguous():
+            kernel, labels, dst, loss = self.fused
+            kernel.loss_grad_models(loss, logits.numpy(), labels, dst)
+            return out
         z = logits if self.same_dtype else self.z_loss.copy_(logits)
         if c.loss == "cross_entropy":
             # ∂/∂z (logsumexp(z) − z_c)·g = g·exp(z − lse) − g·e_c
             lse = (logsumexp(z)[..., None] if self.portable
                    else torch.logsumexp(z, dim=-1, keepdim=True))
-            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None).exp_()
+            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None)
+            dz = exp(dz) if self.portable else dz.exp_()
             dz.mul_(self.row_grad).sub_(self.onehot_g)
         else:
             # stablemax: L_i = log Σ_j s(z_j) − log s(z_c); ∂s/∂z = 1 (z ≥ 0), r² with r = 1/(1 − z)
@@ -65,3 +80,18 @@ class LossGrad:
         if dz is not out:
             out.copy_(dz)                                              # float64 → working dtype
         return out
+
+
+def loss_args(c: Config, n: int, p: int, loss_dtype: torch.dtype) -> tuple:
+    """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for up to n
+    samples of p classes: (kind, mean, g, one, zero, and zl [n, p], el [n, p], al [n] scratch of
+    the loss dtype), g = 1/N (N = n) for the mean, 1 for the sum, as LossGrad's."""
+    from grokfast.kernels.cpu import loop_loss
+
+    kind = loop_loss.CROSS_ENTROPY if c.loss == "cross_entropy" else loop_loss.STABLEMAX
+    one = torch.ones((), dtype=loss_dtype)
+    mean = c.loss_reduction == "mean"
+    g = (one / n if mean else one).numpy()[()]
+    dt = g.dtype
+    return (kind, mean, g, dt.type(1), dt.type(0), np.empty((n, p), dt), np.empty((n, p), dt),
+            np.empty(n, dt))
