@@ -38,14 +38,31 @@ COVERED = {
                                      filter_warmup=False, filter_lamb=0.5, dtype="float32"),
     "quadratic-concat-ordered": dict(activation="quadratic", encoding="concat", pairs="ordered",
                                      n_test=None, train_frac=0.6, lr=0.1),
+    "ce-mean-gd-float32": dict(loss="cross_entropy", dtype="float32"),
+    "ce-mean-float64-loss-sgd-nesterov-float32": dict(loss="cross_entropy", loss_dtype="float64",
+                                                      optimizer="sgd", momentum=0.8,
+                                                      nesterov=True, lr=0.3, dtype="float32"),
+    "ce-sum-gd-ema-float64": dict(loss="cross_entropy", loss_reduction="sum", lr=0.05,
+                                  grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0,
+                                  dtype="float64"),
+    "ce-sum-float64-loss-gd-float32": dict(loss="cross_entropy", loss_reduction="sum",
+                                           loss_dtype="float64", lr=0.05, dtype="float32"),
+    "stablemax-mean-gd-float32": dict(loss="stablemax", dtype="float32"),
+    "stablemax-mean-float64-loss-sgd-nesterov-float32": dict(
+        loss="stablemax", loss_dtype="float64", optimizer="sgd", momentum=0.8, nesterov=True,
+        lr=0.3, dtype="float32"),
+    "stablemax-sum-gd-ma-float64": dict(loss="stablemax", loss_reduction="sum", lr=0.05,
+                                        grad_filter="ma", filter_window=4, filter_lamb=3.0,
+                                        dtype="float64"),
+    "stablemax-sum-float64-loss-gd-float32": dict(loss="stablemax", loss_reduction="sum",
+                                                  loss_dtype="float64", lr=0.05,
+                                                  dtype="float32"),
 }
 
 PER_STEP = {
     "adamw": dict(optimizer="adamw", lr=1e-2),
     "orthograd": dict(orthograd=True),
     "fixed-norm": dict(fixed_norm=True),
-    "cross-entropy": dict(loss="cross_entropy"),
-    "stablemax": dict(loss="stablemax"),
     "host-numerics": dict(numerics="host"),
 }
 

@@ -82,16 +82,17 @@ class LossGrad:
         return out
 
 
-def loss_args(c: Config, n: int, p: int, loss_dtype: torch.dtype) -> tuple:
-    """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for up to n
-    samples of p classes: (kind, mean, g, one, zero, and zl [n, p], el [n, p], al [n] scratch of
-    the loss dtype), g = 1/N (N = n) for the mean, 1 for the sum, as LossGrad's."""
+def loss_args(c: Config, N: int, p: int, loss_dtype: torch.dtype, rows: int = 0) -> tuple:
+    """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for N
+    training samples of p classes: (kind, mean, g, one, zero, and zl [n, p], el [n, p], al [n]
+    scratch of the loss dtype, n = max(N, rows)), g = 1/N for the mean, 1 for the sum, as
+    LossGrad's."""
     from grokfast.kernels.cpu import loop_loss
 
     kind = loop_loss.CROSS_ENTROPY if c.loss == "cross_entropy" else loop_loss.STABLEMAX
     one = torch.ones((), dtype=loss_dtype)
     mean = c.loss_reduction == "mean"
-    g = (one / n if mean else one).numpy()[()]
-    dt = g.dtype
+    g = (one / N if mean else one).numpy()[()]
+    dt, n = g.dtype, max(N, rows)
     return (kind, mean, g, dt.type(1), dt.type(0), np.empty((n, p), dt), np.empty((n, p), dt),
             np.empty(n, dt))
