@@ -24,8 +24,9 @@ exact there) and round the float64 result once to float32: deterministic, within
     exp(x), log(x)                    float64 scalars (@njit, callable from other numba code)
     exp_array(x, out), log_array(x, out)   elementwise over arrays of one shape (float32 or
                                            float64, out the same dtype as x)
-NaN results: a NaN input comes back as itself (quieted); log of a negative number is the positive
-quiet NaN (a constant, not the CPU's default NaN).
+NaN results: a NaN input comes back as itself, bit for bit (fdlibm's x + x would leave its payload
+to the compiler and the CPU); log of a negative number is the positive quiet NaN (a constant, not
+the CPU's default NaN).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def exp(x):
     if hx >= 0x40862E42:                                # |x| ≥ 709.78…, inf or NaN
         if hx >= 0x7FF00000:
             if ((hx & 0xFFFFF) | (b & _LOW)) != 0:
-                return x + x                            # NaN
+                return x                                # NaN: itself
             return 0.0 if neg else x                    # e^−inf = 0, e^inf = inf
         if x > _O_THRESHOLD:
             return np.inf
@@ -129,6 +130,8 @@ def exp(x):
 @njit(cache=True, nogil=True, error_model="numpy")
 def log(x):
     """The natural logarithm of a float64 (fdlibm's e_log.c)."""
+    if x != x:
+        return x                                        # a NaN (of either sign) itself
     b = _bits(x)
     hx, lx = b >> 32, b & _LOW                          # hx signed, as fdlibm's int
     k = 0
@@ -142,7 +145,7 @@ def log(x):
         b = _bits(x)
         hx, lx = b >> 32, b & _LOW
     if hx >= 0x7FF00000:
-        return x + x                                    # inf or NaN
+        return x                                        # log(inf) = inf
     k += (hx >> 20) - 1023
     hx &= 0x000FFFFF
     i = (hx + 0x95F64) & 0x100000
