@@ -22,6 +22,7 @@ exact there) and round the float64 result once to float32: deterministic, within
 (the double rounding can differ from the correctly rounded float32 result in rare ties).
 
     exp(x), log(x)                    float64 scalars (@njit, callable from other numba code)
+    exp_row(src, dst)                 exp over a 1-D array, vectorizable (@njit; the same bits)
     exp_array(x, out), log_array(x, out)   elementwise over arrays of one shape (float32 or
                                            float64, out the same dtype as x)
 NaN results: a NaN input comes back as itself, bit for bit (fdlibm's x + x would leave its payload
@@ -85,6 +86,7 @@ _LG5 = _word(0x3FC74664, 0x96CB03DE)
 _LG6 = _word(0x3FC39A09, 0xD078C69F)
 _LG7 = _word(0x3FC2F112, 0xDF3E5244)
 _LOW = 0xFFFFFFFF
+EXP_LOW, EXP_HIGH = -707.0, 709.0                      # exp_row's branch-free range
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -176,10 +178,39 @@ def log(x):
     return dk * _LN2_HI - ((s * (f - R) - dk * _LN2_LO) - f)
 
 
-@njit(cache=True, nogil=True)
-def _exp_kernel(x, out):
-    for i in range(x.shape[0]):
-        out[i] = exp(np.float64(x[i]))                       # float32: rounded once on the store
+@njit(cache=True, nogil=True, error_model="numpy")
+def exp_row(src, dst):
+    """dst[j] = exp(src[j]) over 1-D arrays of one length (float32 or float64 each; a float32
+    src is widened exactly, a float32 dst rounds once on the store; src may be dst). The same
+    bits as exp element by element: where every input lies in [EXP_LOW, EXP_HIGH] (finite, no
+    overflow, k ≥ −1021) fdlibm's branches become selects — the |x| < 1.5·ln2 case k = ±1 is the
+    general reduction's own result there, and k = 0 (|x| ≤ ln2/2) with t = 0 gives hi = x, lo = 0
+    and 1 − ((0 − x·c/(2 − c)) − x), fdlibm's k = 0 formula negated twice, exactly — so the loop
+    vectorizes; otherwise exp itself on each element."""
+    n = src.shape[0]
+    special = False
+    for j in range(n):
+        x = np.float64(src[j])
+        special |= not (x >= EXP_LOW and x <= EXP_HIGH)  # NaN too
+    if special:
+        for j in range(n):
+            dst[j] = exp(np.float64(src[j]))
+        return
+    for j in range(n):
+        x = np.float64(src[j])
+        b = _bits(x)
+        hx = (b >> 32) & 0x7FFFFFFF
+        k = np.int32(_INV_LN2 * x + (-0.5 if x < 0.0 else 0.5))
+        if hx <= 0x3FD62E42:
+            k = np.int32(0)
+        t = np.float64(k)
+        hi = x - t * _LN2_HI
+        lo = t * _LN2_LO
+        r = hi - lo
+        tt = r * r
+        c = r - tt * (_P1 + tt * (_P2 + tt * (_P3 + tt * (_P4 + tt * _P5))))
+        y = _double(_bits(1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) + (np.int64(k) << 52))
+        dst[j] = 1.0 + x if hx < 0x3E300000 else y
 
 
 @njit(cache=True, nogil=True)
@@ -191,7 +222,7 @@ def _log_kernel(x, out):
 def exp_array(x, out) -> None:
     """out = e^x elementwise (numpy arrays of one shape and float dtype; float32 through float64,
     rounded once)."""
-    _exp_kernel(x.reshape(-1), out.reshape(-1))
+    exp_row(x.reshape(-1), out.reshape(-1))
 
 
 def log_array(x, out) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .elementary import exp, log
+from .elementary import exp_row, log
 from .reduce import _row_sums_kernel
 from .update import _mse_grad_kernel
 
@@ -55,7 +55,8 @@ def _lse_rows(zl, el, al, n, zero):
         if not m - m == zero:                         # ±inf or NaN: shifted by 0
             m = zero
         for j in range(p):
-            el[i, j] = exp(np.float64(z[j] - m))           # rounded to the loss dtype on the store
+            el[i, j] = z[j] - m
+        exp_row(el[i], el[i])                         # float32: rounded once on the store
         _row_sums_kernel(el[i:i + 1], zero, al[i:i + 1])
         al[i] = log(np.float64(al[i]))
         al[i] = al[i] + m
@@ -86,7 +87,9 @@ def loss_grad(loss, logits, labels, scale, out):
         _lse_rows(zl, el, al, n, zero)
         for i in range(n):
             for j in range(p):
-                el[i, j] = exp(np.float64(zl[i, j] - al[i]))
+                el[i, j] = zl[i, j] - al[i]
+            exp_row(el[i], el[i])
+            for j in range(p):
                 out[i, j] = el[i, j] * g - (one if j == labels[i] else zero) * g
     else:
         _stablemax_rows(zl, el, al, n, one, zero)

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from numba import njit
+
 from grokfast.kernels.cpu import elementary as el
 
 N = 1_000_000
@@ -56,6 +58,33 @@ def test_exp_within_one_ulp_of_numpy_over_the_whole_range():
                     ("subnormal results", subnormal)]:
         d = check_ulp(el.exp_array, np.exp, x, name)
         assert (d == 0).mean() > 0.8, name                            # mostly the same bits
+
+
+@njit
+def _exp_each(x, out):
+    for i in range(x.shape[0]):
+        out[i] = el.exp(np.float64(x[i]))
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32], ids=["float64", "float32"])
+def test_exp_row_is_exp_element_by_element_bitwise(dt):
+    """exp_row's branch-free loop (every input in [EXP_LOW, EXP_HIGH]) and its fallback (one
+    input outside) against the scalar exp on each element, in place too."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(el.EXP_LOW, el.EXP_HIGH, N // 2),
+                        rng.uniform(-1.1, 1.1, N // 4),                # k = 0, ±1 and their edges
+                        rng.standard_normal(N // 4) * 10.0 ** rng.integers(-30, 0, N // 4),
+                        [0.0, -0.0, el.EXP_LOW, el.EXP_HIGH, 0.34657359027997264,
+                         np.nextafter(0.34657359027997264, 1), 1.0397205352783203,
+                         -1.0397205352783203, 2.0 ** -28, -(2.0 ** -28), 3.7e-9]]).astype(dt)
+    want = np.full_like(x, np.nan)
+    _exp_each(x, want)
+    for case in (x, np.concatenate([x, np.array([np.nan, -800.0], dt)])):
+        got = np.full_like(case, np.nan)
+        el.exp_row(case, got)
+        assert got[:x.size].tobytes() == want.tobytes()
+        el.exp_row(case, case)
+        assert case[:x.size].tobytes() == want.tobytes()
 
 
 def test_log_within_one_ulp_of_numpy_over_the_whole_range():
@@ -125,8 +154,10 @@ def test_float32_is_the_float64_result_rounded_once(name):
 
 CODE = """
 import numpy as np
+from numba import njit
+
 from grokfast.kernels.cpu import elementary as el
-for k in (el._exp_kernel, el._log_kernel):
+for k in (el.exp_row, el._log_kernel):
     for dt in (np.float32, np.float64):
         k(np.ones(3, dt), np.empty(3, dt))
         print("KERNEL", k.__name__, dt.__name__)
