@@ -44,7 +44,8 @@ def _widen(logits, zl, n):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lse_rows(zl, el, al, n, zero):
-    """al[i] = log Σ_j e^(zl[i, j] − m_i) + m_i for i < n (grokfast.numerics.logsumexp)."""
+    """al[i] = log Σ_j e^(zl[i, j] − m_i) + m_i for i < n (grokfast.numerics.logsumexp); every
+    row's exponentials in one exp_row call over el[:n] (the same bits as row by row)."""
     p = zl.shape[1]
     for i in range(n):
         z = zl[i]
@@ -54,9 +55,13 @@ def _lse_rows(zl, el, al, n, zero):
                 m = z[j]
         if not m - m == zero:                         # ±inf or NaN: shifted by 0
             m = zero
+        al[i] = m
         for j in range(p):
             el[i, j] = z[j] - m
-        exp_row(el[i], el[i])                         # float32: rounded once on the store
+    shifted = el[:n].reshape(n * p)
+    exp_row(shifted, shifted)                         # float32: rounded once on the store
+    for i in range(n):
+        m = al[i]
         _row_sums_kernel(el[i:i + 1], zero, al[i:i + 1])
         al[i] = log(np.float64(al[i]))
         al[i] = al[i] + m
@@ -88,7 +93,9 @@ def loss_grad(loss, logits, labels, scale, out):
         for i in range(n):
             for j in range(p):
                 el[i, j] = zl[i, j] - al[i]
-            exp_row(el[i], el[i])
+        shifted = el[:n].reshape(n * p)
+        exp_row(shifted, shifted)
+        for i in range(n):
             for j in range(p):
                 out[i, j] = el[i, j] * g - (one if j == labels[i] else zero) * g
     else:
