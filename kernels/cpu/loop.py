@@ -139,7 +139,7 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
     any of the right type). loss = (kind, mean, g, one, zero, zl, el, al): the data loss
     (loop_loss; kind MSE with `scale` and `div`, or CROSS_ENTROPY or STABLEMAX with scratch zl,
-    el [≥ max(N, n_test), p], al [≥ max(N, n_test)] of the loss dtype). done [1] int64: set to the number of steps as the call's last act
+    el [2, ≥ max(N, n_test), p], al [≥ max(N, n_test)] of the loss dtype). done [1] int64: set to the number of steps as the call's last act
     (the caller can tell whether it ran when an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,

@@ -17,8 +17,8 @@ elementary's float64 one rounded once to float32. The loss dtype is the dtype of
 arrays zl, el, al: float64 for float32 logits with loss_dtype "float64" (logits widened exactly,
 the gradient and the loss rounded once to the working dtype on the store), else the working dtype.
 
-Shapes: logits, out [n, p] (working dtype);  labels [n] int64;  zl, el [≥ n, p] and al [≥ n]
-scratch of the loss dtype;  g a scalar of the loss dtype;  acc [1] of the working dtype.
+Shapes: logits, out [n, p] (working dtype);  labels [n] int64;  zl [≥ n, p], el [2, ≥ n, p] and
+al [≥ n] scratch of the loss dtype;  g a scalar of the loss dtype;  acc [1] of the working dtype.
 Limits: CPU; float32 or float64; cross-entropy (CROSS_ENTROPY) and stablemax (STABLEMAX); MSE
 (kind MSE) is update._mse_grad_kernel and loop_stats.mse_loss.
 """
@@ -44,9 +44,11 @@ def _widen(logits, zl, n):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lse_rows(zl, el, al, n, zero):
-    """al[i] = log Σ_j e^(zl[i, j] − m_i) + m_i for i < n (grokfast.numerics.logsumexp); every
-    row's exponentials in one exp_row call over el[:n] (the same bits as row by row)."""
+    """al[i] = log Σ_j e^(zl[i, j] − m_i) + m_i for i < n (grokfast.numerics.logsumexp): the
+    shifted logits into el[0], every row's exponentials in one exp_row call into el[1] (another
+    buffer: in place, LLVM's overlap check would keep the loop scalar)."""
     p = zl.shape[1]
+    shifted, e = el[0], el[1]
     for i in range(n):
         z = zl[i]
         m = z[0]
@@ -57,25 +59,24 @@ def _lse_rows(zl, el, al, n, zero):
             m = zero
         al[i] = m
         for j in range(p):
-            el[i, j] = z[j] - m
-    shifted = el[:n].reshape(n * p)
-    exp_row(shifted, shifted)                         # float32: rounded once on the store
+            shifted[i, j] = z[j] - m
+    exp_row(shifted[:n].reshape(n * p), e[:n].reshape(n * p))   # float32: rounded once
     for i in range(n):
         m = al[i]
-        _row_sums_kernel(el[i:i + 1], zero, al[i:i + 1])
+        _row_sums_kernel(e[i:i + 1], zero, al[i:i + 1])
         al[i] = log(np.float64(al[i]))
         al[i] = al[i] + m
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _stablemax_rows(zl, el, al, n, one, zero):
-    """el[i] = s(zl[i]) and al[i] = Σ_j s(zl[i, j]) for i < n."""
+def _stablemax_rows(zl, s, al, n, one, zero):
+    """s[i] = s(zl[i]) and al[i] = Σ_j s(zl[i, j]) for i < n."""
     p = zl.shape[1]
     for i in range(n):
         for j in range(p):
             x = zl[i, j]
-            el[i, j] = x + one if x >= zero else one / (one - (zero if x > zero else x))
-        _row_sums_kernel(el[i:i + 1], zero, al[i:i + 1])
+            s[i, j] = x + one if x >= zero else one / (one - (zero if x > zero else x))
+        _row_sums_kernel(s[i:i + 1], zero, al[i:i + 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -88,23 +89,23 @@ def loss_grad(loss, logits, labels, scale, out):
         _mse_grad_kernel(logits.reshape((1, n, p)), labels, scale, out.reshape((1, n, p)))
         return
     _widen(logits, zl, n)
+    shifted, e = el[0], el[1]
     if kind == CROSS_ENTROPY:
         _lse_rows(zl, el, al, n, zero)
         for i in range(n):
             for j in range(p):
-                el[i, j] = zl[i, j] - al[i]
-        shifted = el[:n].reshape(n * p)
-        exp_row(shifted, shifted)
+                shifted[i, j] = zl[i, j] - al[i]
+        exp_row(shifted[:n].reshape(n * p), e[:n].reshape(n * p))
         for i in range(n):
             for j in range(p):
-                out[i, j] = el[i, j] * g - (one if j == labels[i] else zero) * g
+                out[i, j] = e[i, j] * g - (one if j == labels[i] else zero) * g
     else:
-        _stablemax_rows(zl, el, al, n, one, zero)
+        _stablemax_rows(zl, e, al, n, one, zero)
         for i in range(n):
             a = g / al[i]
             for j in range(p):
                 x = zl[i, j]
-                ds = a - ((one if j == labels[i] else zero) * g) / el[i, j]
+                ds = a - ((one if j == labels[i] else zero) * g) / e[i, j]
                 if x < zero:
                     r = one / (one - x)
                     ds = ds * (r * r)
@@ -118,17 +119,19 @@ def loss_value(loss, logits, labels, acc):
     kind, mean, g, one, zero, zl, el, al = loss
     n, p = logits.shape
     _widen(logits, zl, n)
+    logs = el[0]                                      # the two logs of a sample, rounded
     if kind == CROSS_ENTROPY:
         _lse_rows(zl, el, al, n, zero)
         for i in range(n):
             al[i] = al[i] - zl[i, labels[i]]
     else:
-        _stablemax_rows(zl, el, al, n, one, zero)
+        _stablemax_rows(zl, el[1], al, n, one, zero)
         for i in range(n):
-            el[i, 0], el[i, 1] = log(np.float64(al[i])), log(np.float64(el[i, labels[i]]))
-            al[i] = el[i, 0] - el[i, 1]
-    _row_sums_kernel(al[:n].reshape((1, n)), zero, el[0, :1])
-    total = el[0, 0]
+            logs[i, 0] = log(np.float64(al[i]))
+            logs[i, 1] = log(np.float64(el[1, i, labels[i]]))
+            al[i] = logs[i, 0] - logs[i, 1]
+    _row_sums_kernel(al[:n].reshape((1, n)), zero, logs[0, :1])
+    total = logs[0, 0]
     if mean:
         count = zero
         for i in range(n):

@@ -72,3 +72,22 @@ def test_gradient_agrees_with_autograd_of_the_reference_loss(loss):
         z = logits[m].clone().requires_grad_(True)
         data_loss(z, labels, c).backward()
         assert_close(out[m], z.grad, f"model {m}")
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "stablemax"])
+def test_rows_split_over_threads_give_the_same_bits(loss):
+    """A large model alone (a CoreSplit): each thread takes a range of rows with its own scratch;
+    any cut gives the one-thread gradient bit for bit."""
+    from grokfast.backends.torch.split import CoreSplit
+    from grokfast.kernels.cpu import grad as cpu_grad
+
+    c = Config(p=7, loss=loss, loss_dtype="float64", dtype="float32")
+    logits, labels = inputs(7, torch.float32, M=1, N=101)
+    alone = torch.full_like(logits, float("nan"))
+    LossGrad(c, labels, alone, portable=True)(logits)
+    for threads in (2, 3):
+        split = torch.full_like(logits, float("nan"))
+        lg = LossGrad(c, labels, split, portable=True, split=CoreSplit(cpu_grad, threads))
+        assert len(lg.parts) == threads
+        lg(logits)
+        assert_bitwise(split, alone, f"{threads} threads")
