@@ -175,8 +175,8 @@ def _loss_args(st) -> tuple:
         n = max(st.N, st.nb_test["i0"].shape[0])
         return loss_args(c, st.N, st.p, lg.row_grad.dtype, rows=n)
     zero = st.nb["zero"]
-    empty = np.empty((1, 1), zero.dtype)
-    return (MSE, False, zero, zero, zero, empty, empty, empty[0])
+    empty = np.empty((2, 1, 1), zero.dtype)
+    return (MSE, False, zero, zero, zero, empty[0], empty, empty[0, 0])
 
 
 def _per_model(x: torch.Tensor) -> np.ndarray:
