@@ -26,8 +26,9 @@ Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
     rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
-Limits: CPU; float32 or float64; σ = ReLU or x²; MSE, cross-entropy or stablemax; GD or SGD; no filter, EMA or MA; no
-⊥Grad or fixed norm; one thread per call (callers run shards of models on threads; nogil).
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE, cross-entropy or stablemax; GD or SGD; no
+filter, EMA or MA; no ⊥Grad or fixed norm; one thread per call (callers run shards of models on
+threads; nogil).
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
               Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
               filt, loss, done) -> None:
-    """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
+    """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
     model's steps before this call steps_before [M] int64 and its momentum buffer buf [M, S]),
@@ -138,9 +139,10 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
     ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
     any of the right type). loss = (kind, mean, g, one, zero, zl, el, al): the data loss
-    (loop_loss; kind MSE with `scale` and `div`, or CROSS_ENTROPY or STABLEMAX with scratch zl,
-    el [2, ≥ max(N, n_test), p], al [≥ max(N, n_test)] of the loss dtype). done [1] int64: set to the number of steps as the call's last act
-    (the caller can tell whether it ran when an interrupt surfaces around the call)."""
+    (loop_loss; kind MSE with `scale` and `div`, or CROSS_ENTROPY or STABLEMAX with scratch
+    zl [≥ n, p], el [2, ≥ n, p], al [≥ n] of the loss dtype, n = max(N, n_test)). done [1] int64:
+    set to the number of steps as the call's last act (the caller can tell whether it ran when
+    an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,

@@ -14,9 +14,10 @@ boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
 model, alone or sharded), ReLU or x², MSE, cross-entropy and stablemax (mean or sum, float32 or
-float64 loss dtype; exp and log written in the source, kernels/cpu/elementary.py), GD and SGD with momentum and Nesterov,
-with or without weight decay, warmup (the per-step −lr comes from the optimizer's schedule),
-Grokfast EMA and MA filters (and their lr switch), float32 and float64; no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
+float64 loss dtype; exp and log written in the source, kernels/cpu/elementary.py), GD and SGD
+with momentum and Nesterov, with or without weight decay, warmup (the per-step −lr comes from
+the optimizer's schedule), Grokfast EMA and MA filters (and their lr switch), float32 and
+float64; no ⊥Grad, no fixed norm. `why_not` names what sends a launch to the per-step path.
 """
 from __future__ import annotations
 
