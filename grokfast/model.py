@@ -66,8 +66,8 @@ def activate(name: str, z: torch.Tensor) -> torch.Tensor:
 def data_loss(logits: torch.Tensor, labels: torch.Tensor, config: Config,
               fixed_order: bool = False) -> torch.Tensor:
     """The data loss L (no weight decay) in the configured loss, reduction and loss dtype;
-    `fixed_order`: every sum in the written order of grokfast.numerics (portable numerics; not
-    differentiable).
+    `fixed_order`: every sum in the written order of grokfast.numerics and exp / log its written
+    ones (portable numerics; not differentiable).
 
     mse: Σ (Ŷ − Y)² over all n·p outputs, divided by n·p for "mean".
     cross_entropy: Σ_i (logsumexp(Ŷ_i) − Ŷ_{i,c}), divided by n for "mean".
@@ -88,7 +88,8 @@ def data_loss(logits: torch.Tensor, labels: torch.Tensor, config: Config,
     else:
         s = stablemax_s(z)
         s_sum = numerics.row_sum(s) if fixed_order else s.sum(1)
-        per = torch.log(s_sum) - torch.log(s.gather(1, labels[:, None])[:, 0])
+        log = numerics.log if fixed_order else torch.log
+        per = log(s_sum) - log(s.gather(1, labels[:, None])[:, 0])
     total = add_all(per) / n if config.loss_reduction == "mean" else add_all(per)
     return total.to(logits.dtype)
 

@@ -15,9 +15,10 @@ Which multiply–adds fuse is decided one by one: the three products and the for
 of ⊥Grad) and the optimizers' updates (kernels/cpu/update.py, backends/torch/optim.py) do not: the
 product is rounded first, then added, as torch's separate ops compute it, so the statistics keep
 the bits of the unfused torch expressions that the host path and the reference use.
-exp and log stay torch's (elementwise; measured bitwise equal under ATen's default, AVX2 and
-AVX-512 capabilities, see README "What is bitwise, and where"). CPU tensors only: on other devices
-these fall back to torch's own reductions.
+- torch's (and libm's) exp and log are tuned per CPU and not documented to agree: `exp`, `log`
+  (and through them `logsumexp`, the losses' and the cross-entropy gradient's) run the float64
+  exp / log written in kernels/cpu/elementary.py (float32 through float64, rounded once).
+CPU tensors only: on other devices these fall back to torch's own reductions and exp / log.
 """
 from __future__ import annotations
 
@@ -43,9 +44,28 @@ def portable(config) -> bool:
 
 
 def _kernels():
+    from grokfast.kernels.cpu import elementary as cpu_elementary
     from grokfast.kernels.cpu import grad as cpu_grad
     from grokfast.kernels.cpu import reduce as cpu_reduce
-    return cpu_grad, cpu_reduce
+    return cpu_grad, cpu_reduce, cpu_elementary
+
+
+def _elementwise(x: torch.Tensor, name: str) -> torch.Tensor:
+    """exp or log of x through kernels/cpu/elementary.py (a new contiguous tensor)."""
+    src = x.detach().contiguous()
+    out = torch.empty_like(src)
+    getattr(_kernels()[2], name + "_array")(src.numpy(), out.numpy())
+    return out
+
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """e^x elementwise, on the CPU in the written float64 exp of kernels/cpu/elementary.py."""
+    return _elementwise(x, "exp") if x.device.type == "cpu" else torch.exp(x)
+
+
+def log(x: torch.Tensor) -> torch.Tensor:
+    """log x elementwise, on the CPU in the written float64 log of kernels/cpu/elementary.py."""
+    return _elementwise(x, "log") if x.device.type == "cpu" else torch.log(x)
 
 
 def row_sum(x: torch.Tensor) -> torch.Tensor:
@@ -68,10 +88,10 @@ def total(x: torch.Tensor) -> torch.Tensor:
 
 def logsumexp(z: torch.Tensor) -> torch.Tensor:
     """log Σ_j exp(z[..., j]) over the last dimension, shifted by the row maximum as torch's
-    logsumexp is (rows whose maximum is ±inf are shifted by 0)."""
+    logsumexp is (rows whose maximum is ±inf are shifted by 0); exp and log those above."""
     m = z.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return torch.log(row_sum(torch.exp(z - m))) + m[..., 0]
+    return log(row_sum(exp(z - m))) + m[..., 0]
 
 
 def param_norm(W1: torch.Tensor, W2: torch.Tensor, portable: bool) -> float:

@@ -5,6 +5,7 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
 
     W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
     dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
+    or cross-entropy / stablemax          loop_loss.loss_grad (exp and log written in the source)
     ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
     on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
     Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
@@ -28,9 +29,9 @@ Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
     rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
-Limits: CPU; float32 or float64; σ = ReLU or x²; MSE loss; GD, SGD, Adam or AdamW; no filter,
-EMA or MA; ⊥Grad and fixed norm or not; one thread per call (callers run shards of models on
-threads; nogil).
+Limits: CPU; float32 or float64; σ = ReLU or x²; MSE, cross-entropy or stablemax; GD, SGD, Adam
+or AdamW; no filter, EMA or MA; ⊥Grad and fixed norm or not; one thread per call (callers run
+shards of models on threads; nogil).
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_tr
 from .loop_filters import ema_filter, ma_filter
 from .loop_norms import fixed_norm as fixed_norm_row
 from .loop_norms import orthograd_layer
+from .loop_loss import loss_grad
 from .loop_stats import stats_after, stats_before, test_metrics
-from .update import _gd_step_kernel, _mse_grad_kernel
+from .update import _gd_step_kernel
 
 
 NONE, EMA, MA = 0, 1, 2                  # filt's kind
@@ -73,7 +75,7 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt, opt, done):
+                  filt, loss, opt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
     (adam, bc2_sqrt, decay, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, eps,
      decoupled, orthograd, ortho_eps, fixed_norm, target) = opt
@@ -88,18 +90,18 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
             logged = s % log_every == 0
             w2_transpose(theta[m], P1, p, w2t[m])
             forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
-            _mse_grad_kernel(logits[m:m + 1], labels, scale, dlogits[m:m + 1])
+            loss_grad(loss, logits[m], labels, scale, dlogits[m])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
             backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
             backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
             if logged:
-                stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div,
-                                    one, zero, prod, acc, cols, rows[r])
+                stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div, loss,
+                             one, zero, prod, acc, cols, rows[r])
                 if s % eval_every == 0:
                     forward_rows(m, theta, ti0, ti1, P1, quadratic, zero, tZ, tH, tht, tyt,
                                  tlogits, 0, tZ.shape[1])
-                    test_metrics(m, tlogits[m], tlabels, tdiv, one, zero, prod, acc, cols,
-                                 rows[r])
+                    test_metrics(m, tlogits[m], tlabels, tdiv, loss, one, zero, prod, acc,
+                                 cols, rows[r])
                 theta0[0, :P] = theta[m, :P]
             if kind == EMA:
                 ema_filter(grad[m], ema[m], alpha[m], one_minus_alpha[m], lamb[m],
@@ -133,8 +135,8 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
               Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-              filt, opt, done) -> None:
-    """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of MSE
+              filt, loss, opt, done) -> None:
+    """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of
     full-batch GD (sgd False: update._gd_step_kernel) or SGD (sgd True: _sgd_step with the
     launch-wide flags any_wd, use_momentum, per-model momentum [M], nesterov [M] bool, the
     model's steps before this call steps_before [M] int64 and its momentum buffer buf [M, S]),
@@ -153,7 +155,10 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     ring_pos, warmup, mean): the gradient filter between the statistics and the update
     (loop_filters; kind NONE, EMA or MA; filtered: the model's filtered steps before this call;
     ring_pos: the MA ring's slot for the call's first step; arrays a kind does not use may be
-    any of the right type). opt = (adam, bc2_sqrt [K, M], decay [K, M], exp_avg [M, S],
+    any of the right type). loss = (kind, mean, g, one, zero, zl, el, al): the data loss
+    (loop_loss; kind MSE with `scale` and `div`, or CROSS_ENTROPY or STABLEMAX with scratch
+    zl [≥ n, p], el [2, ≥ n, p], al [≥ n] of the loss dtype, n = max(N, n_test)).
+    opt = (adam, bc2_sqrt [K, M], decay [K, M], exp_avg [M, S],
     exp_avg_sq [M, S], 1 − β1 [M], β2 [M], 1 − β2 [M], ε [M], decoupled, orthograd, ortho_eps,
     fixed_norm, target [M]): with adam, Adam (decoupled False; weight decay on g where any_wd)
     or AdamW (adam.adam_range) replaces GD / SGD, neg_lr then holding −lr/(1 − β1ᵗ) and
@@ -166,4 +171,4 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
                   Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
-                  filt, opt, done)
+                  filt, loss, opt, done)

@@ -1,10 +1,12 @@
-"""The statistics of a logged MSE step of one model, for the native chunk loop (loop.py): the
+"""The statistics of a logged step of one model, for the native chunk loop (loop.py): the
 reductions of the torch backend's portable statistics (grokfast.backends.torch.stats with numerics
 "portable", grokfast.model's definitions) in the same operations, so the bits are the same.
 
 For model m at θ_s (θ row t, data-loss gradient g, logits Ŷ [N, p], labels c [N]), into the row:
     train_loss    Σ (Ŷ − Y)² / div             the products (Ŷ − Y)·(Ŷ − Y) rounded first, summed
                                                over the N·p entries in reduce.row_sums' order
+                  (MSE); cross-entropy and stablemax: loop_loss.loss_value (model.data_loss's
+                  operations, exp and log written in the source: kernels/cpu/elementary.py)
     train_acc     #{argmax Ŷ_n = c_n} / N      first maximal index, a NaN wins (torch.argmax)
     min_margin    min_n (Ŷ_{n,c} − max_{j≠c} Ŷ_{n,j})   a NaN gives the positive quiet NaN
                                                (torch.amax / amin return it, whatever the sign)
@@ -23,13 +25,14 @@ order of reduce.py (the very kernel grokfast.numerics.row_sum calls), the row fl
 
 Shapes: t, g [S] (W1 = [:P1], W2 = [P1:P]);  logits [n, p];  labels [n] int64;  prod [1, L]
 scratch (L ≥ max(P, n·p));  acc [1] scratch;  out [n_stats, M] float64.
-Limits: CPU; float32 or float64; MSE only (the other losses need torch's exp and log).
+Limits: CPU; float32 or float64; MSE, cross-entropy or stablemax (`loss`: loop_loss's tuple).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from .loop_loss import MSE, loss_value
 from .reduce import _row_sums_kernel
 
 COLUMNS = ("step", "train_loss", "train_acc", "test_loss", "test_acc", "norm_W1", "norm_W2",
@@ -106,12 +109,21 @@ def min_margin(logits, labels, acc):
 
 
 @njit(cache=True, nogil=True)
-def stats_before(m, s, t, g, logits, labels, P1, P, div, one, zero, prod, acc, cols, out):
+def data_loss(loss, logits, labels, div, one, zero, prod, acc):
+    """The data loss of one model's logits [n, p]: mse_loss, or loop_loss.loss_value for
+    cross-entropy and stablemax (`loss`: loop_loss's tuple)."""
+    if loss[0] == MSE:
+        return mse_loss(logits, labels, div, one, zero, prod, acc)
+    return loss_value(loss, logits, labels, acc)
+
+
+@njit(cache=True, nogil=True)
+def stats_before(m, s, t, g, logits, labels, P1, P, div, loss, one, zero, prod, acc, cols, out):
     """Every column at θ_s but the test metrics and the update's, the norms and cosines as sums
     (module docstring)."""
     W1, W2, G1, G2 = t[:P1], t[P1:P], g[:P1], g[P1:P]
     out[cols[STEP], m] = s
-    out[cols[TRAIN_LOSS], m] = mse_loss(logits, labels, div, one, zero, prod, acc)
+    out[cols[TRAIN_LOSS], m] = data_loss(loss, logits, labels, div, one, zero, prod, acc)
     out[cols[TRAIN_ACC], m] = accuracy(logits, labels, one, zero)
     out[cols[NORM_W1], m] = _dot(W1, W1, prod, acc, zero)
     out[cols[NORM_W2], m] = _dot(W2, W2, prod, acc, zero)
@@ -123,9 +135,9 @@ def stats_before(m, s, t, g, logits, labels, P1, P, div, one, zero, prod, acc, c
 
 
 @njit(cache=True, nogil=True)
-def test_metrics(m, logits, labels, div, one, zero, prod, acc, cols, out):
+def test_metrics(m, logits, labels, div, loss, one, zero, prod, acc, cols, out):
     """test_loss and test_acc of model m from its test logits [n_test, p]."""
-    out[cols[TEST_LOSS], m] = mse_loss(logits, labels, div, one, zero, prod, acc)
+    out[cols[TEST_LOSS], m] = data_loss(loss, logits, labels, div, one, zero, prod, acc)
     out[cols[TEST_ACC], m] = accuracy(logits, labels, one, zero)
 
 

@@ -57,11 +57,34 @@ COVERED = {
                                                 dtype="float64"),
     "orthograd-fixed-norm-adam-float32": dict(orthograd=True, fixed_norm=True, optimizer="adam",
                                               lr=1e-2, dtype="float32"),
+    "ce-mean-gd-float32": dict(loss="cross_entropy", dtype="float32"),
+    "ce-mean-float64-loss-sgd-nesterov-float32": dict(loss="cross_entropy", loss_dtype="float64",
+                                                      optimizer="sgd", momentum=0.8,
+                                                      nesterov=True, lr=0.3, dtype="float32"),
+    "ce-sum-gd-ema-float64": dict(loss="cross_entropy", loss_reduction="sum", lr=0.05,
+                                  grad_filter="ema", filter_alpha=0.9, filter_lamb=2.0,
+                                  dtype="float64"),
+    "ce-sum-float64-loss-gd-float32": dict(loss="cross_entropy", loss_reduction="sum",
+                                           loss_dtype="float64", lr=0.05, dtype="float32"),
+    "stablemax-mean-gd-float32": dict(loss="stablemax", dtype="float32"),
+    "stablemax-mean-float64-loss-sgd-nesterov-float32": dict(
+        loss="stablemax", loss_dtype="float64", optimizer="sgd", momentum=0.8, nesterov=True,
+        lr=0.3, dtype="float32"),
+    "stablemax-sum-gd-ma-float64": dict(loss="stablemax", loss_reduction="sum", lr=0.05,
+                                        grad_filter="ma", filter_window=4, filter_lamb=3.0,
+                                        dtype="float64"),
+    "stablemax-sum-float64-loss-gd-float32": dict(loss="stablemax", loss_reduction="sum",
+                                                  loss_dtype="float64", lr=0.05,
+                                                  dtype="float32"),
+    "ce-adamw-orthograd-float32": dict(loss="cross_entropy", optimizer="adamw", lr=1e-2,
+                                       weight_decay=1.0, orthograd=True, dtype="float32"),
+    "stablemax-float64-loss-adam-fixed-norm-ma": dict(loss="stablemax", loss_dtype="float64",
+                                                      optimizer="adam", lr=1e-2, fixed_norm=True,
+                                                      grad_filter="ma", filter_window=4,
+                                                      dtype="float32"),
 }
 
 PER_STEP = {
-    "cross-entropy": dict(loss="cross_entropy"),
-    "stablemax": dict(loss="stablemax"),
     "host-numerics": dict(numerics="host"),
 }
 

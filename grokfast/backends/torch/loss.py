@@ -1,13 +1,18 @@
 """The torch backend's loss gradient ∂L/∂Ŷ for M models at once, formed in the operation order in
 which autograd forms it from the reference's loss (grokfast.model.data_loss); with portable numerics
-the sums over classes (logsumexp, stablemax's Σ s) run in the written order of grokfast.numerics."""
+the sums over classes (logsumexp, stablemax's Σ s) run in the written order of grokfast.numerics and
+exp / log are its written ones (on the CPU the gradient is kernels/cpu/loop_loss.py's, the same
+operations in numba, shared with the native chunk loop)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from grokfast.config import Config
 from grokfast.model import stablemax_s
-from grokfast.numerics import logsumexp, row_sum
+from grokfast.numerics import exp, logsumexp, row_sum
+
+from .split import cuts
 
 
 class LossGrad:
@@ -15,10 +20,12 @@ class LossGrad:
     (working dtype), for training labels [N]; cross-entropy and stablemax in float64 when
     loss_dtype says so."""
 
-    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor, portable: bool = False):
+    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor, portable: bool = False,
+                 split=None):
         M, N, p = out.shape
         dt, dev = out.dtype, out.device
         self.config, self.out, self.portable = c, out, portable
+        self.split = split       # a CoreSplit (a large model alone): its rows over the threads
         lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
         self.same_dtype = lt == dt
         one = torch.ones((), dtype=lt, device=dev)
@@ -36,6 +43,16 @@ class LossGrad:
             g = one / N if c.loss_reduction == "mean" else one          # ∂L/∂(per-sample loss)
             self.row_grad = g
             self.onehot_g = torch.nn.functional.one_hot(labels, p).to(lt) * g
+            # portable on the CPU: the same operations in numba, exp and log written in the
+            # source (kernels/cpu/loop_loss.py, shared with the native chunk loop)
+            self.fused = None
+            if portable and dev.type == "cpu" and out.is_contiguous():
+                from grokfast.kernels.cpu import loop_loss
+                self.fused = (loop_loss, labels.numpy().astype("int64"), out.numpy(),
+                              loss_args(c, N, p, lt))
+                if split is not None:  # each thread's range of rows with its own scratch
+                    self.parts = {(a, b): loss_args(c, N, p, lt, rows=b - a)
+                                  for a, b in cuts(N, split.threads, 1)}
         if not self.same_dtype:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
 
@@ -48,12 +65,22 @@ class LossGrad:
                 kernel.mse_grad(logits.numpy(), labels, scale, dst)
                 return out
             return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
+        if self.fused is not None and logits.is_contiguous():
+            kernel, labels, dst, loss = self.fused
+            if self.split is None:
+                kernel.loss_grad_models(loss, logits.numpy(), labels, dst)
+                return out
+            for m in range(dst.shape[0]):   # rows are independent: any cut gives the same bits
+                self.split._each(_loss_grad_rows, list(self.parts), kernel, self.parts,
+                                 logits.numpy()[m], labels, dst[m])
+            return out
         z = logits if self.same_dtype else self.z_loss.copy_(logits)
         if c.loss == "cross_entropy":
             # ∂/∂z (logsumexp(z) − z_c)·g = g·exp(z − lse) − g·e_c
             lse = (logsumexp(z)[..., None] if self.portable
                    else torch.logsumexp(z, dim=-1, keepdim=True))
-            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None).exp_()
+            dz = torch.sub(z, lse, out=out if z.dtype == out.dtype else None)
+            dz = exp(dz) if self.portable else dz.exp_()
             dz.mul_(self.row_grad).sub_(self.onehot_g)
         else:
             # stablemax: L_i = log Σ_j s(z_j) − log s(z_c); ∂s/∂z = 1 (z ≥ 0), r² with r = 1/(1 − z)
@@ -65,3 +92,26 @@ class LossGrad:
         if dz is not out:
             out.copy_(dz)                                              # float64 → working dtype
         return out
+
+
+def _loss_grad_rows(kernel, parts, logits, labels, dst, a: int, b: int) -> None:
+    """kernels/cpu/loop_loss.loss_grad on rows a … b−1 of one model (logits, dst [N, p]), with
+    the scratch of that range (parts: range → loss tuple)."""
+    loss = parts[a, b]
+    kernel.loss_grad(loss, logits[a:b], labels[a:b], loss[2], dst[a:b])
+
+
+def loss_args(c: Config, N: int, p: int, loss_dtype: torch.dtype, rows: int = 0) -> tuple:
+    """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for N
+    training samples of p classes: (kind, mean, g, one, zero, and zl [n, p], el [2, n, p], al [n]
+    scratch of the loss dtype for n = rows (N when 0) samples), g = 1/N for the mean, 1 for the
+    sum, as LossGrad's."""
+    from grokfast.kernels.cpu import loop_loss
+
+    kind = loop_loss.CROSS_ENTROPY if c.loss == "cross_entropy" else loop_loss.STABLEMAX
+    one = torch.ones((), dtype=loss_dtype)
+    mean = c.loss_reduction == "mean"
+    g = (one / N if mean else one).numpy()[()]
+    dt, n = g.dtype, rows or N
+    return (kind, mean, g, dt.type(1), dt.type(0), np.empty((n, p), dt), np.empty((2, n, p), dt),
+            np.empty(n, dt))

@@ -13,12 +13,13 @@ bitwise those of the per-step path (tests/backends/test_native_loop.py), whateve
 boundaries.
 
 Covered: portable numerics on the CPU with the numba kernels on one thread per model (every small
-model, alone or sharded), ReLU or x², MSE (mean or sum), GD and SGD with momentum and Nesterov,
-Adam and AdamW (the per-step path's own numba update, kernels/cpu/adam.py), with or without
-weight decay, warmup (the per-step scalars come from the optimizer's schedule), Grokfast EMA and
-MA filters (and their lr switch), ⊥Grad and fixed norm (kernels/cpu/loop_norms.py: the per-step
-path's operations, IEEE square roots in both), float32 and float64. `why_not` names what sends a
-launch to the per-step path.
+model, alone or sharded), ReLU or x², MSE, cross-entropy and stablemax (mean or sum, float32 or
+float64 loss dtype; exp and log written in the source, kernels/cpu/elementary.py), GD and SGD
+with momentum and Nesterov, Adam and AdamW (the per-step path's own numba update,
+kernels/cpu/adam.py), with or without weight decay, warmup (the per-step scalars come from the
+optimizer's schedule), Grokfast EMA and MA filters (and their lr switch), ⊥Grad and fixed norm
+(kernels/cpu/loop_norms.py: the per-step path's operations, IEEE square roots in both), float32
+and float64. `why_not` names what sends a launch to the per-step path.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 from grokfast.model import STAT_NAMES
 
 from .grad_filters import EMAFilter, MAFilter
+from .loss import loss_args
 from .optim import GD, SGD, Adam, Schedule
 from .stats import STAT_INDEX, finish_after, finish_before
 
@@ -45,8 +47,8 @@ def why_not(st) -> Optional[str]:
         return "needs the numba kernels with numerics='portable' on the CPU"
     if st.nb_kernels is not st.cpu_grad:
         return "a model split over several threads (a large model) steps per step"
-    if c.loss != "mse" or st.loss_grad.fused is None:
-        return f"loss={c.loss!r} is on the per-step path (the native loop covers MSE)"
+    if st.loss_grad.fused is None:
+        return "the loss gradient needs contiguous buffers (portable numerics on the CPU)"
     if not ((type(st.opt) is GD and st.opt.gd_kernel is not None)
             or (type(st.opt) is SGD and not st.opt.fused)
             or (type(st.opt) is Adam and st.opt.adam_kernel is not None)):
@@ -65,10 +67,15 @@ class NativeLoop:
 
     def __init__(self, st):
         from grokfast.kernels.cpu import loop
+        from grokfast.kernels.cpu.loop_loss import MSE
 
         self.kernel, self.opt = loop, st.opt
         nb, opt = st.nb, st.opt
         _, labels, _, scale = st.loss_grad.fused
+        self.loss = _loss_args(st)
+        if self.loss[0] != MSE:
+            scale = nb["zero"].dtype.type(1)   # the kernel's 1 (scale/scale); the loss tuple
+                                               # carries cross-entropy's / stablemax's arguments
         self.wd = _per_model(opt.wd)
         self.args = (nb["i0"], nb["i1"], labels, st.d_in * st.width, not st.relu, nb["zero"],
                      scale)
@@ -156,7 +163,8 @@ class NativeLoop:
                                   self._neg_lr(sched, 0, n_steps), self.wd, *self.sgd,
                                   self.opt.steps_taken + st.offset, self.buf, *self.buffers,
                                   step0, c.log_every, c.eval_every, st.P, *self.stats, table,
-                                  self._filter_args(st), self._opt(sched, n_steps), done)
+                                  self._filter_args(st), self.loss, self._opt(sched, n_steps),
+                                  done)
         finally:  # a Ctrl-C surfacing right after the call: the steps ran, count them
             st.offset += int(done[0])
             if self.ring is not None:      # the MA ring advanced one slot per step
@@ -186,6 +194,20 @@ class NativeLoop:
         if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
             return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
         return np.stack([sched[i][j].numpy()[:, 0] for i in range(k, end)])
+
+
+def _loss_args(st) -> tuple:
+    """mse_chunk's `loss` for TorchStepper `st`: loss.loss_args' tuple with scratch for the
+    training and the test set, or an MSE tuple (its arrays unused, of the working dtype)."""
+    from grokfast.kernels.cpu.loop_loss import MSE
+
+    c, lg = st.config, st.loss_grad
+    if c.loss != "mse":
+        n = max(st.N, st.nb_test["i0"].shape[0])
+        return loss_args(c, st.N, st.p, lg.row_grad.dtype, rows=n)
+    zero = st.nb["zero"]
+    empty = np.empty((2, 1, 1), zero.dtype)
+    return (MSE, False, zero, zero, zero, empty[0], empty, empty[0, 0])
 
 
 def _per_model(x: torch.Tensor) -> np.ndarray:

@@ -205,7 +205,9 @@ class TorchStepper:
                 # the kernels' own threads take the cores; torch's ops (elementwise, per-element
                 # bits) run on one, so that its idle OpenMP workers never spin against them
                 self.nb_kernels, self.threads = CoreSplit(self.cpu_grad, self.threads), 1
-        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
+        split = getattr(self, "nb_kernels", None)                       # a CoreSplit, if any
+        split = split if split is not None and split is not self.cpu_grad else None
+        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable, split)  # ∂L/∂Ŷ
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)

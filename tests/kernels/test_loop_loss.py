@@ -1,0 +1,93 @@
+"""kernels/cpu/loop_loss.py: the cross-entropy / stablemax gradient and loss of the native loop and
+the per-step path, bitwise the portable torch operations they replace (LossGrad's torch path,
+model.data_loss with fixed_order, exp / log through grokfast.numerics), and to the tolerance
+table autograd's gradient of the reference loss (torch's own exp / log)."""
+import numpy as np
+import pytest
+import torch
+from bitwise import assert_bitwise
+from tolerances import assert_close
+
+from grokfast import Config
+from grokfast.backends.torch.loss import LossGrad, loss_args
+from grokfast.kernels.cpu import loop_loss
+from grokfast.model import data_loss
+
+CASES = [(loss, dt, ld, red) for loss in ("cross_entropy", "stablemax")
+         for dt in ("float32", "float64") for ld in ("same", "float64") for red in ("mean", "sum")
+         if not (dt == "float64" and ld == "float64")]
+IDS = ["-".join(c) for c in CASES]
+
+
+def inputs(seed, dt, M=3, N=13, p=7):
+    """Logits [M, N, p] of mixed scales (some rows large enough that e^z overflows unshifted,
+    some negative enough for stablemax's 1/(1 − z) branch) and labels [N]."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** torch.randint(-2, 3, (M, N, 1), generator=g)
+    logits = (torch.randn(M, N, p, generator=g, dtype=torch.float64) * scale).to(dt)
+    logits[0, 0] += 800.0
+    return logits, torch.randint(0, p, (N,), generator=g)
+
+
+@pytest.mark.parametrize("loss,dt,ld,red", CASES, ids=IDS)
+def test_gradient_is_the_portable_torch_operations_bitwise(loss, dt, ld, red):
+    c = Config(p=7, loss=loss, loss_dtype=ld, loss_reduction=red, dtype=dt)
+    logits, labels = inputs(len(loss) + len(ld) + len(red), getattr(torch, dt))
+    kernel = torch.full_like(logits, float("nan"))
+    torch_ops = torch.full_like(logits, float("nan"))
+    fused = LossGrad(c, labels, kernel, portable=True)
+    assert fused.fused is not None
+    fused(logits)
+    by_torch = LossGrad(c, labels, torch_ops, portable=True)
+    by_torch.fused = None                       # LossGrad's torch operations, numerics' exp / log
+    by_torch(logits)
+    assert torch.isfinite(kernel).all()
+    assert_bitwise(kernel, torch_ops, "dlogits")
+
+
+@pytest.mark.parametrize("loss,dt,ld,red", CASES, ids=IDS)
+def test_loss_is_model_data_loss_bitwise_and_the_reference_to_tolerance(loss, dt, ld, red):
+    c = Config(p=7, loss=loss, loss_dtype=ld, loss_reduction=red, dtype=dt)
+    logits, labels = inputs(3, getattr(torch, dt), N=21)
+    lt = torch.float64 if ld == "float64" else logits.dtype
+    args = loss_args(c, 13, 7, lt, rows=21)     # scratch for more rows than the training set
+    acc = np.full(1, np.nan, logits.numpy().dtype)
+    for m in range(logits.shape[0]):
+        got = loop_loss.loss_value(args, logits[m].numpy(), labels.numpy(), acc)
+        want = data_loss(logits[m], labels, c, fixed_order=True)
+        assert got == acc[0]                    # returned as the working dtype holds it
+        assert_bitwise(acc, want.numpy().reshape(1), f"loss of model {m}")
+        assert_close(torch.from_numpy(acc), data_loss(logits[m], labels, c).reshape(1),
+                     "against torch's exp / log")
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "stablemax"])
+def test_gradient_agrees_with_autograd_of_the_reference_loss(loss):
+    c = Config(p=7, loss=loss, dtype="float64")
+    logits, labels = inputs(5, torch.float64)
+    logits[0, 0] -= 800.0
+    out = torch.full_like(logits, float("nan"))
+    LossGrad(c, labels, out, portable=True)(logits)
+    for m in range(logits.shape[0]):
+        z = logits[m].clone().requires_grad_(True)
+        data_loss(z, labels, c).backward()
+        assert_close(out[m], z.grad, f"model {m}")
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "stablemax"])
+def test_rows_split_over_threads_give_the_same_bits(loss):
+    """A large model alone (a CoreSplit): each thread takes a range of rows with its own scratch;
+    any cut gives the one-thread gradient bit for bit."""
+    from grokfast.backends.torch.split import CoreSplit
+    from grokfast.kernels.cpu import grad as cpu_grad
+
+    c = Config(p=7, loss=loss, loss_dtype="float64", dtype="float32")
+    logits, labels = inputs(7, torch.float32, M=1, N=101)
+    alone = torch.full_like(logits, float("nan"))
+    LossGrad(c, labels, alone, portable=True)(logits)
+    for threads in (2, 3):
+        split = torch.full_like(logits, float("nan"))
+        lg = LossGrad(c, labels, split, portable=True, split=CoreSplit(cpu_grad, threads))
+        assert len(lg.parts) == threads
+        lg(logits)
+        assert_bitwise(split, alone, f"{threads} threads")
