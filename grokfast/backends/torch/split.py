@@ -1,18 +1,27 @@
-"""Every core on one model: the numba kernels (kernels/cpu/grad.py) of a large model split over a
-pool of threads by independent outputs, so the bits never depend on the thread count.
+"""Every core on one model: the numba kernels (kernels/cpu/grad.py, split_loss.py) of a large model
+split over a pool of threads by independent outputs, so the bits never depend on the thread count.
 
-Per model and step: W2ᵀ (one thread, a copy), then four phases, each cut into one contiguous range
-per thread and waited for: the forward by rows of Ŷ (first layer, Hᵀ, Ŷᵀ, Ŷ; cuts at multiples of
-16 so every range but the last fills whole vector columns), ∇W2 by columns j, dH and dZ by rows n,
-∇W1 by hidden units k. Every output is computed whole by one thread, in the order the kernels
-write, so a model's bits are those of the one-thread kernels (forward_portable, backward) for any
-thread count. TorchStepper uses it for numerics "portable" when it steps with more than one
-intra-op thread (a large model alone: paths.choose_paths and paths.shard_count); many models keep
-going over models, one shard per thread (sharded.py).
+A step of model m (CoreSplit.step) is W2ᵀ (one thread, a copy), then phases, each cut into one
+contiguous range per thread, the caller's thread taking the last range, and waited for:
+
+    MSE (portable):  rows n: forward (first layer, Hᵀ, Ŷᵀ, Ŷ), ∂L/∂Ŷ, dH and dZ  |  columns j of
+                     ∇W2, then hidden units k of ∇W1
+    other losses:    rows n: forward  |  the loss gradient (the caller's, all models at once)  |
+                     rows n: dH and dZ, then columns j of ∇W2  |  hidden units k of ∇W1
+
+A phase only reads what earlier phases wrote: the forward's rows feed the same rows' loss gradient
+and dH (dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dZ.
+Row cuts are multiples of 16 (every range but the last fills whole vector columns of Hᵀ, Ŷᵀ),
+column cuts of 2, hidden-unit cuts of 16. Every output is computed whole by one thread, in the
+order the kernels write, so a model's bits are those of the one-thread kernels (forward_portable,
+update.mse_grad, backward) for any thread count. TorchStepper uses it for numerics "portable" when
+it steps with more than one intra-op thread (a large model alone: paths.choose_paths and
+paths.shard_count); many models keep going over models, one shard per thread (sharded.py).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, Optional, Sequence
 
 
 def cuts(n: int, parts: int, multiple: int) -> list:
@@ -22,31 +31,99 @@ def cuts(n: int, parts: int, multiple: int) -> list:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def _calls(calls: Sequence) -> None:
+    for fn, args in calls:
+        fn(*args)
+
+
 class CoreSplit:
-    """The portable forward and backward of grokfast.kernels.cpu.grad, over `threads` threads
-    (signatures of grad.forward_portable and grad.backward)."""
+    """The portable forward and backward of grokfast.kernels.cpu.grad over `threads` threads: the
+    caller's and a pool of threads − 1."""
 
     def __init__(self, cpu_grad, threads: int):
-        self.k, self.threads = cpu_grad, threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="grokfast-core")
+        from grokfast.kernels.cpu import split_loss
+        self.k, self.loss, self.threads = cpu_grad, split_loss, threads
+        self.pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="grokfast-core")
 
-    def _each(self, fn, ranges, *args) -> None:
-        futures = [self.pool.submit(fn, *args, a, b) for a, b in ranges]
-        wait(futures)
+    def run(self, parts: Sequence[Sequence]) -> None:
+        """Every part (a list of (fn, args) calls, run in order) at once, one per thread, the
+        last on the caller's; returns once all have finished (a Ctrl-C while waiting too, so no
+        kernel is left writing to the buffers), then raises the first error."""
+        futures = [self.pool.submit(_calls, calls) for calls in parts[:-1]]
+        try:
+            _calls(parts[-1])
+        finally:
+            while not all(f.done() for f in futures):
+                try:
+                    wait(futures)
+                except KeyboardInterrupt:
+                    pass
         for f in futures:
             f.result()
 
     def forward_portable(self, models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                          logits) -> None:
-        p, rows = logits.shape[2], cuts(Z.shape[1], self.threads, 16)
+        """grad.forward_portable (same signature), by rows."""
+        p = logits.shape[2]
         for m in models:
             self.k.w2_transpose(theta[m], P1, p, w2t[m])
-            self._each(self.k.forward_rows, rows, m, theta, i0, i1, P1, quadratic, zero, Z, H,
-                       ht, yt, logits)
+            self.run([[(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H, ht,
+                                              yt, logits, a, b))]
+                      for a, b in cuts(Z.shape[1], self.threads, 16)])
 
-    def backward(self, models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
-        N, w, p, T = Z.shape[1], Z.shape[2], dlogits.shape[2], self.threads
+    def step(self, models, nb: dict, P1: int, quadratic: bool, mse: Optional[tuple],
+             loss_grad: Callable[[], object]) -> None:
+        """The forward, the loss gradient and the backward of the models listed in `models` on
+        the stepper's numba buffers nb (TorchStepper._numba_buffers): grad[m, :P1 + w·p] as
+        grad.forward_portable, then update.mse_grad (mse = (labels [N] int64, scale): in the
+        forward's phase, by rows) or loss_grad() (every model's dŶ at once, on this thread),
+        then grad.backward compute it."""
+        k, T = self.k, self.threads
+        theta, Z, H, dH, w2t = nb["theta"], nb["Z"], nb["H"], nb["dH"], nb["w2t"]
+        logits, dlogits = nb["logits"], nb["dlogits"]
+        N, w, p = Z.shape[1], Z.shape[2], logits.shape[2]
+        rows, cols, units = cuts(N, T, 16), cuts(p, T, 2), cuts(w, T, 16)
+        fwd = (theta, nb["i0"], nb["i1"], P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"],
+               logits)
+
+        def forward(m):
+            return [(k.forward_rows, (m, *fwd, a, b)) for a, b in rows]
+
+        def hidden(m):                                        # dH, dZ rows
+            return [(k.backward_hidden, (m, quadratic, dlogits, Z, w2t, dH, a, b))
+                    for a, b in rows]
+
+        def w2(m):                                            # ∇W2 columns
+            return [(k.backward_w2, (m, P1, dlogits, H, nb["g2t"], nb["grad"], a, b))
+                    for a, b in cols]
+
+        def w1(m):                                            # ∇W1 hidden units
+            return [(k.backward_w1, (m, nb["i0"], nb["i1"], P1, quadratic, dH, nb["grad"], a, b))
+                    for a, b in units]
+
         for m in models:
-            self._each(self.k.backward_w2, cuts(p, T, 2), m, P1, dlogits, H, g2t, grad)
-            self._each(self.k.backward_hidden, cuts(N, T, 2), m, quadratic, dlogits, Z, w2t, dH)
-            self._each(self.k.backward_w1, cuts(w, T, 16), m, i0, i1, P1, quadratic, dH, grad)
+            k.w2_transpose(theta[m], P1, p, w2t[m])
+            if mse is None:
+                self.run(_deal(forward(m)))
+                continue
+            labels, scale = mse
+            loss = [(self.loss.mse_grad_rows, (logits[m], labels, scale, dlogits[m], a, b))
+                    for a, b in rows]
+            self.run(_deal(forward(m), loss, hidden(m)))
+            self.run(_deal(w2(m), w1(m)))
+        if mse is not None:
+            return
+        loss_grad()
+        for m in models:
+            self.run(_deal(hidden(m), w2(m)))
+            self.run(_deal(w1(m)))
+
+
+def _deal(*jobs: Sequence) -> list:
+    """Parts for CoreSplit.run from lists of calls: part t runs the t-th call of each list, in
+    the order the lists are given."""
+    parts: list = [[] for _ in range(max(map(len, jobs)))]
+    for calls in jobs:
+        for t, call in enumerate(calls):
+            parts[t].append(call)
+    return parts
