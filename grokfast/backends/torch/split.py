@@ -64,59 +64,64 @@ class CoreSplit:
     def forward_portable(self, models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                          logits) -> None:
         """grad.forward_portable (same signature), by rows."""
-        p = logits.shape[2]
         for m in models:
-            self.k.w2_transpose(theta[m], P1, p, w2t[m])
-            self.run([[(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H, ht,
-                                              yt, logits, a, b))]
-                      for a, b in cuts(Z.shape[1], self.threads, 16)])
+            self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
+            self.run(_deal(self._forward(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
+                                         logits)))
+
+    def backward(self, models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
+                 grad) -> None:
+        """grad.backward (same signature): dH and dZ by rows with ∇W2 by columns, then ∇W1."""
+        for m in models:
+            self.run(_deal(self._hidden(m, quadratic, dlogits, Z, w2t, dH),
+                           self._w2(m, P1, dlogits, H, g2t, grad)))
+            self.run(_deal(self._w1(m, i0, i1, P1, quadratic, dH, grad)))
 
     def step(self, models, nb: dict, P1: int, quadratic: bool, mse: Optional[tuple],
              loss_grad: Callable[[], object]) -> None:
         """The forward, the loss gradient and the backward of the models listed in `models` on
-        the stepper's numba buffers nb (TorchStepper._numba_buffers): grad[m, :P1 + w·p] as
-        grad.forward_portable, then update.mse_grad (mse = (labels [N] int64, scale): in the
-        forward's phase, by rows) or loss_grad() (every model's dŶ at once, on this thread),
-        then grad.backward compute it."""
-        k, T = self.k, self.threads
-        theta, Z, H, dH, w2t = nb["theta"], nb["Z"], nb["H"], nb["dH"], nb["w2t"]
+        the stepper's numba buffers nb (TorchStepper._numba_buffers): forward_portable, then
+        update.mse_grad (mse = (labels [N] int64, scale): in the forward's phase, by rows) or
+        loss_grad() (every model's dŶ at once, on this thread), then backward."""
+        theta, i0, i1, Z, H, dH = nb["theta"], nb["i0"], nb["i1"], nb["Z"], nb["H"], nb["dH"]
+        w2t, g2t, grad = nb["w2t"], nb["g2t"], nb["grad"]
         logits, dlogits = nb["logits"], nb["dlogits"]
-        N, w, p = Z.shape[1], Z.shape[2], logits.shape[2]
-        rows, cols, units = cuts(N, T, 16), cuts(p, T, 2), cuts(w, T, 16)
-        fwd = (theta, nb["i0"], nb["i1"], P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"],
-               logits)
-
-        def forward(m):
-            return [(k.forward_rows, (m, *fwd, a, b)) for a, b in rows]
-
-        def hidden(m):                                        # dH, dZ rows
-            return [(k.backward_hidden, (m, quadratic, dlogits, Z, w2t, dH, a, b))
-                    for a, b in rows]
-
-        def w2(m):                                            # ∇W2 columns
-            return [(k.backward_w2, (m, P1, dlogits, H, nb["g2t"], nb["grad"], a, b))
-                    for a, b in cols]
-
-        def w1(m):                                            # ∇W1 hidden units
-            return [(k.backward_w1, (m, nb["i0"], nb["i1"], P1, quadratic, dH, nb["grad"], a, b))
-                    for a, b in units]
-
-        for m in models:
-            k.w2_transpose(theta[m], P1, p, w2t[m])
-            if mse is None:
-                self.run(_deal(forward(m)))
-                continue
-            labels, scale = mse
-            loss = [(self.loss.mse_grad_rows, (logits[m], labels, scale, dlogits[m], a, b))
-                    for a, b in rows]
-            self.run(_deal(forward(m), loss, hidden(m)))
-            self.run(_deal(w2(m), w1(m)))
-        if mse is not None:
+        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"], logits)
+        if mse is None:
+            self.forward_portable(models, *fwd[:8], w2t, *fwd[8:])         # fwd[7] is H
+            loss_grad()
+            self.backward(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
             return
-        loss_grad()
+        labels, scale = mse
         for m in models:
-            self.run(_deal(hidden(m), w2(m)))
-            self.run(_deal(w1(m)))
+            self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
+            loss = [(self.loss.mse_grad_rows, (logits[m], labels, scale, dlogits[m], a, b))
+                    for a, b in self._rows(Z)]
+            self.run(_deal(self._forward(m, *fwd), loss,
+                           self._hidden(m, quadratic, dlogits, Z, w2t, dH)))
+            self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
+                           self._w1(m, i0, i1, P1, quadratic, dH, grad)))
+
+    # the calls of one phase, one per range: rows n (multiples of 16), columns j of ∇W2
+    # (multiples of 2), hidden units k of ∇W1 (multiples of 16)
+    def _rows(self, Z) -> list:
+        return cuts(Z.shape[1], self.threads, 16)
+
+    def _forward(self, m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits) -> list:
+        return [(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
+                                       logits, a, b)) for a, b in self._rows(Z)]
+
+    def _hidden(self, m, quadratic, dlogits, Z, w2t, dH) -> list:
+        return [(self.k.backward_hidden, (m, quadratic, dlogits, Z, w2t, dH, a, b))
+                for a, b in self._rows(Z)]
+
+    def _w2(self, m, P1, dlogits, H, g2t, grad) -> list:
+        return [(self.k.backward_w2, (m, P1, dlogits, H, g2t, grad, a, b))
+                for a, b in cuts(dlogits.shape[2], self.threads, 2)]
+
+    def _w1(self, m, i0, i1, P1, quadratic, dH, grad) -> list:
+        return [(self.k.backward_w1, (m, i0, i1, P1, quadratic, dH, grad, a, b))
+                for a, b in cuts(dH.shape[2], self.threads, 16)]
 
 
 def _deal(*jobs: Sequence) -> list:
