@@ -68,7 +68,7 @@ def losses(logits: torch.Tensor, labels: torch.Tensor, configs: Sequence[Config]
            fixed: bool = False) -> torch.Tensor:
     """The data loss of each model (model.data_loss, the reference's definition): [M]. The
     portable MSE on the CPU sums in one numba pass (split_loss.mse_sum: the bits of data_loss's
-    numerics.total((Ŷ − Y) ** 2) without the one-hot Y and the squares)."""
+    numerics.total((Ŷ − Y) ** 2) without the one-hot Y or torch's temporaries)."""
     if fixed and configs[0].loss == "mse" and logits.device.type == "cpu" and numerics.available():
         return torch.stack([_mse_loss(logits[i], labels, configs[i])
                             for i in range(len(configs))])
