@@ -7,9 +7,6 @@ reduce.py's fixed order, each in one numba call (one model: y, out [N, p]; label
     mse_sum(y, labels, zero) -> Σ_{n, j} (y[n, j] − [j = labels[n]])²
         each term d·d with d = y − Y rounded once (torch's (Ŷ − Y) ** 2), the N·p terms summed by
         reduce.py's row sum over the flattened index c = n·p + j (its eight-lane order)
-    hits(y, labels, out)
-        out[n] = 1 if argmax_j y[n, j] = labels[n] else 0 (the working dtype), argmax as torch's:
-        the first maximal index, a NaN above every number (the first NaN)
 
 Every output row of mse_grad_rows is computed whole from its own row, so a caller may cut the rows
 over threads (grokfast.backends.torch.split) with the bits of one call. mse_sum computes the bits
@@ -52,16 +49,3 @@ def mse_sum(y, labels, zero):
     out = np.empty(1, y.dtype)
     _row_sums_kernel(sq, zero, out)
     return out[0]
-
-
-@njit(cache=True, nogil=True)
-def hits(y, labels, out):
-    """out[n] = [argmax_j y[n, j] = labels[n]] for every row (module docstring)."""
-    N, p = y.shape
-    for n in range(N):
-        yr, best = y[n], 0
-        for j in range(1, p):
-            if yr[best] != yr[best] or not (yr[j] > yr[best] or yr[j] != yr[j]):
-                continue                                   # a NaN stays; ties keep the first
-            best = j
-        out[n] = 1 if best == labels[n] else 0

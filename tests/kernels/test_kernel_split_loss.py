@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from grokfast import Config
-from grokfast.backends.torch.stats import accuracies, losses
+from grokfast.backends.torch.stats import losses
 from grokfast.kernels.cpu import split_loss
 from grokfast.kernels.cpu import update as cpu_update
-from grokfast.model import accuracy, data_loss
+from grokfast.model import data_loss
 from grokfast.numerics import total
 from bitwise import assert_bitwise
 
@@ -59,25 +59,3 @@ def test_losses_take_the_bits_of_data_loss(dtype, reduction):
     lab = torch.from_numpy(labels)
     want = torch.stack([data_loss(logits[i], lab, c, fixed_order=True) for i in range(2)])
     assert_bitwise(losses(logits, lab, [c, c], fixed=True), want, "losses")
-
-
-@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
-def test_hits_follow_torchs_argmax_with_ties_nan_and_infinities(dt):
-    rng = np.random.default_rng(7)
-    y = rng.integers(-3, 3, (400, 7)).astype(dt)                # many ties
-    for value, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05), (-0.0, 0.1)):
-        y[rng.random(y.shape) < share] = value
-    labels = rng.integers(0, 7, 400)
-    got = np.full(400, np.nan, dt)
-    split_loss.hits(y, labels, got)
-    want = (torch.from_numpy(y).argmax(-1) == torch.from_numpy(labels)).numpy().astype(dt)
-    assert_bitwise(got, want, "hits")
-    assert 0 < got.sum() < 400
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_accuracies_take_the_bits_of_model_accuracy(dtype):
-    gen = torch.Generator().manual_seed(3)
-    logits = torch.randint(-2, 3, (3, 45, 5), generator=gen).to(dtype)
-    labels = torch.randint(0, 5, (45,), generator=gen)
-    assert_bitwise(accuracies(logits, labels, fixed=True), accuracy(logits, labels), "accuracy")

@@ -76,19 +76,6 @@ def losses(logits: torch.Tensor, labels: torch.Tensor, configs: Sequence[Config]
                         for i in range(len(configs))])
 
 
-def accuracies(logits: torch.Tensor, labels: torch.Tensor, fixed: bool = False) -> torch.Tensor:
-    """model.accuracy of each model's logits [M, n, p]: [M]; the portable path on the CPU finds
-    the hits in numba (split_loss.hits: torch's argmax), then takes torch's mean of them."""
-    if not (fixed and logits.device.type == "cpu" and numerics.available()):
-        return accuracy(logits, labels)
-    from grokfast.kernels.cpu import split_loss
-    y, lab = logits.detach(), np.asarray(labels.numpy(), np.int64)
-    hit = torch.empty(y.shape[:2], dtype=y.dtype)
-    for i in range(y.shape[0]):
-        split_loss.hits(y[i].numpy(), lab, hit[i].numpy())
-    return hit.mean(dim=-1)
-
-
 def _mse_loss(logits: torch.Tensor, labels: torch.Tensor, c: Config) -> torch.Tensor:
     """data_loss(logits, labels, c, fixed_order=True) of an MSE config ([n, p] CPU logits)."""
     from grokfast.kernels.cpu import split_loss
@@ -108,7 +95,7 @@ def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
     values = dict(   # the norms and cosines as sums (finish_before forms them)
         step=torch.full((M,), float(s), dtype=torch.float64),
         train_loss=losses(logits, st.labels, st.configs, fx),
-        train_acc=accuracies(logits, st.labels, fx),
+        train_acc=accuracy(logits, st.labels),
         norm_W1=sumsq(W1, tmp, fx), norm_W2=sumsq(W2, tmp, fx),
         grad_norm_W1=sumsq(G1, tmp, fx), grad_norm_W2=sumsq(G2, tmp, fx),
         cos_grad_W1=dot(G1, W1, tmp, fx), cos_grad_W2=dot(G2, W2, tmp, fx),
@@ -116,7 +103,7 @@ def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
     if s % c.eval_every == 0:
         test_logits = st.test_logits()
         values["test_loss"] = losses(test_logits, st.test_labels, st.configs, fx)
-        values["test_acc"] = accuracies(test_logits, st.test_labels, fx)
+        values["test_acc"] = accuracy(test_logits, st.test_labels)
     for name, v in values.items():
         row[STAT_INDEX[name]] = v.to(torch.float64).cpu()
     finish_before(row, st.dtype)
