@@ -4,19 +4,23 @@ split over a pool of threads by independent outputs, so the bits never depend on
 A step of model m (CoreSplit.step) is W2ᵀ (one thread, a copy), then phases, each cut into one
 contiguous range per thread, the caller's thread taking the last range, and waited for:
 
-    MSE (portable):  rows n: forward (first layer, Hᵀ, Ŷᵀ, Ŷ), ∂L/∂Ŷ, dH and dZ  |  columns j of
-                     ∇W2, then hidden units k of ∇W1
-    other losses:    rows n: forward  |  the loss gradient (the caller's, all models at once)  |
-                     rows n: dH and dZ, then columns j of ∇W2  |  hidden units k of ∇W1
+    a loss by rows (row_loss; the portable MSE: mse_rows):
+        rows n: forward (first layer, Hᵀ, Ŷᵀ, Ŷ), dŶ, dH and dZ  |  columns j of ∇W2, then hidden
+        units k of ∇W1
+    any other loss:
+        rows n: forward  |  dŶ of every model (the caller's loss_grad, on its thread alone)  |
+        rows n: dH and dZ, then columns j of ∇W2  |  hidden units k of ∇W1
 
-A phase only reads what earlier phases wrote: the forward's rows feed the same rows' loss gradient
-and dH (dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dZ.
-Row cuts are multiples of 16 (every range but the last fills whole vector columns of Hᵀ, Ŷᵀ),
-column cuts of 2, hidden-unit cuts of 16. Every output is computed whole by one thread, in the
-order the kernels write, so a model's bits are those of the one-thread kernels (forward_portable,
+A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dH
+(dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dZ. Row
+cuts are multiples of 16 (every range but the last fills whole vector columns of Hᵀ, Ŷᵀ), column
+cuts of 2, hidden-unit cuts of 16. Every output is computed whole by one thread, in the order the
+kernels write, so a model's bits are those of the one-thread kernels (forward_portable,
 update.mse_grad, backward) for any thread count. TorchStepper uses it for numerics "portable" when
 it steps with more than one intra-op thread (a large model alone: paths.choose_paths and
 paths.shard_count); many models keep going over models, one shard per thread (sharded.py).
+A loss kernel by rows (dŶ[n] from Ŷ[n] alone) joins the forward's phase through row_loss, and any
+kernel over element ranges can run on the same threads through CoreSplit.run.
 """
 from __future__ import annotations
 
@@ -41,8 +45,7 @@ class CoreSplit:
     caller's and a pool of threads − 1."""
 
     def __init__(self, cpu_grad, threads: int):
-        from grokfast.kernels.cpu import split_loss
-        self.k, self.loss, self.threads = cpu_grad, split_loss, threads
+        self.k, self.threads = cpu_grad, threads
         self.pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="grokfast-core")
 
     def run(self, parts: Sequence[Sequence]) -> None:
@@ -77,27 +80,24 @@ class CoreSplit:
                            self._w2(m, P1, dlogits, H, g2t, grad)))
             self.run(_deal(self._w1(m, i0, i1, P1, quadratic, dH, grad)))
 
-    def step(self, models, nb: dict, P1: int, quadratic: bool, mse: Optional[tuple],
+    def step(self, models, nb: dict, P1: int, quadratic: bool, row_loss: Optional[Callable],
              loss_grad: Callable[[], object]) -> None:
         """The forward, the loss gradient and the backward of the models listed in `models` on
-        the stepper's numba buffers nb (TorchStepper._numba_buffers): forward_portable, then
-        update.mse_grad (mse = (labels [N] int64, scale): in the forward's phase, by rows) or
-        loss_grad() (every model's dŶ at once, on this thread), then backward."""
+        the stepper's numba buffers nb (TorchStepper._numba_buffers): forward_portable, then dŶ,
+        then backward. dŶ: row_loss(m, a, b) -> (fn, args), the call that writes rows a ≤ n < b
+        of model m's dŶ from the same rows of its Ŷ (mse_rows), run in the forward's phase; or
+        without it loss_grad() (every model's dŶ at once, on this thread) between the phases."""
         theta, i0, i1, Z, H, dH = nb["theta"], nb["i0"], nb["i1"], nb["Z"], nb["H"], nb["dH"]
-        w2t, g2t, grad = nb["w2t"], nb["g2t"], nb["grad"]
-        logits, dlogits = nb["logits"], nb["dlogits"]
-        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"], logits)
-        if mse is None:
+        w2t, g2t, grad, dlogits = nb["w2t"], nb["g2t"], nb["grad"], nb["dlogits"]
+        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"], nb["logits"])
+        if row_loss is None:
             self.forward_portable(models, *fwd[:8], w2t, *fwd[8:])         # fwd[7] is H
             loss_grad()
             self.backward(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
             return
-        labels, scale = mse
         for m in models:
-            self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
-            loss = [(self.loss.mse_grad_rows, (logits[m], labels, scale, dlogits[m], a, b))
-                    for a, b in self._rows(Z)]
-            self.run(_deal(self._forward(m, *fwd), loss,
+            self.k.w2_transpose(theta[m], P1, dlogits.shape[2], w2t[m])
+            self.run(_deal(self._forward(m, *fwd), [row_loss(m, a, b) for a, b in self._rows(Z)],
                            self._hidden(m, quadratic, dlogits, Z, w2t, dH)))
             self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
                            self._w1(m, i0, i1, P1, quadratic, dH, grad)))
@@ -122,6 +122,17 @@ class CoreSplit:
     def _w1(self, m, i0, i1, P1, quadratic, dH, grad) -> list:
         return [(self.k.backward_w1, (m, i0, i1, P1, quadratic, dH, grad, a, b))
                 for a, b in cuts(dH.shape[2], self.threads, 16)]
+
+
+def mse_rows(nb: dict, labels, scale) -> Callable:
+    """row_loss of CoreSplit.step for the portable MSE: update.mse_grad's bits (labels [N] int64,
+    scale a numpy scalar of the working dtype) by rows, split_loss.mse_grad_rows."""
+    from grokfast.kernels.cpu import split_loss
+    logits, dlogits = nb["logits"], nb["dlogits"]
+
+    def call(m, a, b):
+        return split_loss.mse_grad_rows, (logits[m], labels, scale, dlogits[m], a, b)
+    return call
 
 
 def _deal(*jobs: Sequence) -> list:

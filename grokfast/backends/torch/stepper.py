@@ -74,7 +74,7 @@ from .paths import (
     intra_op_threads,
     mm_per_model,
 )
-from .split import CoreSplit
+from .split import CoreSplit, mse_rows
 from .stats import STAT_INDEX, fixed_norm_, orthograd_, stats_after, stats_before
 
 
@@ -202,11 +202,11 @@ class TorchStepper:
                 self.core = CoreSplit(self.cpu_grad, self.threads)
                 self.nb_kernels, self.threads = self.core, 1
         self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
-        # the portable MSE gradient by rows inside the split forward (CoreSplit.step)
-        self.mse_rows = None
+        # the portable MSE gradient by rows in the split forward's phase (CoreSplit.step)
+        self.row_loss = None
         if self.core is not None and getattr(self.loss_grad, "fused", None) is not None:
-            self.mse_rows = (self.labels.numpy().astype(np.int64),
-                             self.loss_grad.mse_scale.numpy()[()])
+            self.row_loss = mse_rows(self.nb, self.labels.numpy().astype(np.int64),
+                                     self.loss_grad.mse_scale.numpy()[()])
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
@@ -326,7 +326,7 @@ class TorchStepper:
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
         if self.core is not None:
             self.core.step(self.stepping, self.nb, self.d_in * self.width, not self.relu,
-                           self.mse_rows, lambda: self.loss_grad(self.logits))
+                           self.row_loss, lambda: self.loss_grad(self.logits))
             return self._update(s, record, sched, self.logits)
         if self.cpu_grad is not None:
             nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
