@@ -35,6 +35,16 @@ def cuts(n: int, parts: int, multiple: int) -> list:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def wait_all(futures: Sequence) -> None:
+    """Return once every future is done, a Ctrl-C while waiting included (the threads write to
+    shared buffers: none may be left running when the caller goes on)."""
+    while not all(f.done() for f in futures):
+        try:
+            wait(futures)
+        except KeyboardInterrupt:
+            pass
+
+
 def _calls(calls: Sequence) -> None:
     for fn, args in calls:
         fn(*args)
@@ -56,11 +66,7 @@ class CoreSplit:
         try:
             _calls(parts[-1])
         finally:
-            while not all(f.done() for f in futures):
-                try:
-                    wait(futures)
-                except KeyboardInterrupt:
-                    pass
+            wait_all(futures)
         for f in futures:
             f.result()
 
