@@ -42,3 +42,17 @@ def test_core_split_steps_with_the_one_thread_bits(case, threads, models):
     assert_bitwise(runs[1][1], runs[0][1], "rows")
     assert_bitwise(runs[1][2], runs[0][2], "state")
     assert np.isfinite(runs[0][1][0]["test_loss"][:, 0]).all()
+
+
+def test_run_finishes_every_part_before_it_raises_a_workers_error():
+    """An error in a worker's part reaches the caller, after the caller's own part has run."""
+    from grokfast.backends.torch.split import CoreSplit
+    core, ran = CoreSplit(None, 2), []
+
+    def fail():
+        raise ValueError("worker part")
+    with pytest.raises(ValueError, match="worker part"):
+        core.run([[(fail, ())], [(ran.append, ("caller",))]])
+    assert ran == ["caller"]
+    core.run([[(ran.append, ("worker",))], [(ran.append, ("caller",))]])
+    assert sorted(ran[1:]) == ["caller", "worker"]
