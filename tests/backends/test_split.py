@@ -56,3 +56,12 @@ def test_run_finishes_every_part_before_it_raises_a_workers_error():
     assert ran == ["caller"]
     core.run([[(ran.append, ("worker",))], [(ran.append, ("caller",))]])
     assert sorted(ran[1:]) == ["caller", "worker"]
+
+
+def test_even_cuts_put_inner_bounds_on_the_nearest_multiples():
+    from grokfast.backends.torch.split import even_cuts
+    assert even_cuts(97, 2, 6) == [(0, 48), (48, 97)]
+    assert even_cuts(97, 3, 6) == [(0, 30), (30, 66), (66, 97)]
+    assert even_cuts(5, 2, 6) == [(0, 5)]
+    assert even_cuts(0, 2, 6) == []
+    assert even_cuts(97, 1, 6) == [(0, 97)]

@@ -14,11 +14,12 @@ contiguous range per thread, the caller's thread taking the last range, and wait
 A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dH
 (dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dZ. Row
 cuts are multiples of 16 (every range but the last fills whole vector columns of Hᵀ, Ŷᵀ), column
-cuts of 2, hidden-unit cuts of 16. Every output is computed whole by one thread, in the order the
-kernels write, so a model's bits are those of the one-thread kernels (forward_portable,
-update.mse_grad, backward) for any thread count. TorchStepper uses it for numerics "portable" when
-it steps with more than one intra-op thread (a large model alone: paths.choose_paths and
-paths.shard_count); many models keep going over models, one shard per thread (sharded.py).
+cuts of 6 (whole register tiles of ∇W2ᵀ rows), hidden-unit cuts of 16. Every output is computed
+whole by one thread, in the order the kernels write, so a model's bits are those of the
+one-thread kernels (forward_portable, update.mse_grad, backward) for any thread count and cuts.
+TorchStepper uses it for numerics "portable" when it steps with more than one intra-op thread
+(a large model alone: paths.choose_paths and paths.shard_count); many models keep going over
+models, one shard per thread (sharded.py).
 A loss kernel by rows (dŶ[n] from Ŷ[n] alone) joins the forward's phase through row_loss, and any
 kernel over element ranges can run on the same threads through CoreSplit.run.
 """
@@ -33,6 +34,14 @@ def cuts(n: int, parts: int, multiple: int) -> list:
     are multiples of `multiple`."""
     step = -(-n // (parts * multiple)) * multiple if n else multiple
     return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def even_cuts(n: int, parts: int, multiple: int) -> list:
+    """[(a, b), …]: 0 … n cut into at most `parts` contiguous non-empty ranges whose inner bounds
+    are the multiples of `multiple` nearest to k·n/parts (only the last range has a remainder)."""
+    bounds = sorted({0, n, *(min(n, round(k * n / (parts * multiple)) * multiple)
+                             for k in range(1, parts))})
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
 def wait_all(futures: Sequence) -> None:
@@ -109,7 +118,8 @@ class CoreSplit:
                            self._w1(m, i0, i1, P1, quadratic, dH, grad)))
 
     # the calls of one phase, one per range: rows n (multiples of 16), columns j of ∇W2
-    # (multiples of 2), hidden units k of ∇W1 (multiples of 16)
+    # (multiples of 6, the rows of fma.product's widest register tile, so that only the last
+    # range takes its slower 2- and 1-row tiles), hidden units k of ∇W1 (multiples of 16)
     def _rows(self, Z) -> list:
         return cuts(Z.shape[1], self.threads, 16)
 
@@ -123,7 +133,7 @@ class CoreSplit:
 
     def _w2(self, m, P1, dlogits, H, g2t, grad) -> list:
         return [(self.k.backward_w2, (m, P1, dlogits, H, g2t, grad, a, b))
-                for a, b in cuts(dlogits.shape[2], self.threads, 2)]
+                for a, b in even_cuts(dlogits.shape[2], self.threads, 6)]
 
     def _w1(self, m, i0, i1, P1, quadratic, dH, grad) -> list:
         return [(self.k.backward_w1, (m, i0, i1, P1, quadratic, dH, grad, a, b))
