@@ -4,7 +4,8 @@ written order (no FMA: numba without fastmath gives LLVM no `contract` flag), so
 those of the separate torch ops on every CPU and vector width.
 
     mse_grad(logits [M, N, p], labels [N] int64, scale, out [M, N, p])
-        out = (Ŷ − Y)·scale with Y the one-hot labels (the MSE gradient as autograd forms it)
+        out = (Ŷ − Y)·scale with Y the one-hot labels (the MSE gradient as autograd forms it;
+        split_loss.mse_grad_rows over every row of each model)
     gd_step(theta [M, S], grad [M, S], neg_lr [M], wd [M], P)
         g ← g + wd·θ (where wd ≠ 0), then θ ← θ + (−lr)·g, over the first P entries of each row
 
@@ -14,16 +15,13 @@ from __future__ import annotations
 
 from numba import njit
 
+from .split_loss import mse_grad_rows
+
 
 @njit(cache=True, nogil=True)
 def _mse_grad_kernel(logits, labels, scale, out):
-    M, N, p = logits.shape
-    one, zero = scale / scale, scale - scale              # 1 and 0 in the working dtype
-    for m in range(M):
-        for n in range(N):
-            y, o, c = logits[m, n], out[m, n], labels[n]
-            for j in range(p):
-                o[j] = (y[j] - (one if j == c else zero)) * scale
+    for m in range(logits.shape[0]):
+        mse_grad_rows(logits[m], labels, scale, out[m], 0, logits.shape[1])
 
 
 @njit(cache=True, nogil=True)

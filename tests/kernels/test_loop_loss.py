@@ -74,20 +74,20 @@ def test_gradient_agrees_with_autograd_of_the_reference_loss(loss):
         assert_close(out[m], z.grad, f"model {m}")
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "stablemax"])
-def test_rows_split_over_threads_give_the_same_bits(loss):
-    """A large model alone (a CoreSplit): each thread takes a range of rows with its own scratch;
-    any cut gives the one-thread gradient bit for bit."""
-    from grokfast.backends.torch.split import CoreSplit
-    from grokfast.kernels.cpu import grad as cpu_grad
-
-    c = Config(p=7, loss=loss, loss_dtype="float64", dtype="float32")
-    logits, labels = inputs(7, torch.float32, M=1, N=101)
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "stablemax"])
+def test_rows_give_the_whole_gradient_bits_for_any_cut(loss):
+    """A large model alone (CoreSplit.step): LossGrad.rows writes a range of rows, each range with
+    its own scratch; any cut, run in any order, gives the one-call gradient bit for bit."""
+    c = Config(p=7, loss=loss, loss_dtype="float64" if loss != "mse" else "same",
+               dtype="float32")
+    logits, labels = inputs(7, torch.float32, M=2, N=101)
     alone = torch.full_like(logits, float("nan"))
     LossGrad(c, labels, alone, portable=True)(logits)
-    for threads in (2, 3):
-        split = torch.full_like(logits, float("nan"))
-        lg = LossGrad(c, labels, split, portable=True, split=CoreSplit(cpu_grad, threads))
-        assert len(lg.parts) == threads
-        lg(logits)
-        assert_bitwise(split, alone, f"{threads} threads")
+    for cut in ((0, 101), (0, 16, 101), (0, 48, 64, 101)):
+        out = torch.full_like(logits, float("nan"))
+        row_loss = LossGrad(c, labels, out, portable=True).rows(logits.numpy())
+        for m in (1, 0):
+            for a, b in reversed(list(zip(cut[:-1], cut[1:]))):
+                fn, args = row_loss(m, a, b)
+                fn(*args)
+        assert_bitwise(out, alone, f"cut {cut}")

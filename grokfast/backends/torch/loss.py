@@ -12,22 +12,18 @@ from grokfast.config import Config
 from grokfast.model import stablemax_s
 from grokfast.numerics import exp, logsumexp, row_sum
 
-from .split import cuts
-
 
 class LossGrad:
     """∂L/∂Ŷ of the batch's loss (shared: loss, loss_reduction, loss_dtype) into `out` [M, N, p]
     (working dtype), for training labels [N]; cross-entropy and stablemax in float64 when
     loss_dtype says so."""
 
-    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor, portable: bool = False,
-                 split=None):
+    def __init__(self, c: Config, labels: torch.Tensor, out: torch.Tensor, portable: bool = False):
         M, N, p = out.shape
         dt, dev = out.dtype, out.device
         self.config, self.out, self.portable = c, out, portable
-        self.split = split       # a CoreSplit (a large model alone): its rows over the threads
         lt = torch.float64 if c.loss_dtype == "float64" and c.loss != "mse" else dt
-        self.same_dtype = lt == dt
+        self.same_dtype, self.loss_dtype = lt == dt, lt
         one = torch.ones((), dtype=lt, device=dev)
         if c.loss == "mse":
             # d/dŶ Σ(Ŷ − Y)²/(N·p) = (Ŷ − Y)·2·fl(1/(N·p)), as autograd forms it
@@ -50,9 +46,7 @@ class LossGrad:
                 from grokfast.kernels.cpu import loop_loss
                 self.fused = (loop_loss, labels.numpy().astype("int64"), out.numpy(),
                               loss_args(c, N, p, lt))
-                if split is not None:  # each thread's range of rows with its own scratch
-                    self.parts = {(a, b): loss_args(c, N, p, lt, rows=b - a)
-                                  for a, b in cuts(N, split.threads, 1)}
+                self.parts: dict = {}   # rows (a, b) → that range's scratch (rows())
         if not self.same_dtype:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
 
@@ -67,12 +61,7 @@ class LossGrad:
             return torch.sub(logits, self.Y, out=out).mul_(self.mse_scale)
         if self.fused is not None and logits.is_contiguous():
             kernel, labels, dst, loss = self.fused
-            if self.split is None:
-                kernel.loss_grad_models(loss, logits.numpy(), labels, dst)
-                return out
-            for m in range(dst.shape[0]):   # rows are independent: any cut gives the same bits
-                self.split._each(_loss_grad_rows, list(self.parts), kernel, self.parts,
-                                 logits.numpy()[m], labels, dst[m])
+            kernel.loss_grad_models(loss, logits.numpy(), labels, dst)
             return out
         z = logits if self.same_dtype else self.z_loss.copy_(logits)
         if c.loss == "cross_entropy":
@@ -94,12 +83,28 @@ class LossGrad:
         return out
 
 
-def _loss_grad_rows(kernel, parts, logits, labels, dst, a: int, b: int) -> None:
-    """kernels/cpu/loop_loss.loss_grad on rows a … b−1 of one model (logits, dst [N, p]), with
-    the scratch of that range (parts: range → loss tuple)."""
-    loss = parts[a, b]
-    kernel.loss_grad(loss, logits[a:b], labels[a:b], loss[2], dst[a:b])
+    def rows(self, logits: np.ndarray):
+        """CoreSplit.step's row_loss for the numba buffer `logits` [M, N, p] (portable, on the
+        CPU: `fused` set): row_loss(m, a, b) → (fn, args), the call that writes rows a ≤ n < b of
+        model m's ∂L/∂Ŷ from the same rows of its Ŷ. Rows are independent, so any cut gives
+        __call__'s bits: MSE through kernels/cpu/split_loss.mse_grad_rows (update.mse_grad's
+        operations by rows), cross-entropy and stablemax through loop_loss.loss_grad on the
+        rows' slices, each range with its own scratch."""
+        kernel, labels, dst, arg = self.fused
+        if self.config.loss == "mse":
+            from grokfast.kernels.cpu import split_loss
 
+            def mse(m, a, b):
+                return split_loss.mse_grad_rows, (logits[m], labels, arg, dst[m], a, b)
+            return mse
+        c, N, p = self.config, dst.shape[1], dst.shape[2]
+
+        def rows(m, a, b):
+            if (a, b) not in self.parts:
+                self.parts[a, b] = loss_args(c, N, p, self.loss_dtype, rows=b - a)
+            loss = self.parts[a, b]
+            return kernel.loss_grad, (loss, logits[m][a:b], labels[a:b], loss[2], dst[m][a:b])
+        return rows
 
 def loss_args(c: Config, N: int, p: int, loss_dtype: torch.dtype, rows: int = 0) -> tuple:
     """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for N

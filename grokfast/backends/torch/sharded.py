@@ -15,6 +15,7 @@ from grokfast.config import Config
 from grokfast.data import Dataset
 from grokfast.errors import GrokfastError
 
+from .split import wait_all
 from .stepper import TorchStepper
 
 
@@ -61,11 +62,7 @@ class ShardedStepper:
         finally:
             # a Ctrl-C while waiting: every shard still finishes its chunk, so no shard's state
             # is left half-stepped and the launch stays consistent for a checkpoint
-            while not all(f.done() for f in futures):
-                try:
-                    wait(futures)
-                except KeyboardInterrupt:
-                    pass
+            wait_all(futures)
             torch.set_num_threads(old)
 
     def _cut(self, x) -> list:

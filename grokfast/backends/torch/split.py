@@ -1,18 +1,32 @@
-"""Every core on one model: the numba kernels (kernels/cpu/grad.py) of a large model split over a
-pool of threads by independent outputs, so the bits never depend on the thread count.
+"""Every core on one model: the numba kernels (kernels/cpu/grad.py, split_loss.py) of a large model
+split over a pool of threads by independent outputs, so the bits never depend on the thread count.
 
-Per model and step: W2ᵀ (one thread, a copy), then four phases, each cut into one contiguous range
-per thread and waited for: the forward by rows of Ŷ (first layer, Hᵀ, Ŷᵀ, Ŷ; cuts at multiples of
-16 so every range but the last fills whole vector columns), ∇W2 by columns j, dH and dZ by rows n,
-∇W1 by hidden units k. Every output is computed whole by one thread, in the order the kernels
-write, so a model's bits are those of the one-thread kernels (forward_portable, backward) for any
-thread count. TorchStepper uses it for numerics "portable" when it steps with more than one
-intra-op thread (a large model alone: paths.choose_paths and paths.shard_count); many models keep
-going over models, one shard per thread (sharded.py).
+A step of model m (CoreSplit.step) is W2ᵀ (one thread, a copy), then phases, each cut into one
+contiguous range per thread, the caller's thread taking the last range, and waited for:
+
+    a loss by rows (row_loss: the portable MSE, cross-entropy and stablemax, LossGrad.rows):
+        rows n: forward (first layer, Ŷ), dŶ, dH and dZ  |  columns j of ∇W2, then hidden
+        units k of ∇W1
+    without one:
+        rows n: forward  |  dŶ of every model (the caller's loss_grad, on its thread alone)  |
+        rows n: dH and dZ, then columns j of ∇W2  |  hidden units k of ∇W1
+
+A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dH
+(dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dZ. Row
+cuts are multiples of 16 (whole register tiles of Ŷ's rows for every range but the last), column
+cuts of 6 (whole register tiles of ∇W2ᵀ rows), hidden-unit cuts of 16. Every output is computed
+whole by one thread, in the order the kernels write, so a model's bits are those of the
+one-thread kernels (forward_portable, update.mse_grad, backward) for any thread count and cuts.
+TorchStepper uses it for numerics "portable" when it steps with more than one intra-op thread
+(a large model alone: paths.choose_paths and paths.shard_count); many models keep going over
+models, one shard per thread (sharded.py).
+A loss kernel by rows (dŶ[n] from Ŷ[n] alone) joins the forward's phase through row_loss, and any
+kernel over element ranges can run on the same threads through CoreSplit.run.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, Optional, Sequence
 
 
 def cuts(n: int, parts: int, multiple: int) -> list:
@@ -22,31 +36,115 @@ def cuts(n: int, parts: int, multiple: int) -> list:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def even_cuts(n: int, parts: int, multiple: int) -> list:
+    """[(a, b), …]: 0 … n cut into at most `parts` contiguous non-empty ranges whose inner bounds
+    are the multiples of `multiple` nearest to k·n/parts (only the last range has a remainder)."""
+    bounds = sorted({0, n, *(min(n, round(k * n / (parts * multiple)) * multiple)
+                             for k in range(1, parts))})
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+def wait_all(futures: Sequence) -> None:
+    """Return once every future is done, a Ctrl-C while waiting included (the threads write to
+    shared buffers: none may be left running when the caller goes on)."""
+    while not all(f.done() for f in futures):
+        try:
+            wait(futures)
+        except KeyboardInterrupt:
+            pass
+
+
+def _calls(calls: Sequence) -> None:
+    for fn, args in calls:
+        fn(*args)
+
+
 class CoreSplit:
-    """The portable forward and backward of grokfast.kernels.cpu.grad, over `threads` threads
-    (signatures of grad.forward_portable and grad.backward)."""
+    """The portable forward and backward of grokfast.kernels.cpu.grad over `threads` threads: the
+    caller's and a pool of threads − 1."""
 
     def __init__(self, cpu_grad, threads: int):
         self.k, self.threads = cpu_grad, threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="grokfast-core")
+        self.pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="grokfast-core")
 
-    def _each(self, fn, ranges, *args) -> None:
-        futures = [self.pool.submit(fn, *args, a, b) for a, b in ranges]
-        wait(futures)
+    def run(self, parts: Sequence[Sequence]) -> None:
+        """Every part (a list of (fn, args) calls, run in order) at once, one per thread, the
+        last on the caller's; returns once all have finished (a Ctrl-C while waiting too, so no
+        kernel is left writing to the buffers), then raises the first error."""
+        futures = [self.pool.submit(_calls, calls) for calls in parts[:-1]]
+        try:
+            _calls(parts[-1])
+        finally:
+            wait_all(futures)
         for f in futures:
             f.result()
 
     def forward_portable(self, models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                          logits) -> None:
-        p, rows = logits.shape[2], cuts(Z.shape[1], self.threads, 16)
+        """grad.forward_portable (same signature), by rows."""
         for m in models:
-            self.k.w2_transpose(theta[m], P1, p, w2t[m])
-            self._each(self.k.forward_rows, rows, m, theta, i0, i1, P1, quadratic, zero, Z, H,
-                       ht, yt, logits)
+            self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
+            self.run(_deal(self._forward(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
+                                         logits)))
 
-    def backward(self, models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
-        N, w, p, T = Z.shape[1], Z.shape[2], dlogits.shape[2], self.threads
+    def backward(self, models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
+                 grad) -> None:
+        """grad.backward (same signature): dH and dZ by rows with ∇W2 by columns, then ∇W1."""
         for m in models:
-            self._each(self.k.backward_w2, cuts(p, T, 2), m, P1, dlogits, H, g2t, grad)
-            self._each(self.k.backward_hidden, cuts(N, T, 2), m, quadratic, dlogits, Z, w2t, dH)
-            self._each(self.k.backward_w1, cuts(w, T, 16), m, i0, i1, P1, quadratic, dH, grad)
+            self.run(_deal(self._hidden(m, quadratic, dlogits, Z, w2t, dH),
+                           self._w2(m, P1, dlogits, H, g2t, grad)))
+            self.run(_deal(self._w1(m, i0, i1, P1, quadratic, dH, grad)))
+
+    def step(self, models, nb: dict, P1: int, quadratic: bool, row_loss: Optional[Callable],
+             loss_grad: Callable[[], object]) -> None:
+        """The forward, the loss gradient and the backward of the models listed in `models` on
+        the stepper's numba buffers nb (TorchStepper._numba_buffers): forward_portable, then dŶ,
+        then backward. dŶ: row_loss(m, a, b) -> (fn, args), the call that writes rows a ≤ n < b
+        of model m's dŶ from the same rows of its Ŷ (LossGrad.rows), run in the forward's phase; or
+        without it loss_grad() (every model's dŶ at once, on this thread) between the phases."""
+        theta, i0, i1, Z, H, dH = nb["theta"], nb["i0"], nb["i1"], nb["Z"], nb["H"], nb["dH"]
+        w2t, g2t, grad, dlogits = nb["w2t"], nb["g2t"], nb["grad"], nb["dlogits"]
+        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"], nb["logits"])
+        if row_loss is None:
+            self.forward_portable(models, *fwd[:8], w2t, *fwd[8:])         # fwd[7] is H
+            loss_grad()
+            self.backward(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
+            return
+        for m in models:
+            self.k.w2_transpose(theta[m], P1, dlogits.shape[2], w2t[m])
+            self.run(_deal(self._forward(m, *fwd), [row_loss(m, a, b) for a, b in self._rows(Z)],
+                           self._hidden(m, quadratic, dlogits, Z, w2t, dH)))
+            self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
+                           self._w1(m, i0, i1, P1, quadratic, dH, grad)))
+
+    # the calls of one phase, one per range: rows n (multiples of 16), columns j of ∇W2
+    # (multiples of 6, the rows of fma.product's widest register tile, so that only the last
+    # range takes its slower 2- and 1-row tiles), hidden units k of ∇W1 (multiples of 16)
+    def _rows(self, Z) -> list:
+        return cuts(Z.shape[1], self.threads, 16)
+
+    def _forward(self, m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits) -> list:
+        return [(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
+                                       logits, a, b)) for a, b in self._rows(Z)]
+
+    def _hidden(self, m, quadratic, dlogits, Z, w2t, dH) -> list:
+        return [(self.k.backward_hidden, (m, quadratic, dlogits, Z, w2t, dH, a, b))
+                for a, b in self._rows(Z)]
+
+    def _w2(self, m, P1, dlogits, H, g2t, grad) -> list:
+        return [(self.k.backward_w2, (m, P1, dlogits, H, g2t, grad, a, b))
+                for a, b in even_cuts(dlogits.shape[2], self.threads, 6)]
+
+    def _w1(self, m, i0, i1, P1, quadratic, dH, grad) -> list:
+        return [(self.k.backward_w1, (m, i0, i1, P1, quadratic, dH, grad, a, b))
+                for a, b in cuts(dH.shape[2], self.threads, 16)]
+
+
+def _deal(*jobs: Sequence) -> list:
+    """Parts for CoreSplit.run from lists of calls: part t runs the t-th call of each list, in
+    the order the lists are given."""
+    parts: list = [[] for _ in range(max(map(len, jobs)))]
+    for calls in jobs:
+        for t, call in enumerate(calls):
+            parts[t].append(call)
+    return parts

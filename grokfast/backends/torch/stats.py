@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from grokfast import numerics
 from grokfast.config import Config
 from grokfast.model import STAT_NAMES, accuracy, cosine, data_loss, min_margin
 from grokfast.numerics import param_norm, row_sum, total
@@ -86,29 +87,56 @@ def fixed_norm_(theta: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, target:
 
 def losses(logits: torch.Tensor, labels: torch.Tensor, configs: Sequence[Config],
            fixed: bool = False) -> torch.Tensor:
-    """The data loss of each model (model.data_loss, the reference's definition): [M]."""
+    """The data loss of each model (model.data_loss, the reference's definition): [M]. The
+    portable MSE on the CPU sums in one numba pass (split_loss.mse_sum: the bits of data_loss's
+    numerics.total((Ŷ − Y) ** 2) without the one-hot Y or torch's temporaries)."""
+    if fixed and configs[0].loss == "mse" and logits.device.type == "cpu" and numerics.available():
+        return torch.stack([_mse_loss(logits[i], labels, configs[i])
+                            for i in range(len(configs))])
     return torch.stack([data_loss(logits[i], labels, configs[i], fixed_order=fixed)
                         for i in range(len(configs))])
 
 
+def _mse_loss(logits: torch.Tensor, labels: torch.Tensor, c: Config) -> torch.Tensor:
+    """data_loss(logits, labels, c, fixed_order=True) of an MSE config ([n, p] CPU logits)."""
+    from grokfast.kernels.cpu import split_loss
+    y = logits.detach().numpy()
+    n, p = y.shape
+    total = torch.tensor(split_loss.mse_sum(y, np.asarray(labels.numpy(), np.int64),
+                                              y.dtype.type(0)), dtype=logits.dtype)
+    return total / (n * p) if c.loss_reduction == "mean" else total
+
+
 def stats_before(st, s: int, logits: torch.Tensor) -> torch.Tensor:
     """Statistics of TorchStepper `st` at θ_s from the data-loss gradient (before filters):
-    [n_stats, M] float64."""
+    [n_stats, M] float64. With a split stepper (st.core) the test metrics run on one of its
+    threads while the caller's takes the training ones (each statistic whole on one thread)."""
     c, M, tmp, fx = st.config, st.M, st.tmp, st.portable
     W1, W2, G1, G2 = st.W1, st.W2, st.G1, st.G2
     row = torch.full((len(STAT_NAMES), M), float("nan"), dtype=torch.float64)
-    values = dict(   # the norms and cosines as sums (finish_before forms them)
-        step=torch.full((M,), float(s), dtype=torch.float64),
-        train_loss=losses(logits, st.labels, st.configs, fx),
-        train_acc=accuracy(logits, st.labels),
-        norm_W1=sumsq(W1, tmp, fx), norm_W2=sumsq(W2, tmp, fx),
-        grad_norm_W1=sumsq(G1, tmp, fx), grad_norm_W2=sumsq(G2, tmp, fx),
-        cos_grad_W1=dot(G1, W1, tmp, fx), cos_grad_W2=dot(G2, W2, tmp, fx),
-        min_margin=min_margin(logits, st.labels_M))
+    values = dict(step=torch.full((M,), float(s), dtype=torch.float64))
+
+    def train():     # the norms and cosines as sums (finish_before forms them)
+        values.update(
+            train_loss=losses(logits, st.labels, st.configs, fx),
+            train_acc=accuracy(logits, st.labels),
+            norm_W1=sumsq(W1, tmp, fx), norm_W2=sumsq(W2, tmp, fx),
+            grad_norm_W1=sumsq(G1, tmp, fx), grad_norm_W2=sumsq(G2, tmp, fx),
+            cos_grad_W1=dot(G1, W1, tmp, fx), cos_grad_W2=dot(G2, W2, tmp, fx),
+            min_margin=min_margin(logits, st.labels_M))
+
+    def test(test_logits):
+        values.update(test_loss=losses(test_logits, st.test_labels, st.configs, fx),
+                      test_acc=accuracy(test_logits, st.test_labels))
+    parts = [[(train, ())]]
     if s % c.eval_every == 0:
-        test_logits = st.test_logits()
-        values["test_loss"] = losses(test_logits, st.test_labels, st.configs, fx)
-        values["test_acc"] = accuracy(test_logits, st.test_labels)
+        parts.insert(0, [(test, (st.test_logits(),))])
+    core = getattr(st, "core", None)
+    if core is not None:
+        core.run(parts)
+    else:
+        for (fn, args), in parts:
+            fn(*args)
     for name, v in values.items():
         row[STAT_INDEX[name]] = v.to(torch.float64).cpu()
     finish_before(row, st.dtype)

@@ -197,6 +197,7 @@ class TorchStepper:
         self.offset = 0                                                  # steps done in the chunk
         self.logits = aligned_empty(M, (N, p), dt, dev)
         self.dlogits = aligned_empty(M, (N, p), dt, dev)
+        self.core = None
         if self.cpu_grad is not None:
             self._numba_buffers()
             # portable, more than one thread (a large model alone): every core on each model
@@ -204,10 +205,14 @@ class TorchStepper:
             if self.portable and self.threads > 1:
                 # the kernels' own threads take the cores; torch's ops (elementwise, per-element
                 # bits) run on one, so that its idle OpenMP workers never spin against them
-                self.nb_kernels, self.threads = CoreSplit(self.cpu_grad, self.threads), 1
-        split = getattr(self, "nb_kernels", None)                       # a CoreSplit, if any
-        split = split if split is not None and split is not self.cpu_grad else None
-        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable, split)  # ∂L/∂Ŷ
+                self.core = CoreSplit(self.cpu_grad, self.threads)
+                self.nb_kernels, self.threads = self.core, 1
+        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
+        # a lone large model, portable: its loss gradient by rows in the split forward's phase
+        # (CoreSplit.step), MSE, cross-entropy or stablemax alike
+        self.row_loss = None
+        if self.core is not None and getattr(self.loss_grad, "fused", None) is not None:
+            self.row_loss = self.loss_grad.rows(self.nb["logits"])
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
@@ -325,6 +330,10 @@ class TorchStepper:
     def _step(self, s: int, record: bool, sched) -> Optional[torch.Tensor]:
         """One full-batch update of every model; the statistics row [n_stats, M] if recorded."""
         W1, W2, G1, G2 = self.W1, self.W2, self.G1, self.G2
+        if self.core is not None:
+            self.core.step(self.stepping, self.nb, self.d_in * self.width, not self.relu,
+                           self.row_loss, lambda: self.loss_grad(self.logits))
+            return self._update(s, record, sched, self.logits)
         if self.cpu_grad is not None:
             nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
             self._numba_forward(nb, nb["logits"])
