@@ -208,16 +208,12 @@ def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
 
 @njit(cache=True, nogil=True)
 def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, r0, r1):
-    """forward_portable of model m for the rows r0 ≤ n < r1 (r0 a multiple of 16, and r1 too
-    unless it is N): Z, H and logits rows, through the columns r0 … of ht and yt (W2ᵀ is
-    w2_transpose's)."""
+    """forward_portable of model m for the rows r0 ≤ n < r1: Z, H and logits rows
+    (Ŷ = H W2 by fma.forward_product, straight into logits; ht and yt are not used)."""
     t, h = theta[m], H[m]
-    N, w, p = Z.shape[1], Z.shape[2], logits.shape[2]
+    p = logits.shape[2]
     first_layer_rows(t, i0, i1, quadratic, zero, Z[m], h, r0, r1)
-    transpose(h[r0:r1], ht[:, r0:r1])                              # Hᵀ [w, r0:r1]
-    c1 = min(r0 + -(-(r1 - r0) // 16) * 16, ht.shape[1])
-    forward_product(ht, t[P1:], p, r0, c1, yt)
-    transpose(yt[:, r0:r1], logits[m, r0:r1])                      # Ŷ = (Ŷᵀ)ᵀ
+    forward_product(h, t[P1:], p, r0, r1, logits[m])
 
 
 @njit(cache=True, nogil=True)
