@@ -78,11 +78,12 @@ def _masked_intrinsics(builder, vty, lanes, bits):
 
 
 @intrinsic
-def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n):
+def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
     """The register tile of `product`: continues, for i < rows (1 … ROWS) and the n columns
     c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
     t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
-    float type, any strides; b and out rows read and written as vectors). One body per row
+    float type, any strides; b and out rows read and written as vectors); `fresh` (bool): the
+    chains start from 0 instead of out (out is not read). One body per row
     count, each in three column variants: n = COLS (plain vector loads and stores), n > LANES
     (the second vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store
     touch only the n columns, whatever the target (legalized to scalar code without AVX)."""
@@ -99,7 +100,7 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n):
         mload, mstore = _masked_intrinsics(builder, vty, lanes, dtype.bitwidth)
         arrays = [(context.make_array(ty)(context, builder, v), ty)
                   for ty, v in zip(signature.args[:3], args[:3])]
-        t0v, t1v, rv, cv, rowsv, nv = args[3:]
+        t0v, t1v, rv, cv, rowsv, nv, freshv = args[3:]
         intp = rv.type
         i32 = ir.IntType(32)
         align = ir.Constant(i32, 1)
@@ -140,9 +141,15 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n):
             outs = [[at(2, plus(rv, i), plus(cv, v * lanes), True) for v in range(nvec)]
                     for i in range(rows)]                          # [rows, nvec] of out
             acc = [[cgutils.alloca_once(builder, vty) for _ in range(nvec)] for _ in range(rows)]
-            for i in range(rows):                                  # the chains so far, in registers
-                for v in range(nvec):
-                    builder.store(load(outs[i][v], v), acc[i][v])
+            with builder.if_else(freshv) as (start, resume):       # the chains so far, in registers
+                with start:
+                    for i in range(rows):
+                        for v in range(nvec):
+                            builder.store(zero, acc[i][v])
+                with resume:
+                    for i in range(rows):
+                        for v in range(nvec):
+                            builder.store(load(outs[i][v], v), acc[i][v])
             with cgutils.for_range(builder, builder.sub(t1v, t0v)) as loop:
                 t = builder.add(t0v, loop.index)
                 xs = [load(at(1, t, plus(cv, v * lanes), True), v)
@@ -173,18 +180,17 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n):
                             with one:
                                 body(rows, 1, True)
         return context.get_dummy_value()
-    return types.none(a, b, out, t0, t1, r, c, rows, n), codegen
+    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh), codegen
 
 
 @njit(cache=True, nogil=True)
-def product(a, b, out, r0, r1, c0, c1):
-    """Continue out[r, c] ← fma(a[t, r], b[t, c], out[r, c]) for t = 0 … T−1 in order
-    (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
-    store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
-    with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
+def _product(a, b, out, r0, r1, c0, c1, fresh):
+    """product, or with `fresh` out[r0:r1, c0:c1] = aᵀ b without reading out first."""
     if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
     T = a.shape[0]
+    if fresh and T == 0:
+        out[r0:r1, c0:c1] = 0
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
     for t0 in range(0, T, KC):                                     # a [KC, ·] block of t
         t1 = min(t0 + KC, T)
@@ -193,7 +199,16 @@ def product(a, b, out, r0, r1, c0, c1):
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 for c in range(n0, n1, cols):
-                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c))
+                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0)
+
+
+@njit(cache=True, nogil=True)
+def product(a, b, out, r0, r1, c0, c1):
+    """Continue out[r, c] ← fma(a[t, r], b[t, c], out[r, c]) for t = 0 … T−1 in order
+    (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
+    store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
+    with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
+    _product(a, b, out, r0, r1, c0, c1, False)
 
 
 @njit(cache=True, nogil=True)
@@ -201,19 +216,16 @@ def forward_product(H, w2, p, n0, n1, Y):
     """Y[n, j] = Σ_k H[n, k] w2[k·p + j] (k in order, one FMA each) for n0 ≤ n < n1 and every
     j < p (H [N, w], Y [N, p] with unit stride along j: Ŷ straight into the logits)."""
     w = H.shape[1]
-    Y[n0:n1] = 0
-    product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p)
+    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True)
 
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    g2t[j0:j1] = 0
-    product(dY, H, g2t, j0, j1, 0, H.shape[1])
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True)
 
 
 @njit(cache=True, nogil=True)
 def hidden_grad(dY, w2t, n0, n1, dH):
     """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k."""
-    dH[n0:n1] = 0
-    product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1])
+    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True)
