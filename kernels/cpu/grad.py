@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .fma import forward_product, hidden_grad, w2_grad
+from .fma import GATE_POSITIVE, GATE_TIMES, forward_product, hidden_grad, w2_grad
 
 
 @njit(cache=True, nogil=True)
@@ -158,16 +158,8 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
 def backward_hidden(m, quadratic, dlogits, Z, w2t, dH, n0, n1):
     """dZ = (dŶ W2ᵀ) ⊙ σ'(Z) of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]
     (σ = x²: ⊙ Z, the 2 in ∇W1)."""
-    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m])
-    w = Z.shape[2]
-    for n in range(n0, n1):
-        d, z = dH[m, n], Z[m, n]
-        if quadratic:
-            for k in range(w):
-                d[k] = d[k] * z[k]
-        else:
-            for k in range(w):
-                d[k] = d[k] if z[k] > 0 else 0
+    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m], GATE_TIMES if quadratic else GATE_POSITIVE,
+                Z[m])
 
 
 @njit(cache=True, nogil=True)
