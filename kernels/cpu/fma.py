@@ -86,12 +86,13 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
     float type, any strides; b and out rows read and written as vectors); `fresh` (bool): the
     chains start from 0 instead of out (out is not read); `gate` (GATE_*): what is stored,
     the chain x itself (NONE), x·e[r+i, c+·] (TIMES, one rounding) or x where e[r+i, c+·] > 0,
-    else 0 (POSITIVE) (e: a 2-D array like out; read only with a gate). One body per row
+    else 0 (POSITIVE) (e: a 2-D array like out, read only with a gate; e None: no gate
+    compiled, what is stored is x). One body per row
     count, each in three column variants: n = COLS (plain vector loads and stores), n > LANES
     (the second vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store
     touch only the n columns, whatever the target (legalized to scalar code without AVX)."""
-    if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype == e.dtype
-            and a.dtype in LANES):
+    if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
+            and a.dtype in LANES and (e == types.none or e.dtype == a.dtype)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -103,7 +104,7 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
         mload, mstore = _masked_intrinsics(builder, vty, lanes, dtype.bitwidth)
         arrays = [(context.make_array(ty)(context, builder, v), ty)
                   for ty, v in zip(signature.args[:3] + signature.args[-1:],
-                                   args[:3] + args[-1:])]        # a, b, out, e
+                                   args[:3] + args[-1:]) if ty != types.none]  # a, b, out, e
         t0v, t1v, rv, cv, rowsv, nv, freshv, gatev = args[3:-1]
         intp = rv.type
         i32 = ir.IntType(32)
@@ -165,6 +166,11 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
                     for v in range(nvec):
                         builder.store(builder.call(vfma, [xs[v], s, builder.load(acc[i][v])]),
                                       acc[i][v])
+            if len(arrays) == 3:                                   # e None: no gate
+                for i in range(rows):
+                    for v in range(nvec):
+                        store(builder.load(acc[i][v]), outs[i][v], v)
+                return
             ungated = builder.icmp_signed("==", gatev, ir.Constant(gatev.type, GATE_NONE))
             times = builder.icmp_signed("==", gatev, ir.Constant(gatev.type, GATE_TIMES))
             with builder.if_else(ungated) as (plain, gated):
@@ -202,9 +208,10 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
 def _product(a, b, out, r0, r1, c0, c1, fresh, gate, e):
     """product; with `fresh` the chains start from 0 (out is not read); what the last block
     of terms stores is gated by e (_tile's `gate`, e [R, C] with unit stride along c)."""
-    if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize or \
-            e.strides[1] != e.itemsize:
+    if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
+    if e is not None and e.strides[1] != e.itemsize:
+        raise KernelError("fma.product: a gate's array needs unit stride along its last axis")
     T = a.shape[0]
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
     for t0 in range(0, max(T, 1), KC):                             # a [KC, ·] block of t (T = 0:
@@ -224,7 +231,7 @@ def product(a, b, out, r0, r1, c0, c1):
     (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
     store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
     with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
-    _product(a, b, out, r0, r1, c0, c1, False, GATE_NONE, out)
+    _product(a, b, out, r0, r1, c0, c1, False, GATE_NONE, None)
 
 
 @njit(cache=True, nogil=True)
@@ -232,18 +239,18 @@ def forward_product(H, w2, p, n0, n1, Y):
     """Y[n, j] = Σ_k H[n, k] w2[k·p + j] (k in order, one FMA each) for n0 ≤ n < n1 and every
     j < p (H [N, w], Y [N, p] with unit stride along j: Ŷ straight into the logits)."""
     w = H.shape[1]
-    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True, GATE_NONE, Y)
+    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True, GATE_NONE, None)
 
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, GATE_NONE, g2t)
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, GATE_NONE, None)
 
 
 @njit(cache=True, nogil=True)
 def hidden_grad(dY, w2t, n0, n1, dH, gate, Z):
     """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k,
-    stored as it is (gate GATE_NONE), times Z[n, k] (GATE_TIMES) or where Z[n, k] > 0, else 0
-    (GATE_POSITIVE): dZ = dH ⊙ σ'(Z) as one pass (Z [N, w])."""
+    stored as it is (gate GATE_NONE, or Z None: no gate compiled), times Z[n, k] (GATE_TIMES)
+    or where Z[n, k] > 0, else 0 (GATE_POSITIVE): dZ = dH ⊙ σ'(Z) in one pass (Z [N, w])."""
     _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True, gate, Z)
