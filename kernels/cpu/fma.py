@@ -208,9 +208,9 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
 def _product(a, b, out, r0, r1, c0, c1, fresh, gate, e):
     """product; with `fresh` the chains start from 0 (out is not read); what the last block
     of terms stores is gated by e (_tile's `gate`, e [R, C] with unit stride along c)."""
-    if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize:
+    if b.size and b.strides[1] != b.itemsize or out.size and out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
-    if e is not None and e.strides[1] != e.itemsize:
+    if e is not None and e.size and e.strides[1] != e.itemsize:
         raise KernelError("fma.product: a gate's array needs unit stride along its last axis")
     T = a.shape[0]
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
