@@ -70,7 +70,8 @@ def _masked_intrinsics(builder, vty, lanes, bits):
     """llvm.masked.load / llvm.masked.store for vectors of type vty (opaque pointer p0)."""
     mty = ir.VectorType(ir.IntType(1), lanes)
     pty, i32 = vty.as_pointer(), ir.IntType(32)
-    load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [pty, i32, mty, vty]),
+    load = cgutils.get_or_insert_function(builder.module,
+                                          ir.FunctionType(vty, [pty, i32, mty, vty]),
                                           f"llvm.masked.load.v{lanes}f{bits}.p0")
     store = cgutils.get_or_insert_function(builder.module,
                                            ir.FunctionType(ir.VoidType(), [vty, pty, i32, mty]),
@@ -83,14 +84,14 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
     """The register tile of `product`: continues, for i < rows (1 … ROWS) and the n columns
     c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
     t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
-    float type, any strides; b and out rows read and written as vectors); `fresh` (bool): the
-    chains start from 0 instead of out (out is not read); `gate` (GATE_*): what is stored,
+    float type; a any strides, b and out rows loaded and stored as vectors). `fresh` (bool):
+    the chains start from 0 instead of out (out is not read). `gate` (GATE_*): what is stored,
     the chain x itself (NONE), x·e[r+i, c+·] (TIMES, one rounding) or x where e[r+i, c+·] > 0,
-    else 0 (POSITIVE) (e: a 2-D array like out, read only with a gate; e None: no gate
-    compiled, what is stored is x). One body per row
-    count, each in three column variants: n = COLS (plain vector loads and stores), n > LANES
-    (the second vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store
-    touch only the n columns, whatever the target (legalized to scalar code without AVX)."""
+    else 0 (POSITIVE); e: a 2-D array like out, read only under a gate (None: no gate compiled).
+    One body per row count, each in three column variants: n = COLS (plain vector loads and
+    stores), n > LANES (the second vector masked) and n ≤ LANES (one masked vector):
+    llvm.masked.load / store touch only the n columns, whatever the target (legalized to
+    scalar code without AVX)."""
     if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
             and a.dtype in LANES and (e == types.none or e.dtype == a.dtype)):
         return None

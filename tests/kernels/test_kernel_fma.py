@@ -159,6 +159,18 @@ def test_product_refuses_strided_columns():
     assert_close(out, a.T.astype(np.float64) @ b.astype(np.float64), dtype=torch.float32)
 
 
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("w,p", [(5, 3), (16, 11), (21, 4)], ids=["w5", "w16-p11", "w21"])
+def test_w2_transpose_copies_W2(dt, w, p):
+    """grad.w2_transpose: W2ᵀ exactly, whole blocks of eight k and a ragged rest."""
+    rng = np.random.default_rng(w)
+    P1 = 2 * w
+    t = rand(rng, P1 + w * p + 3, dt)
+    out = np.full((p, w), np.nan, dt)
+    cpu_grad.w2_transpose(t, P1, p, out)
+    assert out.tobytes() == np.ascontiguousarray(t[P1:P1 + w * p].reshape(w, p).T).tobytes()
+
+
 def test_cuts_cover_the_range_with_aligned_inner_bounds():
     assert cuts(97, 2, 2) == [(0, 50), (50, 97)]
     assert cuts(40, 3, 16) == [(0, 16), (16, 32), (32, 40)]
