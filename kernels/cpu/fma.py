@@ -34,7 +34,7 @@ Composable: every function here is @njit (nogil) and callable from other numba c
     fma(a, b, c) -> a·b + c                                         scalars of one float type
     forward_product(H [N, w], w2 [≥ w·p], p, n0, n1, Y [N, p])     Y[n0:n1] (W2[k, j] = w2[k·p + j])
     w2_grad(H [N, w], dY [N, p], j0, j1, g2t [p, w])                g2t[j0:j1]
-    hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w], gate, Z)  dH[n0:n1] (⊙ σ'(Z) by gate)
+    hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w])           dH[n0:n1]
     product(a [T, R], b [T, C], out [R, C], r0, r1, c0, c1)        out[r0:r1, c0:c1] (a: any
                                                                     strides; b, out: unit stride
                                                                     in their last axis, checked)
@@ -51,7 +51,6 @@ from ..errors import KernelError
 LANES = {types.float32: 8, types.float64: 4}  # lanes of a vector of the tile (fixed, any CPU)
 VECTORS = 2                                   # vectors per output row of a tile: COLS = 16 / 8
 ROWS = 6                                      # output rows of a tile (fewer at a row tail)
-GATE_NONE, GATE_TIMES, GATE_POSITIVE = 0, 1, 2  # what a tile stores: x, x·e, (e > 0 ? x : 0)
 KC, NC = 128, 128                             # cache blocks of product: t (terms) and columns
 
 
@@ -80,20 +79,17 @@ def _masked_intrinsics(builder, vty, lanes, bits):
 
 
 @intrinsic
-def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
+def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
     """The register tile of `product`: continues, for i < rows (1 … ROWS) and the n columns
     c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
     t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
     float type; a any strides, b and out rows loaded and stored as vectors). `fresh` (bool):
-    the chains start from 0 instead of out (out is not read). `gate` (GATE_*): what is stored,
-    the chain x itself (NONE), x·e[r+i, c+·] (TIMES, one rounding) or x where e[r+i, c+·] > 0,
-    else 0 (POSITIVE); e: a 2-D array like out, read only under a gate (None: no gate compiled).
-    One body per row count, each in three column variants: n = COLS (plain vector loads and
+    the chains start from 0 instead of out (out is not read). One body per row count, each in three column variants: n = COLS (plain vector loads and
     stores), n > LANES (the second vector masked) and n ≤ LANES (one masked vector):
     llvm.masked.load / store touch only the n columns, whatever the target (legalized to
     scalar code without AVX)."""
     if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
-            and a.dtype in LANES and (e == types.none or e.dtype == a.dtype)):
+            and a.dtype in LANES):
         return None
 
     def codegen(context, builder, signature, args):
@@ -104,9 +100,8 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
                                               f"llvm.fma.v{lanes}f{dtype.bitwidth}")
         mload, mstore = _masked_intrinsics(builder, vty, lanes, dtype.bitwidth)
         arrays = [(context.make_array(ty)(context, builder, v), ty)
-                  for ty, v in zip(signature.args[:3] + signature.args[-1:],
-                                   args[:3] + args[-1:]) if ty != types.none]  # a, b, out, e
-        t0v, t1v, rv, cv, rowsv, nv, freshv, gatev = args[3:-1]
+                  for ty, v in zip(signature.args[:3], args[:3])]
+        t0v, t1v, rv, cv, rowsv, nv, freshv = args[3:]
         intp = rv.type
         i32 = ir.IntType(32)
         align = ir.Constant(i32, 1)
@@ -167,25 +162,9 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
                     for v in range(nvec):
                         builder.store(builder.call(vfma, [xs[v], s, builder.load(acc[i][v])]),
                                       acc[i][v])
-            if len(arrays) == 3:                                   # e None: no gate
-                for i in range(rows):
-                    for v in range(nvec):
-                        store(builder.load(acc[i][v]), outs[i][v], v)
-                return
-            ungated = builder.icmp_signed("==", gatev, ir.Constant(gatev.type, GATE_NONE))
-            times = builder.icmp_signed("==", gatev, ir.Constant(gatev.type, GATE_TIMES))
-            with builder.if_else(ungated) as (plain, gated):
-                with plain:
-                    for i in range(rows):
-                        for v in range(nvec):
-                            store(builder.load(acc[i][v]), outs[i][v], v)
-                with gated:                                        # x·e or (e > 0 ? x : 0)
-                    for i in range(rows):
-                        for v in range(nvec):
-                            x = builder.load(acc[i][v])
-                            ev = load(at(3, plus(rv, i), plus(cv, v * lanes), True), v)
-                            kept = builder.select(builder.fcmp_ordered(">", ev, zero), x, zero)
-                            store(builder.select(times, builder.fmul(x, ev), kept), outs[i][v], v)
+            for i in range(rows):
+                for v in range(nvec):
+                    store(builder.load(acc[i][v]), outs[i][v], v)
 
         cols = VECTORS * lanes
         for rows in range(1, ROWS + 1):
@@ -202,17 +181,14 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, gate, e):
                             with one:
                                 body(rows, 1, True)
         return context.get_dummy_value()
-    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh, gate, e), codegen
+    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh), codegen
 
 
 @njit(cache=True, nogil=True)
-def _product(a, b, out, r0, r1, c0, c1, fresh, gate, e):
-    """product; with `fresh` the chains start from 0 (out is not read); what the last block
-    of terms stores is gated by e (_tile's `gate`, e [R, C] with unit stride along c)."""
+def _product(a, b, out, r0, r1, c0, c1, fresh):
+    """product; with `fresh` the chains start from 0 (out is not read)."""
     if b.size and b.strides[1] != b.itemsize or out.size and out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
-    if e is not None and e.size and e.strides[1] != e.itemsize:
-        raise KernelError("fma.product: a gate's array needs unit stride along its last axis")
     T = a.shape[0]
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
     for t0 in range(0, max(T, 1), KC):                             # a [KC, ·] block of t (T = 0:
@@ -222,8 +198,7 @@ def _product(a, b, out, r0, r1, c0, c1, fresh, gate, e):
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 for c in range(n0, n1, cols):
-                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0,
-                          gate if t1 == T else GATE_NONE, e)
+                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0)
 
 
 @njit(cache=True, nogil=True)
@@ -232,7 +207,7 @@ def product(a, b, out, r0, r1, c0, c1):
     (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
     store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
     with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
-    _product(a, b, out, r0, r1, c0, c1, False, GATE_NONE, None)
+    _product(a, b, out, r0, r1, c0, c1, False)
 
 
 @njit(cache=True, nogil=True)
@@ -240,18 +215,16 @@ def forward_product(H, w2, p, n0, n1, Y):
     """Y[n, j] = Σ_k H[n, k] w2[k·p + j] (k in order, one FMA each) for n0 ≤ n < n1 and every
     j < p (H [N, w], Y [N, p] with unit stride along j: Ŷ straight into the logits)."""
     w = H.shape[1]
-    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True, GATE_NONE, None)
+    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True)
 
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, GATE_NONE, None)
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True)
 
 
 @njit(cache=True, nogil=True)
-def hidden_grad(dY, w2t, n0, n1, dH, gate, Z):
-    """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k,
-    stored as it is (gate GATE_NONE, or Z None: no gate compiled), times Z[n, k] (GATE_TIMES)
-    or where Z[n, k] > 0, else 0 (GATE_POSITIVE): dZ = dH ⊙ σ'(Z) in one pass (Z [N, w])."""
-    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True, gate, Z)
+def hidden_grad(dY, w2t, n0, n1, dH):
+    """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k."""
+    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True)

@@ -22,8 +22,7 @@ scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The 
                                          reassociation allowed, LLVM's vector partial sums, whose
                                          order depends on the host's vector width
     ∇W2[k, j] = Σ_n H[n, k] dŶ[n, j]     fma.w2_grad: one FMA per term, n = 0 … N−1 in order
-    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad: one FMA per term, j = 0 … p−1 in order,
-                                         then ⊙ σ'(Z) in the same pass (one rounding for x²)
+    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad: one FMA per term, j = 0 … p−1 in order
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x);
                 adds only, nothing to fuse
@@ -50,7 +49,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .fma import GATE_POSITIVE, GATE_TIMES, forward_product, hidden_grad, w2_grad
+from .fma import forward_product, hidden_grad, w2_grad
 
 
 @njit(cache=True, nogil=True)
@@ -165,8 +164,16 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
 def backward_hidden(m, quadratic, dlogits, Z, w2t, dH, n0, n1):
     """dZ = (dŶ W2ᵀ) ⊙ σ'(Z) of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]
     (σ = x²: ⊙ Z, the 2 in ∇W1)."""
-    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m], GATE_TIMES if quadratic else GATE_POSITIVE,
-                Z[m])
+    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m])
+    w = Z.shape[2]
+    for n in range(n0, n1):
+        d, z = dH[m, n], Z[m, n]
+        if quadratic:
+            for k in range(w):
+                d[k] = d[k] * z[k]
+        else:
+            for k in range(w):
+                d[k] = d[k] if z[k] > 0 else 0
 
 
 @njit(cache=True, nogil=True)
