@@ -27,7 +27,8 @@ NC columns of b) only pause each chain, which the next block resumes from out ex
 types of a fixed lane count are legalized per target (two xmm halves on SSE2, each lane a call to
 fmaf / fma without FMA3, masked lanes as scalar loads and stores), so the blocking, the tile
 shape, the vector width, the thread that runs a range and the split into ranges never change a
-bit.
+bit. forward_product, w2_grad and hidden_grad start their chains from 0 in registers (no zeroing
+pass over the output, no load of it).
 
 Composable: every function here is @njit (nogil) and callable from other numba code. Signatures
 (arrays C-contiguous in their last axis; float32 or float64, one type per call):
@@ -84,10 +85,10 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
     c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
     t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
     float type; a any strides, b and out rows loaded and stored as vectors). `fresh` (bool):
-    the chains start from 0 instead of out (out is not read). One body per row count, each in three column variants: n = COLS (plain vector loads and
-    stores), n > LANES (the second vector masked) and n ≤ LANES (one masked vector):
-    llvm.masked.load / store touch only the n columns, whatever the target (legalized to
-    scalar code without AVX)."""
+    the chains start from 0 instead of out (out is not read). One body per row count, each in
+    three column variants: n = COLS (plain vector loads and stores), n > LANES (the second
+    vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store touch only the
+    n columns, whatever the target (legalized to scalar code without AVX)."""
     if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
             and a.dtype in LANES):
         return None
