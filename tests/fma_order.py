@@ -19,9 +19,9 @@ def fma_exact(a, b, c, dt):
     return dt(best[1])
 
 
-def chain(pairs, dt):
-    """s ← fma(a, b, s) over pairs in order, from s = 0."""
-    s = dt(0)
+def chain(pairs, dt, start=0):
+    """s ← fma(a, b, s) over pairs in order, from s = start."""
+    s = dt(start)
     for a, b in pairs:
         s = fma_exact(a, b, s, dt)
     return s

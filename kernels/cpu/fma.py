@@ -7,29 +7,33 @@ every CPU. No fastmath flag anywhere (not even 'contract', which fuses on some t
 
 Every output is one chain of FMAs from 0 in the order written below, nothing reassociated:
 
-    yt[j, n]  = Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     s ← fma(Hᵀ[k, n], W2[k, j], s), k = 0 … w−1
+    Ŷ[n, j]               = Σ_k H[n, k] W2[k, j]     s ← fma(H[n, k], W2[k, j], s), k = 0 … w−1
     g2t[j, k] = ∇W2[k, j] = Σ_n dŶ[n, j] H[n, k]    s ← fma(dŶ[n, j], H[n, k], s), n = 0 … N−1
     dH[n, k]              = Σ_j dŶ[n, j] W2[k, j]    s ← fma(dŶ[n, j], W2ᵀ[j, k], s), j = 0 … p−1
 
 (s = 0 before the first term.) All three are one function, product: out[r, c] continues
-fma(a[t, r], b[t, c], ·) over t in order (a = W2, b = Hᵀ; a = dŶ, b = H; a = dŶᵀ, b = W2ᵀ).
-Speed comes from what never reorders a sum, the BLIS layout: a register tile of 6 output rows ×
-COLS contiguous columns (16 for float32, 8 for float64: two vectors of 8 / 4 lanes per row) keeps
-its 12 accumulators in vector registers for a whole block of KC terms, each term one vector load of
-b[t, c : c+COLS], one broadcast of a[t, r+i] per row and one vector FMA (llvm.fma.v8f32 /
-v4f64) per accumulator. The tile is written in LLVM IR (an @intrinsic), so the accumulators stay
-in registers (numba's loop vectorizer would keep them in memory: a load and a store per FMA, and
-it does not vectorize across rows). Row tails take tiles of 2 and 1 rows, column tails (< COLS)
-a scalar chain; the cache blocks (KC terms × NC columns of b) only pause each chain, which the
-next block resumes from out exactly. Vector types of a fixed lane count are legalized per target
-(two xmm halves on SSE2, each lane a call to fmaf / fma without FMA3), so the blocking, the
-vector width, the thread that runs a range and the split into ranges never change a bit.
+fma(a[t, r], b[t, c], ·) over t in order (a = Hᵀ, a view of H, b = W2; a = dŶ, b = H;
+a = dŶᵀ, b = W2ᵀ). Speed comes from what never reorders a sum, the BLIS layout: a register tile
+of up to 6 output rows × COLS contiguous columns (16 for float32, 8 for float64: two vectors of
+8 / 4 lanes per row) keeps its ≤ 12 accumulators in vector registers for a whole block of KC
+terms, each term one vector load of b[t, c : c+COLS], one broadcast of a[t, r+i] per row and one
+vector FMA (llvm.fma.v8f32 / v4f64) per accumulator. The tile is written in LLVM IR (an
+@intrinsic), so the accumulators stay in registers (numba's loop vectorizer would keep them in
+memory: a load and a store per FMA, and it does not vectorize across rows). A row tail (R not a
+multiple of 6: p = 11 is 6 + 5) is one tile of the rows left, a column tail (< COLS: Ŷ's p
+columns) one tile whose last vector is masked (llvm.masked.load / store: lanes past the tail are
+never read or written, and a lane's chain never sees another lane). The cache blocks (KC terms ×
+NC columns of b) only pause each chain, which the next block resumes from out exactly. Vector
+types of a fixed lane count are legalized per target (two xmm halves on SSE2, each lane a call to
+fmaf / fma without FMA3, masked lanes as scalar loads and stores), so the blocking, the tile
+shape, the vector width, the thread that runs a range and the split into ranges never change a
+bit. forward_product, w2_grad and hidden_grad start their chains from 0 in registers (no zeroing
+pass over the output, no load of it).
 
 Composable: every function here is @njit (nogil) and callable from other numba code. Signatures
 (arrays C-contiguous in their last axis; float32 or float64, one type per call):
     fma(a, b, c) -> a·b + c                                         scalars of one float type
-    forward_product(ht [w, NP], w2 [≥ w·p], p, c0, c1, yt [p, NP])  yt[:, c0:c1], c1 ≤ NP
-                                                                    (W2[k, j] = w2[k·p + j])
+    forward_product(H [N, w], w2 [≥ w·p], p, n0, n1, Y [N, p])     Y[n0:n1] (W2[k, j] = w2[k·p + j])
     w2_grad(H [N, w], dY [N, p], j0, j1, g2t [p, w])                g2t[j0:j1]
     hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w])           dH[n0:n1]
     product(a [T, R], b [T, C], out [R, C], r0, r1, c0, c1)        out[r0:r1, c0:c1] (a: any
@@ -47,6 +51,7 @@ from ..errors import KernelError
 
 LANES = {types.float32: 8, types.float64: 4}  # lanes of a vector of the tile (fixed, any CPU)
 VECTORS = 2                                   # vectors per output row of a tile: COLS = 16 / 8
+ROWS = 6                                      # output rows of a tile (fewer at a row tail)
 KC, NC = 128, 128                             # cache blocks of product: t (terms) and columns
 
 
@@ -61,65 +66,140 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-def _tile_kernel(rows):
-    """The register tile of `product` for `rows` output rows: an @intrinsic
-    tile(a, b, out, t0, t1, r, c) that continues, for i < rows and the COLS columns c … c+COLS−1,
-    out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for t = t0 … t1−1 in order, one
-    vector FMA per row, vector and t (a, b, out: 2-D arrays of one float type, any strides)."""
-    @intrinsic
-    def tile(typingctx, a, b, out, t0, t1, r, c):
-        if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
-                and a.dtype in LANES):
-            return None
+def _masked_intrinsics(builder, vty, lanes, bits):
+    """llvm.masked.load / llvm.masked.store for vectors of type vty (opaque pointer p0)."""
+    mty = ir.VectorType(ir.IntType(1), lanes)
+    pty, i32 = vty.as_pointer(), ir.IntType(32)
+    load = cgutils.get_or_insert_function(builder.module,
+                                          ir.FunctionType(vty, [pty, i32, mty, vty]),
+                                          f"llvm.masked.load.v{lanes}f{bits}.p0")
+    store = cgutils.get_or_insert_function(builder.module,
+                                           ir.FunctionType(ir.VoidType(), [vty, pty, i32, mty]),
+                                           f"llvm.masked.store.v{lanes}f{bits}.p0")
+    return load, store
 
-        def codegen(context, builder, signature, args):
-            lanes = LANES[signature.args[0].dtype]
-            vty = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
-            name = f"llvm.fma.v{lanes}f{signature.args[0].dtype.bitwidth}"
-            vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                                  name)
-            arrays = [(context.make_array(ty)(context, builder, v), ty)
-                      for ty, v in zip(signature.args[:3], args[:3])]
-            t0v, t1v, rv, cv = args[3:]
-            intp = rv.type
 
-            def at(k, i, j, vector):                              # &array_k[i, j]
-                arr, ty = arrays[k]
-                ptr = cgutils.get_item_pointer2(
-                    context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                    cgutils.unpack_tuple(builder, arr.strides), ty.layout, [i, j])
-                return builder.bitcast(ptr, vty.as_pointer()) if vector else ptr
+@intrinsic
+def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
+    """The register tile of `product`: continues, for i < rows (1 … ROWS) and the n columns
+    c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
+    t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
+    float type; a any strides, b and out rows loaded and stored as vectors). `fresh` (bool):
+    the chains start from 0 instead of out (out is not read). One body per row count, each in
+    three column variants: n = COLS (plain vector loads and stores), n > LANES (the second
+    vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store touch only the
+    n columns, whatever the target (legalized to scalar code without AVX)."""
+    if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
+            and a.dtype in LANES):
+        return None
 
-            def plus(x, k):
-                return builder.add(x, ir.Constant(intp, k))
-            outs = [[at(2, plus(rv, i), plus(cv, v * lanes), True) for v in range(VECTORS)]
-                    for i in range(rows)]                          # [rows, VECTORS] of out
-            acc = [[cgutils.alloca_once(builder, vty) for _ in range(VECTORS)] for _ in range(rows)]
-            for i in range(rows):                                  # the chains so far, in registers
-                for v in range(VECTORS):
-                    builder.store(builder.load(outs[i][v], align=1), acc[i][v])
-            undef, lane0 = ir.Constant(vty, ir.Undefined), ir.Constant(ir.IntType(32), 0)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    def codegen(context, builder, signature, args):
+        dtype = signature.args[0].dtype
+        lanes = LANES[dtype]
+        vty = ir.VectorType(context.get_value_type(dtype), lanes)
+        vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                              f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+        mload, mstore = _masked_intrinsics(builder, vty, lanes, dtype.bitwidth)
+        arrays = [(context.make_array(ty)(context, builder, v), ty)
+                  for ty, v in zip(signature.args[:3], args[:3])]
+        t0v, t1v, rv, cv, rowsv, nv, freshv = args[3:]
+        intp = rv.type
+        i32 = ir.IntType(32)
+        align = ir.Constant(i32, 1)
+        undef, lane0 = ir.Constant(vty, ir.Undefined), ir.Constant(i32, 0)
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        zero = ir.Constant(vty, [0.0] * lanes)
+
+        def at(k, i, j, vector):                                  # &array_k[i, j]
+            arr, ty = arrays[k]
+            ptr = cgutils.get_item_pointer2(
+                context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+                cgutils.unpack_tuple(builder, arr.strides), ty.layout, [i, j])
+            return builder.bitcast(ptr, vty.as_pointer()) if vector else ptr
+
+        def plus(x, k):
+            return builder.add(x, ir.Constant(intp, k))
+
+        def body(rows, nvec, masked):
+            masks = [None] * nvec                                  # lanes v·LANES + l < n
+            if masked:
+                nl = builder.trunc(nv, i32) if nv.type.width > 32 else nv
+                vn = builder.shuffle_vector(builder.insert_element(
+                    ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), nl, lane0),
+                    ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), splat)
+                masks[-1] = builder.icmp_signed("<", ir.Constant(
+                    ir.VectorType(i32, lanes), [(nvec - 1) * lanes + l for l in range(lanes)]), vn)
+
+            def load(ptr, v):
+                if masks[v] is None:
+                    return builder.load(ptr, align=1)
+                return builder.call(mload, [ptr, align, masks[v], zero])
+
+            def store(x, ptr, v):
+                if masks[v] is None:
+                    builder.store(x, ptr, align=1)
+                else:
+                    builder.call(mstore, [x, ptr, align, masks[v]])
+            outs = [[at(2, plus(rv, i), plus(cv, v * lanes), True) for v in range(nvec)]
+                    for i in range(rows)]                          # [rows, nvec] of out
+            acc = [[cgutils.alloca_once(builder, vty) for _ in range(nvec)] for _ in range(rows)]
+            with builder.if_else(freshv) as (start, resume):       # the chains so far, in registers
+                with start:
+                    for i in range(rows):
+                        for v in range(nvec):
+                            builder.store(zero, acc[i][v])
+                with resume:
+                    for i in range(rows):
+                        for v in range(nvec):
+                            builder.store(load(outs[i][v], v), acc[i][v])
             with cgutils.for_range(builder, builder.sub(t1v, t0v)) as loop:
                 t = builder.add(t0v, loop.index)
-                xs = [builder.load(at(1, t, plus(cv, v * lanes), True), align=1)
-                      for v in range(VECTORS)]                     # b[t, c : c+COLS]
+                xs = [load(at(1, t, plus(cv, v * lanes), True), v)
+                      for v in range(nvec)]                        # b[t, c : c+n]
                 for i in range(rows):
                     s = builder.insert_element(undef, builder.load(at(0, t, plus(rv, i), False)),
                                                lane0)
                     s = builder.shuffle_vector(s, undef, splat)    # a[t, r+i] in every lane
-                    for v in range(VECTORS):
+                    for v in range(nvec):
                         builder.store(builder.call(vfma, [xs[v], s, builder.load(acc[i][v])]),
                                       acc[i][v])
             for i in range(rows):
-                for v in range(VECTORS):
-                    builder.store(builder.load(acc[i][v]), outs[i][v], align=1)
-            return context.get_dummy_value()
-        return types.none(a, b, out, t0, t1, r, c), codegen
-    return tile
+                for v in range(nvec):
+                    store(builder.load(acc[i][v]), outs[i][v], v)
+
+        cols = VECTORS * lanes
+        for rows in range(1, ROWS + 1):
+            with builder.if_then(builder.icmp_signed("==", rowsv, ir.Constant(rowsv.type, rows))):
+                full = builder.icmp_signed("==", nv, ir.Constant(nv.type, cols))
+                with builder.if_else(full) as (then, otherwise):
+                    with then:
+                        body(rows, VECTORS, False)
+                    with otherwise:
+                        wide = builder.icmp_signed(">", nv, ir.Constant(nv.type, lanes))
+                        with builder.if_else(wide) as (two, one):
+                            with two:
+                                body(rows, VECTORS, True)
+                            with one:
+                                body(rows, 1, True)
+        return context.get_dummy_value()
+    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh), codegen
 
 
-_tile6, _tile2, _tile1 = _tile_kernel(6), _tile_kernel(2), _tile_kernel(1)
+@njit(cache=True, nogil=True)
+def _product(a, b, out, r0, r1, c0, c1, fresh):
+    """product; with `fresh` the chains start from 0 (out is not read)."""
+    if b.size and b.strides[1] != b.itemsize or out.size and out.strides[1] != out.itemsize:
+        raise KernelError("fma.product: b and out need unit stride along their last axis")
+    T = a.shape[0]
+    cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
+    for t0 in range(0, max(T, 1), KC):                             # a [KC, ·] block of t (T = 0:
+        t1 = min(t0 + KC, T)                                       # one empty block)
+        for n0 in range(c0, c1, NC):                               # b [KC, NC] stays in cache
+            n1 = min(n0 + NC, c1)
+            for r in range(r0, r1, ROWS):
+                rows = min(ROWS, r1 - r)
+                for c in range(n0, n1, cols):
+                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0)
 
 
 @njit(cache=True, nogil=True)
@@ -128,51 +208,24 @@ def product(a, b, out, r0, r1, c0, c1):
     (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
     store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
     with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
-    if b.strides[1] != b.itemsize or out.strides[1] != out.itemsize:
-        raise KernelError("fma.product: b and out need unit stride along their last axis")
-    T = a.shape[0]
-    cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile_kernel)
-    cend = c0 + (c1 - c0) // cols * cols
-    for t0 in range(0, T, KC):                                     # a [KC, ·] block of t
-        t1 = min(t0 + KC, T)
-        for n0 in range(c0, cend, NC):                             # b [KC, NC] stays in cache
-            n1 = min(n0 + NC, cend)
-            for r in range(r0, r1 - 5, 6):
-                for c in range(n0, n1, cols):
-                    _tile6(a, b, out, t0, t1, r, c)
-            r = r0 + (r1 - r0) // 6 * 6
-            for r in range(r, r1 - 1, 2):
-                for c in range(n0, n1, cols):
-                    _tile2(a, b, out, t0, t1, r, c)
-            if (r1 - r0) % 6 % 2:
-                for c in range(n0, n1, cols):
-                    _tile1(a, b, out, t0, t1, r1 - 1, c)
-    for r in range(r0, r1):                                        # the last columns, < COLS
-        for c in range(cend, c1):
-            s = out[r, c]
-            for t in range(T):
-                s = fma(a[t, r], b[t, c], s)
-            out[r, c] = s
+    _product(a, b, out, r0, r1, c0, c1, False)
 
 
 @njit(cache=True, nogil=True)
-def forward_product(ht, w2, p, c0, c1, yt):
-    """yt[j, c] = Σ_k ht[k, c] w2[k·p + j] (k in order, one FMA each) for every j < p and the
-    columns c0 ≤ c < c1."""
-    w = ht.shape[0]
-    yt[:, c0:c1] = 0
-    product(w2[:w * p].reshape((w, p)), ht, yt, 0, p, c0, c1)
+def forward_product(H, w2, p, n0, n1, Y):
+    """Y[n, j] = Σ_k H[n, k] w2[k·p + j] (k in order, one FMA each) for n0 ≤ n < n1 and every
+    j < p (H [N, w], Y [N, p] with unit stride along j: Ŷ straight into the logits)."""
+    w = H.shape[1]
+    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True)
 
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    g2t[j0:j1] = 0
-    product(dY, H, g2t, j0, j1, 0, H.shape[1])
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True)
 
 
 @njit(cache=True, nogil=True)
 def hidden_grad(dY, w2t, n0, n1, dH):
     """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k."""
-    dH[n0:n1] = 0
-    product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1])
+    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True)

@@ -17,7 +17,7 @@ Every inner loop runs over contiguous memory through 1-D row views, so LLVM vect
 (indexed as θ[m, a + k] with a row offset read from i0/i1, the gather and the ∇W1 scatter stayed
 scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The sums:
     Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     forward_portable: fma.forward_product, one FMA per term,
-                                         k = 0 … w−1 in order (through Hᵀ and Ŷᵀ); forward
+                                         k = 0 … w−1 in order (straight into logits); forward
                                          (numerics "host"): a dot product over k compiled with
                                          reassociation allowed, LLVM's vector partial sums, whose
                                          order depends on the host's vector width
@@ -54,12 +54,18 @@ from .fma import forward_product, hidden_grad, w2_grad
 
 @njit(cache=True, nogil=True)
 def w2_transpose(t, P1, p, w2tm):
-    """W2ᵀ [p, w] (w2tm) of one model from its θ row t (a copy)."""
+    """W2ᵀ [p, w] (w2tm) of one model from its θ row t (a copy), eight k at a time (eight
+    stores along a row of W2ᵀ per pass over W2's rows k … k+7)."""
     w = w2tm.shape[1]
-    for j in range(p):
-        row = w2tm[j]
-        for k in range(w):
-            row[k] = t[P1 + k * p + j]
+    W2 = t[P1:P1 + w * p].reshape((w, p))
+    for k0 in range(0, w - 7, 8):
+        for j in range(p):
+            row = w2tm[j, k0:k0 + 8]
+            for i in range(8):
+                row[i] = W2[k0 + i, j]
+    for k in range(w - w % 8, w):
+        for j in range(p):
+            w2tm[j, k] = W2[k, j]
 
 
 @njit(cache=True, nogil=True)
@@ -208,16 +214,12 @@ def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
 
 @njit(cache=True, nogil=True)
 def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, r0, r1):
-    """forward_portable of model m for the rows r0 ≤ n < r1 (r0 a multiple of 16, and r1 too
-    unless it is N): Z, H and logits rows, through the columns r0 … of ht and yt (W2ᵀ is
-    w2_transpose's)."""
+    """forward_portable of model m for the rows r0 ≤ n < r1: Z, H and logits rows
+    (Ŷ = H W2 by fma.forward_product, straight into logits; ht and yt are not used)."""
     t, h = theta[m], H[m]
-    N, w, p = Z.shape[1], Z.shape[2], logits.shape[2]
+    p = logits.shape[2]
     first_layer_rows(t, i0, i1, quadratic, zero, Z[m], h, r0, r1)
-    transpose(h[r0:r1], ht[:, r0:r1])                              # Hᵀ [w, r0:r1]
-    c1 = min(r0 + -(-(r1 - r0) // 16) * 16, ht.shape[1])
-    forward_product(ht, t[P1:], p, r0, c1, yt)
-    transpose(yt[:, r0:r1], logits[m, r0:r1])                      # Ŷ = (Ŷᵀ)ᵀ
+    forward_product(h, t[P1:], p, r0, r1, logits[m])
 
 
 @njit(cache=True, nogil=True)
@@ -234,8 +236,7 @@ def transpose(a, out):
 @njit(cache=True, nogil=True)
 def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                              logits):
-    """As _forward_kernel, with Ŷ through fma.forward_product; ht [w, NP] and yt [p, NP] are
-    scratch (Hᵀ and Ŷᵀ of the model in hand, NP ≥ N columns, those from N on zero in ht)."""
+    """As _forward_kernel, with Ŷ through fma.forward_product (ht, yt: forward_portable)."""
     N, p = Z.shape[1], logits.shape[2]
     for m in models:
         w2_transpose(theta[m], P1, p, w2t[m])
@@ -245,16 +246,14 @@ def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w
 def forward_portable(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                      logits) -> None:
     """forward with Ŷ[n, j] summed over k = 0 … w−1 in order: the same bits on every CPU
-    (numerics "portable"). ht [w, NP] and yt [p, NP]: scratch of the working dtype, NP ≥ N
-    (scratch_columns(N)), ht zero-filled once (its columns N … NP−1 are never written: padding
-    N to a multiple of 16 leaves the vectorized loop no scalar tail; a column's sum never reads
-    another column, so NP changes no bit)."""
+    (numerics "portable"). ht [w, NP] and yt [p, NP] (NP = scratch_columns(N)): scratch the
+    callers still allocate, no longer read or written (Ŷ goes straight into logits)."""
     _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
                              logits)
 
 
 def scratch_columns(N: int) -> int:
-    """NP for forward_portable's scratch: N rounded up to a multiple of 16."""
+    """NP for forward_portable's (unused) scratch: N rounded up to a multiple of 16."""
     return -(-N // 16) * 16
 
 

@@ -42,30 +42,58 @@ def test_fma_rounds_once(dt):
     assert f(x, y, -one) == -dt(eps) * dt(eps) != 0 == x * y - one
 
 
+# (N, w, p, n0, n1): p = 3 and 9 (one masked vector in float32), 11 (8 + a masked vector: the
+# paper's p), 16 (whole tiles), 19 (a whole tile and a masked one); row tails of 1 to 5 rows
 @pytest.mark.parametrize("dt", DTYPES, ids=IDS)
-@pytest.mark.parametrize("w,p,c0,c1", [(6, 3, 0, 16), (9, 4, 16, 32), (5, 1, 0, 32),
-                                       (7, 13, 0, 32), (3, 9, 5, 29)],
-                         ids=["w6-p3", "w9-p4-cols16", "w5-p1", "w7-p13-tiles", "w3-p9-ragged"])
-def test_forward_product_is_the_written_fma_chain(dt, w, p, c0, c1):
-    rng = np.random.default_rng(w)
-    NP = 32
-    ht, w2 = rand(rng, (w, NP), dt), rand(rng, w * p + 3, dt)
-    yt = np.full((p, NP), np.nan, dt)
-    kfma.forward_product(ht, w2, p, c0, c1, yt)
-    assert np.isnan(yt[:, :c0]).all() and np.isnan(yt[:, c1:]).all()
-    for j in range(p):
-        for c in range(c0, c1):
-            assert yt[j, c] == chain([(ht[k, c], w2[k * p + j]) for k in range(w)], dt), (j, c)
-    assert_close(yt[:, c0:c1], (w2[:w * p].reshape(w, p).T.astype(np.float64)
-                                @ ht[:, c0:c1].astype(np.float64)).astype(dt), "yt",
-                 dtype=torch.from_numpy(yt).dtype)
+@pytest.mark.parametrize("N,w,p,n0,n1", [(9, 6, 3, 0, 9), (13, 5, 11, 2, 13), (8, 4, 16, 1, 5),
+                                         (7, 3, 19, 0, 7), (10, 7, 9, 3, 5)],
+                         ids=["p3-rows6+3", "p11-rows6+5", "p16-rows4", "p19-rows6+1", "p9-rows2"])
+def test_forward_product_is_the_written_fma_chain(dt, N, w, p, n0, n1):
+    """Ŷ[n, j]: k = 0 … w−1 in order, straight into Y [N, p]; rows outside n0 … n1 untouched."""
+    rng = np.random.default_rng(w * p + n0)
+    H, w2 = rand(rng, (N, w), dt), rand(rng, w * p + 3, dt)
+    Y = np.full((N, p), np.nan, dt)
+    kfma.forward_product(H, w2, p, n0, n1, Y)
+    assert np.isnan(Y[:n0]).all() and np.isnan(Y[n1:]).all()
+    for n in range(n0, n1):
+        for j in range(p):
+            assert Y[n, j] == chain([(H[n, k], w2[k * p + j]) for k in range(w)], dt), (n, j)
+    assert_close(Y[n0:n1], (H[n0:n1].astype(np.float64)
+                            @ w2[:w * p].reshape(w, p).astype(np.float64)).astype(dt), "Y",
+                 dtype=torch.from_numpy(Y).dtype)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("fresh", [False, True], ids=["resume", "fresh"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 13])
+def test_product_tiles_are_the_written_fma_chains(dt, fresh, rows):
+    """Every tile shape: row tails of 1 … 6 rows, whole and masked column tiles (columns 3 … 29
+    of 34: a whole tile and a tail of 10 columns in float32, three whole and a tail of 2 in
+    float64), chains resumed from out or started from 0 (out not read); nothing outside the
+    range read into a chain (b NaN there) or written (out NaN there), T = 0 included."""
+    rng = np.random.default_rng(rows)
+    c0, c1 = 3, 29
+    for T in (0, 5):
+        a, b = rand(rng, (T, rows + 2), dt), rand(rng, (T, 34), dt)
+        b[:, :c0] = b[:, c1:] = np.nan
+        out = np.full((rows + 2, 34), np.nan, dt)
+        start = rand(rng, (rows, c1 - c0), dt)
+        out[1:rows + 1, c0:c1] = start
+        kfma._product(a, b, out, 1, rows + 1, c0, c1, fresh)
+        assert np.isnan(out[[0, rows + 1]]).all()
+        assert np.isnan(out[:, :c0]).all() and np.isnan(out[:, c1:]).all()
+        for r in range(1, rows + 1):
+            for c in range(c0, c1):
+                s0 = 0 if fresh else start[r - 1, c - c0]
+                want = chain([(a[t, r], b[t, c]) for t in range(T)], dt, s0)
+                assert out[r, c] == want, (T, r, c)
 
 
 # kernel → cases (N, w, p, lo, hi): the range lo … hi of output rows (j of ∇W2ᵀ, n of dH)
 # (the fourth of each: 6- and 2-row register tiles, a row left, 16 tiled columns, a ragged tail;
 # and for w2_grad N = 130 terms: the chains resume across product's blocks of KC = 128 terms)
 GRAD_CASES = {"w2_grad": [(7, 5, 5, 0, 5), (11, 3, 6, 1, 4), (3, 4, 2, 1, 2), (5, 19, 11, 0, 9),
-                          (130, 17, 3, 0, 3)],
+                          (130, 17, 3, 0, 3), (4, 21, 11, 0, 11)],
               "hidden_grad": [(5, 6, 7, 0, 5), (6, 3, 4, 1, 4), (2, 5, 9, 1, 2),
                               (11, 21, 3, 1, 10)]}
 
@@ -107,6 +135,18 @@ def test_product_refuses_strided_columns():
         kfma.product(a, b[:, :32], out[:, ::2], 0, 6, 0, 32)
     kfma.product(a, b, out, 0, 6, 0, 64)                          # unit strides: accepted
     assert_close(out, a.T.astype(np.float64) @ b.astype(np.float64), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("w,p", [(5, 3), (16, 11), (21, 4)], ids=["w5", "w16-p11", "w21"])
+def test_w2_transpose_copies_W2(dt, w, p):
+    """grad.w2_transpose: W2ᵀ exactly, whole blocks of eight k and a ragged rest."""
+    rng = np.random.default_rng(w)
+    P1 = 2 * w
+    t = rand(rng, P1 + w * p + 3, dt)
+    out = np.full((p, w), np.nan, dt)
+    cpu_grad.w2_transpose(t, P1, p, out)
+    assert out.tobytes() == np.ascontiguousarray(t[P1:P1 + w * p].reshape(w, p).T).tobytes()
 
 
 def test_cuts_cover_the_range_with_aligned_inner_bounds():
@@ -156,8 +196,8 @@ ASM = """
 import numpy as np
 from grokfast.kernels.cpu import fma
 for dt in (np.float32, np.float64):
-    ht, w2, yt = np.ones((8, 16), dt), np.ones(64, dt), np.zeros((4, 16), dt)
-    fma.forward_product(ht, w2, 4, 0, 16, yt)
+    H, w2, Y = np.ones((8, 16), dt), np.ones(64, dt), np.zeros((8, 4), dt)
+    fma.forward_product(H, w2, 4, 0, 8, Y)
     H, dY, g = np.ones((8, 16), dt), np.ones((8, 4), dt), np.zeros((4, 16), dt)
     fma.w2_grad(H, dY, 0, 4, g)
     fma.hidden_grad(dY, g, 0, 8, H)
