@@ -1,6 +1,7 @@
 """split.CoreSplit in the stepper: a model cut over 2 or 3 threads (the forward, the loss gradient
 and the backward in phases by rows, columns and hidden units) steps with the one-thread bits, for
-every loss (MSE, cross-entropy, stablemax) by rows in the forward's phase, one model
+every loss (MSE, cross-entropy, stablemax) by rows in the forward's phase and the AdamW update
+by element ranges, one model
 or several (each split in turn), frozen models untouched; every statistic and evaluation too."""
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ def test_core_split_steps_with_the_one_thread_bits(case, threads, models):
         st = TorchStepper(configs, data, torch.device("cpu"), threads=t, native=False)
         assert st.N * st.width >= 32768 and (st.core is not None) == (t > 1)
         assert (st.row_loss is not None) == (t > 1)       # every portable loss by rows
+        assert st.opt.split is st.core                      # AdamW by element ranges too
         frozen = np.arange(models) != models - 1                # the last model sits out steps 3–6
         rows = [st.advance(0, 3, np.ones(models, bool)), st.advance(3, 4, frozen),
                 st.advance(7, 2, np.ones(models, bool))]

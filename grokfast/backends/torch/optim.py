@@ -35,6 +35,8 @@ import torch
 from grokfast.config import Config
 from grokfast.model import step_lr
 
+from .split import cuts
+
 
 def per_model(values, dtype: torch.dtype, device) -> torch.Tensor:
     """[M, 1] per-model scalars in `dtype`, rounded once from float64 (as torch's scalar args)."""
@@ -239,6 +241,7 @@ class Adam(GD):
         if not self.fused and dev.type == "cpu" and theta.is_contiguous():
             from grokfast.kernels.cpu import adam as cpu_adam
             self.adam_kernel = cpu_adam
+        self.split = None        # a CoreSplit (a large model alone, set by the stepper), or None
         self.one_minus_beta1 = per_model([1 - ci.betas[0] for ci in configs], dt, dev)
         self.beta2 = per_model([ci.betas[1] for ci in configs], dt, dev)
         self.one_minus_beta2 = per_model([1 - ci.betas[1] for ci in configs], dt, dev)
@@ -250,13 +253,20 @@ class Adam(GD):
         tmp = self.tmp
         neg_step_size, bc2_sqrt, decay = sched
         if self.adam_kernel is not None:
-            self.adam_kernel.adam_step(*(x.numpy() for x in (theta, G, self.exp_avg,
-                                                              self.exp_avg_sq)),
-                                       *(x.numpy()[:, 0] for x in (neg_step_size, bc2_sqrt, decay,
-                                                                   self.wd, self.one_minus_beta1,
-                                                                   self.beta2, self.one_minus_beta2,
-                                                                   self.eps)),
-                                       self.decoupled, self.any_wd)
+            rows = tuple(x.numpy() for x in (theta, G, self.exp_avg, self.exp_avg_sq))
+            scalars = tuple(x.numpy()[:, 0] for x in (neg_step_size, bc2_sqrt, decay, self.wd,
+                                                      self.one_minus_beta1, self.beta2,
+                                                      self.one_minus_beta2, self.eps))
+            if self.split is None:
+                self.adam_kernel.adam_step(*rows, *scalars, self.decoupled, self.any_wd)
+                return
+            # a large model alone: its row in element ranges over the CoreSplit's threads
+            # (every element independent: the same bits for any cut)
+            for m in range(theta.shape[0]):
+                self.split.run([[(self.adam_kernel.adam_range,
+                                  (*(x[m] for x in rows), a, b, *(x[m] for x in scalars),
+                                   self.decoupled, self.any_wd))]
+                                for a, b in cuts(theta.shape[1], self.split.threads, 64)])
             return
         if self.decoupled:
             theta.mul_(decay)                                           # θ·(1 − lr·wd)

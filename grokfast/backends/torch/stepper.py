@@ -217,6 +217,8 @@ class TorchStepper:
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
         self.opt = make_optimizer(configs, self.theta, self.tmp, self.tmp2)
+        if self.core is not None and getattr(self.opt, "adam_kernel", None) is not None:
+            self.opt.split = self.core        # a large model's Adam update over the threads too
         self.filter = make_filter(configs, self.grad, self.tmp)
 
     def _numba_buffers(self) -> None:
