@@ -213,9 +213,9 @@ def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
 
 
 @njit(cache=True, nogil=True)
-def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, r0, r1):
+def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, r0, r1):
     """forward_portable of model m for the rows r0 ≤ n < r1: Z, H and logits rows
-    (Ŷ = H W2 by fma.forward_product, straight into logits; ht and yt are not used)."""
+    (Ŷ = H W2 by fma.forward_product, straight into logits)."""
     t, h = theta[m], H[m]
     p = logits.shape[2]
     first_layer_rows(t, i0, i1, quadratic, zero, Z[m], h, r0, r1)
@@ -234,27 +234,18 @@ def transpose(a, out):
 
 
 @njit(cache=True, nogil=True)
-def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
-                             logits):
-    """As _forward_kernel, with Ŷ through fma.forward_product (ht, yt: forward_portable)."""
+def _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits):
+    """As _forward_kernel, with Ŷ through fma.forward_product."""
     N, p = Z.shape[1], logits.shape[2]
     for m in models:
         w2_transpose(theta[m], P1, p, w2t[m])
-        forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
+        forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, 0, N)
 
 
-def forward_portable(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
-                     logits) -> None:
-    """forward with Ŷ[n, j] summed over k = 0 … w−1 in order: the same bits on every CPU
-    (numerics "portable"). ht [w, NP] and yt [p, NP] (NP = scratch_columns(N)): scratch the
-    callers still allocate, no longer read or written (Ŷ goes straight into logits)."""
-    _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
-                             logits)
-
-
-def scratch_columns(N: int) -> int:
-    """NP for forward_portable's (unused) scratch: N rounded up to a multiple of 16."""
-    return -(-N // 16) * 16
+def forward_portable(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> None:
+    """forward (same signature) with Ŷ[n, j] summed over k = 0 … w−1 in order, straight into
+    logits: the same bits on every CPU (numerics "portable")."""
+    _forward_portable_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits)
 
 
 def forward(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> None:

@@ -25,8 +25,9 @@ caller forms the roots and cosines from those sums for all rows at once.
 
 Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
     theta, grad [M, S];  i0, i1, labels [N] int64;  neg_lr [K, M] (−lr of each of the K steps);
-    wd [M];  SGD: momentum [M], nesterov [M] bool, steps_before [M] int64, buf [M, S];  Z, H, dH [M, N, w];  w2t, g2t [M, p, w];  ht [w, NP], yt [p, NP] (grad.forward_portable's
-    scratch);  logits, dlogits [M, N, p].  zero and scale: numpy scalars of the working dtype;
+    wd [M];  SGD: momentum [M], nesterov [M] bool, steps_before [M] int64, buf [M, S];
+    Z, H, dH [M, N, w];  w2t, g2t [M, p, w];  logits, dlogits [M, N, p].  zero and scale: numpy
+    scalars of the working dtype;
     rows [R, n_stats, M] float64 (mse_chunk for the statistics' arguments).
 
 Limits: CPU; float32 or float64; σ = ReLU or x²; MSE, cross-entropy or stablemax; GD, SGD, Adam
@@ -73,13 +74,13 @@ def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, f
 @njit(cache=True, nogil=True)
 def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+                  Z, H, dH, w2t, g2t, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
                   filt, loss, opt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
     (adam, bc2_sqrt, decay, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, eps,
      decoupled, orthograd, ortho_eps, fixed_norm, target) = opt
-    ti0, ti1, tlabels, tdiv, tZ, tH, tht, tyt, tlogits = test
+    ti0, ti1, tlabels, tdiv, tZ, tH, tlogits = test
     kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
     W = ring.shape[0]
     one = scale / scale
@@ -89,7 +90,7 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
             s = step0 + k
             logged = s % log_every == 0
             w2_transpose(theta[m], P1, p, w2t[m])
-            forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits, 0, N)
+            forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, 0, N)
             loss_grad(loss, logits[m], labels, scale, dlogits[m])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
             backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
@@ -98,8 +99,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
                 stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div, loss,
                              one, zero, prod, acc, cols, rows[r])
                 if s % eval_every == 0:
-                    forward_rows(m, theta, ti0, ti1, P1, quadratic, zero, tZ, tH, tht, tyt,
-                                 tlogits, 0, tZ.shape[1])
+                    forward_rows(m, theta, ti0, ti1, P1, quadratic, zero, tZ, tH, tlogits, 0,
+                                 tZ.shape[1])
                     test_metrics(m, tlogits[m], tlabels, tdiv, loss, one, zero, prod, acc,
                                  cols, rows[r])
                 theta0[0, :P] = theta[m, :P]
@@ -133,7 +134,7 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
 
 def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
               sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-              Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+              Z, H, dH, w2t, g2t, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
               filt, loss, opt, done) -> None:
     """Advance the models listed in `models` (int64 indices) by neg_lr.shape[0] steps of
@@ -147,7 +148,7 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     rows[r, :, m] (rows [R, n_stats, M] float64, r counting the logged steps of the call; cols:
     loop_stats.COLUMNS' indices in a row), those that are multiples of eval_every the test
     metrics too. P = d_in·w + w·p; div: the MSE's divisor (N·p for the mean, 1 for the sum) and
-    test = (i0, i1, labels, div, Z, H, ht, yt, logits) of the test set (forward_rows' buffers);
+    test = (i0, i1, labels, div, Z, H, logits) of the test set (forward_rows' buffers);
     theta0 [2, S] scratch (θ before a logged update, and the update), prod [1, L] with
     L ≥ max(S, N·p, n_test·p) and acc [1] scratch of the working dtype.
 
@@ -169,6 +170,6 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     (the caller can tell whether it ran when an interrupt surfaces around the call)."""
     _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
                   sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, ht, yt, logits, dlogits,
+                  Z, H, dH, w2t, g2t, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
                   filt, loss, opt, done)

@@ -59,9 +59,7 @@ def test_forward_portable_sums_over_k_in_order(dt, quadratic):
     bufs = lambda: [np.full(s, np.nan, dt) for s in ((M, N, w), (M, N, w), (M, p, w))]  # noqa
     Z, H, w2t = bufs()
     out = np.full((M, N, p), np.nan, dt)
-    NP = cpu_grad.scratch_columns(N)
-    cpu_grad.forward_portable(np.arange(M), theta, i0, i1, P1, quadratic, dt(0), Z, H, w2t,
-                              np.zeros((w, NP), dt), np.full((p, NP), np.nan, dt), out)
+    cpu_grad.forward_portable(np.arange(M), theta, i0, i1, P1, quadratic, dt(0), Z, H, w2t, out)
     for m in range(M):
         W1, W2 = theta[m, :P1].reshape(d_in, w), theta[m, P1:].reshape(w, p)
         z = W1[i0] + W1[i1]

@@ -175,14 +175,12 @@ def test_core_split_equals_one_thread_bitwise(dt, quadratic, threads):
     N, w, p = dlogits.shape[1], (theta.shape[1] - 8) // 17, dlogits.shape[2]
     results = []
     for kernels in (cpu_grad, CoreSplit(cpu_grad, threads)):
-        NP = cpu_grad.scratch_columns(N)
         bufs = {k: np.full(s, np.nan, dt) for k, s in
                 dict(Z=(2, N, w), H=(2, N, w), w2t=(2, p, w), g2t=(2, p, w), dH=(2, N, w),
                      logits=(2, N, p), grad=theta.shape).items()}
         models = np.array([0])
         kernels.forward_portable(models, theta, i0, i1, P1, quadratic, dt(0), bufs["Z"],
-                                 bufs["H"], bufs["w2t"], np.zeros((w, NP), dt),
-                                 np.full((p, NP), np.nan, dt), bufs["logits"])
+                                 bufs["H"], bufs["w2t"], bufs["logits"])
         kernels.backward(models, i0, i1, P1, quadratic, dlogits, bufs["Z"], bufs["H"],
                          bufs["w2t"], bufs["g2t"], bufs["dH"], bufs["grad"])
         results.append(bufs)

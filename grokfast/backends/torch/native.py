@@ -88,8 +88,8 @@ class NativeLoop:
                         np.zeros(st.M, dtype=np.bool_))                       # compiled kernel)
             self.buf = nb["theta"]
         self.opt_args = self._opt_args(st)
-        self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["ht"], nb["yt"],
-                        nb["logits"], nb["dlogits"])
+        self.buffers = (nb["Z"], nb["H"], nb["dH"], nb["w2t"], nb["g2t"], nb["logits"],
+                        nb["dlogits"])
         self.stats = self._stats_args(st)
         self.ring = st.filter if type(st.filter) is MAFilter else None
         self.piece = 1            # steps per native call, then sized by time (run)
@@ -132,7 +132,7 @@ class NativeLoop:
         n_test = t["i0"].shape[0]
         mean = c.loss_reduction == "mean"
         test = (t["i0"], t["i1"], st.test_labels.numpy().astype(np.int64),
-                dt(n_test * p if mean else 1), t["Z"], t["H"], t["ht"], t["yt"], t["logits"])
+                dt(n_test * p if mean else 1), t["Z"], t["H"], t["logits"])
         scratch = np.empty((1, max(st.S, st.N * p, n_test * p)), st.nb["theta"].dtype)
         return (dt(st.N * p if mean else 1), test, np.empty((2, st.S), scratch.dtype), scratch,
                 np.empty(1, scratch.dtype), np.array([STAT_INDEX[n] for n in COLUMNS], np.int64))

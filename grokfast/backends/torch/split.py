@@ -79,13 +79,12 @@ class CoreSplit:
         for f in futures:
             f.result()
 
-    def forward_portable(self, models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, ht, yt,
+    def forward_portable(self, models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t,
                          logits) -> None:
         """grad.forward_portable (same signature), by rows."""
         for m in models:
             self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
-            self.run(_deal(self._forward(m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
-                                         logits)))
+            self.run(_deal(self._forward(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits)))
 
     def backward(self, models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
                  grad) -> None:
@@ -104,7 +103,7 @@ class CoreSplit:
         without it loss_grad() (every model's dŶ at once, on this thread) between the phases."""
         theta, i0, i1, Z, H, dH = nb["theta"], nb["i0"], nb["i1"], nb["Z"], nb["H"], nb["dH"]
         w2t, g2t, grad, dlogits = nb["w2t"], nb["g2t"], nb["grad"], nb["dlogits"]
-        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["ht"], nb["yt"], nb["logits"])
+        fwd = (theta, i0, i1, P1, quadratic, nb["zero"], Z, H, nb["logits"])
         if row_loss is None:
             self.forward_portable(models, *fwd[:8], w2t, *fwd[8:])         # fwd[7] is H
             loss_grad()
@@ -123,8 +122,8 @@ class CoreSplit:
     def _rows(self, Z) -> list:
         return cuts(Z.shape[1], self.threads, 16)
 
-    def _forward(self, m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt, logits) -> list:
-        return [(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H, ht, yt,
+    def _forward(self, m, theta, i0, i1, P1, quadratic, zero, Z, H, logits) -> list:
+        return [(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H,
                                        logits, a, b)) for a, b in self._rows(Z)]
 
     def _hidden(self, m, quadratic, dlogits, Z, w2t, dH) -> list:

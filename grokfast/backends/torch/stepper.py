@@ -227,13 +227,11 @@ class TorchStepper:
         self.logits = torch.zeros(M, N, p, dtype=dt)   # rows of models not stepped stay
         self.dlogits = torch.zeros(M, N, p, dtype=dt)  # finite (see advance)
         self.stepping = np.arange(M, dtype=np.int64)
-        npdt, _cols = self.theta.numpy().dtype, self.cpu_grad.scratch_columns
+        npdt = self.theta.numpy().dtype
         n_test = self.test_bags.shape[0] // M
         self.nb_test = dict(i0=self.test_bags[:n_test, 0].numpy().copy(),
                             i1=self.test_bags[:n_test, 1].numpy().copy(),
                             Z=np.empty((M, n_test, w), npdt), H=np.empty((M, n_test, w), npdt),
-                            ht=np.zeros((w, _cols(n_test)), npdt),
-                            yt=np.zeros((p, _cols(n_test)), npdt),
                             logits=np.zeros((M, n_test, p), npdt))
         self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(),
                        i0=self.i0.numpy(), i1=self.i1.numpy(),
@@ -243,8 +241,6 @@ class TorchStepper:
         for name, shape in (("H", (M, N, w)), ("dH", (M, N, w)), ("w2t", (M, p, w)),
                             ("g2t", (M, p, w))):
             self.nb[name] = np.empty(shape, self.nb["Z"].dtype)
-        self.nb["ht"] = np.zeros((w, _cols(N)), npdt)   # forward_portable's scratch
-        self.nb["yt"] = np.zeros((p, _cols(N)), npdt)
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -415,7 +411,7 @@ class TorchStepper:
         args = (self.stepping, self.nb["theta"], nb["i0"], nb["i1"], P1, quadratic, z, nb["Z"],
                 nb["H"], self.nb["w2t"])
         if self.portable:
-            self.nb_kernels.forward_portable(*args, nb["ht"], nb["yt"], logits)
+            self.nb_kernels.forward_portable(*args, logits)
         else:
             self.cpu_grad.forward(*args, logits)
 
