@@ -245,14 +245,17 @@ def test_keyword_form_keeps_one_launch_and_returns_a_batch():
 
 
 def test_local_executor_stops_at_the_time_budget(tmp_path):
-    launches = plan(TINY.replace(steps=20_000, weight_decay=1e-4, lr=1.0), {"width": [24, 32]}, [0])
+    # enough steps that the first launch outlasts the budget at any speed (the native loop runs
+    # this tiny model at ~10⁵ steps/s: 20 000 steps once finished inside 0.2 s)
+    launches = plan(TINY.replace(steps=400_000, weight_decay=1e-4, lr=1.0), {"width": [24, 32]},
+                    [0])
     done = []
     opts = SweepOptions(backend="torch", max_time=0.2)
     LocalExecutor().run(launches, tmp_path, opts, lambda l, rows: done.append((l.name, rows)))
     assert [name for name, _ in done] == ["launch_000"]  # the second never starts
-    assert done[0][1][0]["stop_reason"] == "max_time" and done[0][1][0]["steps_done"] < 20_000
+    assert done[0][1][0]["stop_reason"] == "max_time" and done[0][1][0]["steps_done"] < 400_000
     rows = run_launch(launches[0], tmp_path, SweepOptions(backend="torch"))  # resumes it
-    assert rows[0]["steps_done"] == 20_000 and rows[0]["stop_reason"] is None
+    assert rows[0]["steps_done"] == 400_000 and rows[0]["stop_reason"] is None
 
 
 # ------------------------------------------------------------------------ CLI, SIGKILL, resume
