@@ -148,6 +148,21 @@ def parse(lines: list) -> tuple:
     return ins, labels
 
 
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "kernels", "triton")
+
+
+def source_path(path: str) -> str:
+    """The kernel source file a SASS line names: the path it was compiled from or, where that file
+    is gone (a compile cached by another checkout, e.g. an earlier bare copy in a deleted temporary
+    directory: Triton keys its cache on the source text, not its path), the file of the same name
+    in this checkout's kernels/triton — the same source, so the same line numbers."""
+    if path and not os.path.exists(path):
+        local = os.path.join(KERNEL_DIR, os.path.basename(path))
+        if os.path.exists(local):
+            return local
+    return path or ""
+
+
 def loops(ins: list, labels: dict, values: dict) -> list:
     """[(start, end, trips × share)] of every backward branch, its `for` looked up in LOOPS."""
     out = []
@@ -155,7 +170,7 @@ def loops(ins: list, labels: dict, values: dict) -> list:
         target = re.search(r"\((\.L_x_\d+)\)", operands)
         if op != "BRA" or not target or labels[target.group(1)] >= addr:
             continue
-        statement = linecache.getline(path or "", line or 0).strip().split("  #")[0]
+        statement = linecache.getline(source_path(path), line or 0).strip().split("  #")[0]
         key = (os.path.basename(path or ""), statement)
         if key not in LOOPS:
             raise SystemExit(f"cost model: no trip count for the loop at {key[0]}:{line} "

@@ -125,3 +125,20 @@ def test_unknown_option_is_refused():
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--fast"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "unknown option --fast" in r.stderr
+
+
+def test_cost_model_reads_a_cached_compiles_source_from_this_checkout(monkeypatch, tmp_path):
+    """A kernel compiled (and cached by Triton, which keys on the source, not its path) from a
+    bare copy since deleted names a file that is gone: the cost model reads the line from the file
+    of the same name in this checkout's kernels/triton instead of finding an empty statement."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("cost_model", None)
+    import cost_model
+    gone = str(tmp_path / "deleted-copy" / "kernels" / "triton" / "common.py")
+    here = ROOT / "kernels" / "triton" / "common.py"
+    assert Path(cost_model.source_path(gone)).resolve() == here
+    assert cost_model.source_path(str(here)) == str(here)
+    assert cost_model.source_path(None) == ""
+    line = next(i for i, t in enumerate(here.read_text().splitlines(), 1) if "for h0 in range" in t)
+    import linecache
+    assert linecache.getline(cost_model.source_path(gone), line).strip().startswith("for h0")
