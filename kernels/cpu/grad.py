@@ -8,14 +8,16 @@ Shapes (M models, N training rows, width w, p classes, P1 = d_in·w; θ as the t
 it out, one row per model):
     theta, grad     [M, S]       W1 = row[:P1] as [d_in, w], W2 = row[P1 : P1 + w·p] as [w, p]
     i0, i1          [N] int64    the two W1 rows each sample adds (X = e_a + e_b, or [e_a; e_b])
-    Z, H            [M, N, w]    X W1 and σ(X W1)
+    order, starts   [2N], [d_in + 1] int64   segment.sample_order(i0, i1, d_in) (backward)
+    Z, H            [M, N, w]    X W1 (written for σ = x² only) and σ(X W1)
+    dH              [M, N, w]    dŶ W2ᵀ (work buffer)
     w2t             [M, p, w]    W2ᵀ (written by forward, read by backward)
     logits, dlogits [M, N, p]
     g2t             [M, p, w]    ∇W2ᵀ (work buffer)
 
 Every inner loop runs over contiguous memory through 1-D row views, so LLVM vectorizes it
-(indexed as θ[m, a + k] with a row offset read from i0/i1, the gather and the ∇W1 scatter stayed
-scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The sums:
+(indexed as θ[m, a + k] with a row offset read from i0/i1, the gather stayed scalar: 4.5×
+slower). ReLU and its mask are selects, not branches. The sums:
     Ŷ[n, j]   = Σ_k H[n, k] W2[k, j]     forward_portable: fma.forward_product, one FMA per term,
                                          k = 0 … w−1 in order (straight into logits); forward
                                          (numerics "host"): a dot product over k compiled with
@@ -25,10 +27,12 @@ scalar: 4.5× and 5× slower). ReLU and its mask are selects, not branches. The 
     dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad: one FMA per term, j = 0 … p−1 in order
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x);
-                adds only, nothing to fuse
+                adds only, nothing to fuse; segment.w1_grad keeps a row's sums in registers
+                and forms dZ = dH ⊙ σ'(Z) as it reads each term (no dZ pass over memory)
 The three products are fma.product's register tiles (the chains above, in registers). numba's
-disk cache keys a function on its own file only: after a change to fma.py, delete the cached
-kernels/cpu/__pycache__ (or change this file) or the functions here keep the old products.
+disk cache keys a function on its own file only: after a change to fma.py or segment.py, delete
+the cached kernels/cpu/__pycache__ (or change this file) or the functions here keep the old
+kernels.
 The FMAs are explicit (kernels/cpu/fma.py: llvm.fma, one rounding), nothing else is fused (no
 fastmath, so LLVM gets no `contract` flag): every loop but the host forward's Ŷ sum computes the
 same bits whatever the CPU and vector width (SSE2 with glibc's fma, AVX2, AVX-512, NEON):
@@ -50,33 +54,29 @@ from __future__ import annotations
 from numba import njit
 
 from .fma import forward_product, hidden_grad, w2_grad
+from .layout import transpose
+from .segment import sample_order, w1_grad  # noqa: F401 (sample_order: the callers' order)
 
 
 @njit(cache=True, nogil=True)
 def w2_transpose(t, P1, p, w2tm):
-    """W2ᵀ [p, w] (w2tm) of one model from its θ row t (a copy), eight k at a time (eight
-    stores along a row of W2ᵀ per pass over W2's rows k … k+7)."""
+    """W2ᵀ [p, w] (w2tm) of one model from its θ row t: a copy (layout.transpose)."""
     w = w2tm.shape[1]
-    W2 = t[P1:P1 + w * p].reshape((w, p))
-    for k0 in range(0, w - 7, 8):
-        for j in range(p):
-            row = w2tm[j, k0:k0 + 8]
-            for i in range(8):
-                row[i] = W2[k0 + i, j]
-    for k in range(w - w % 8, w):
-        for j in range(p):
-            w2tm[j, k] = W2[k, j]
+    transpose(t[P1:P1 + w * p].reshape((w, p)), w2tm)
 
 
 @njit(cache=True, nogil=True)
 def first_layer_rows(t, i0, i1, quadratic, zero, Zm, Hm, r0, r1):
-    """Z = X W1 = W1[a] + W1[b] and H = σ(Z) (Zm, Hm [N, w]) of the rows r0 ≤ n < r1 of one model
-    from its θ row t: elementwise, one rounding per entry, no reduction."""
-    w = Zm.shape[1]
+    """H = σ(Z), Z = X W1 = W1[a] + W1[b] (Hm [N, w]) of the rows r0 ≤ n < r1 of one model from
+    its θ row t: elementwise, one rounding per entry, no reduction. Z itself (Zm [N, w]) is
+    written for σ = x² only, whose σ' needs it; ReLU's σ' reads H (H > 0 exactly where Z > 0),
+    and its Zm is left as it is."""
+    w = Hm.shape[1]
     for n in range(r0, r1):
         a, b = i0[n] * w, i1[n] * w                                # Z = W1[a] + W1[b]
-        ra, rb, zr, hr = t[a:a + w], t[b:b + w], Zm[n], Hm[n]     # (1-D views vectorize)
+        ra, rb, hr = t[a:a + w], t[b:b + w], Hm[n]                # (1-D views vectorize)
         if quadratic:
+            zr = Zm[n]
             for k in range(w):
                 z = ra[k] + rb[k]
                 zr[k] = z
@@ -84,7 +84,6 @@ def first_layer_rows(t, i0, i1, quadratic, zero, Zm, Hm, r0, r1):
         else:
             for k in range(w):
                 z = ra[k] + rb[k]
-                zr[k] = z
                 hr[k] = z if not z <= 0 else zero                  # NaN stays NaN
 
 
@@ -161,55 +160,30 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def backward_hidden(m, quadratic, dlogits, Z, w2t, dH, n0, n1):
-    """dZ = (dŶ W2ᵀ) ⊙ σ'(Z) of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]
-    (σ = x²: ⊙ Z, the 2 in ∇W1)."""
+def backward_hidden(m, dlogits, w2t, dH, n0, n1):
+    """dH = dŶ W2ᵀ of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]; σ'(Z) is
+    applied as ∇W1 reads it (backward_w1)."""
     hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m])
-    w = Z.shape[2]
-    for n in range(n0, n1):
-        d, z = dH[m, n], Z[m, n]
-        if quadratic:
-            for k in range(w):
-                d[k] = d[k] * z[k]
-        else:
-            for k in range(w):
-                d[k] = d[k] if z[k] > 0 else 0
 
 
 @njit(cache=True, nogil=True)
-def backward_w1(m, i0, i1, P1, quadratic, dH, grad, k0, k1):
-    """∇W1 = Xᵀ dZ of model m for the columns k0 ≤ k < k1: grad[m, r·w + k] = Σ dZ[n, k] over
-    the samples with row r, position 0 of samples 0 … N−1 then position 1 (× 2 for x², exact)."""
-    N, w = dH.shape[1], dH.shape[2]
-    g = grad[m]
-    for r in range(P1 // w):
-        row = g[r * w + k0:r * w + k1]
-        for k in range(k1 - k0):
-            row[k] = 0
-    for n in range(N):                                             # position 0
-        row, d = g[i0[n] * w + k0:i0[n] * w + k1], dH[m, n, k0:k1]
-        for k in range(k1 - k0):
-            row[k] += d[k]
-    for n in range(N):                                             # then position 1
-        row, d = g[i1[n] * w + k0:i1[n] * w + k1], dH[m, n, k0:k1]
-        for k in range(k1 - k0):
-            row[k] += d[k]
-    if quadratic:
-        for r in range(P1 // w):
-            row = g[r * w + k0:r * w + k1]
-            for k in range(k1 - k0):
-                row[k] += row[k]
+def backward_w1(m, order, starts, quadratic, Z, H, dH, grad, k0, k1):
+    """∇W1 = Xᵀ dZ, dZ = dH ⊙ σ'(Z), of model m for the columns k0 ≤ k < k1 (segment.w1_grad:
+    grad[m, r·w + k] = Σ dZ[n, k] over the samples with row r, position 0 of samples 0 … N−1 then
+    position 1, in registers; × 2 for x², exact). order, starts: segment.sample_order of the
+    samples' W1 rows."""
+    w1_grad(dH[m], Z[m] if quadratic else H[m], order, starts, quadratic, grad[m], k0, k1)
 
 
 @njit(cache=True, nogil=True)
-def _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
+def _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
     """One call runs the models listed in `models` in turn; model m owns g2t[m], dH[m] and
     grad[m]."""
-    N, w, p = Z.shape[1], Z.shape[2], dlogits.shape[2]
+    N, w, p = H.shape[1], H.shape[2], dlogits.shape[2]
     for m in models:
         backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
-        backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
-        backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
+        backward_hidden(m, dlogits, w2t, dH, 0, N)
+        backward_w1(m, order, starts, quadratic, Z, H, dH, grad, 0, w)
 
 
 @njit(cache=True, nogil=True)
@@ -220,17 +194,6 @@ def forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, r0, r1):
     p = logits.shape[2]
     first_layer_rows(t, i0, i1, quadratic, zero, Z[m], h, r0, r1)
     forward_product(h, t[P1:], p, r0, r1, logits[m])
-
-
-@njit(cache=True, nogil=True)
-def transpose(a, out):
-    """out = aᵀ for a [R, C] into out [C, R] (copies): rows of a read along, written down columns
-    of out (measured 2–6× faster than reading down columns at gromov's size, bench/RESULTS.md)."""
-    R, C = a.shape
-    for r in range(R):
-        row = a[r]
-        for c in range(C):
-            out[c, r] = row[c]
 
 
 @njit(cache=True, nogil=True)
@@ -255,7 +218,8 @@ def forward(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> No
     _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits)
 
 
-def backward(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
-    """grad[m, :P1 + w·p] of the models m listed in `models` from dlogits and forward's Z, H,
-    w2t (module docstring); every other element of grad is left as it is."""
-    _backward_kernel(models, i0, i1, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
+def backward(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
+    """grad[m, :P1 + w·p] of the models m listed in `models` from dlogits and forward's Z (σ = x²),
+    H, w2t (module docstring); order, starts: segment.sample_order(i0, i1, P1 // w); every other
+    element of grad is left as it is (dH holds dŶ W2ᵀ after)."""
+    _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)

@@ -6,7 +6,7 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
     dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
     or cross-entropy / stablemax          loop_loss.loss_grad (exp and log written in the source)
-    ∇W2, dZ, ∇W1                          grad.backward_w2, backward_hidden, backward_w1
+    ∇W2, dH, ∇W1 (dZ as it reads dH)      grad.backward_w2, backward_hidden, backward_w1
     on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
     Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
     ⊥Grad on each layer                   loop_norms.orthograd_layer (stats.orthograd_'s order)
@@ -24,7 +24,8 @@ path by construction; models are independent, so running all steps of one model 
 caller forms the roots and cosines from those sums for all rows at once.
 
 Shapes (as kernels/cpu/grad.py; S the row stride of θ, P1 = d_in·w):
-    theta, grad [M, S];  i0, i1, labels [N] int64;  neg_lr [K, M] (−lr of each of the K steps);
+    theta, grad [M, S];  i0, i1, labels [N] int64;  order, starts: segment.sample_order(i0, i1,
+    P1 // w);  neg_lr [K, M] (−lr of each of the K steps);
     wd [M];  SGD: momentum [M], nesterov [M] bool, steps_before [M] int64, buf [M, S];
     Z, H, dH [M, N, w];  w2t, g2t [M, p, w];  logits, dlogits [M, N, p].  zero and scale: numpy
     scalars of the working dtype;
@@ -72,9 +73,9 @@ def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, f
 
 
 @njit(cache=True, nogil=True)
-def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
-                  sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, logits, dlogits,
+def _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadratic, zero,
+                  scale, neg_lr, wd, sgd, any_wd, use_momentum, momentum, nesterov, steps_before,
+                  buf, Z, H, dH, w2t, g2t, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
                   filt, loss, opt, done):
     N, w, p, S = Z.shape[1], Z.shape[2], logits.shape[2], theta.shape[1]
@@ -93,8 +94,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
             forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, 0, N)
             loss_grad(loss, logits[m], labels, scale, dlogits[m])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
-            backward_hidden(m, quadratic, dlogits, Z, w2t, dH, 0, N)
-            backward_w1(m, i0, i1, P1, quadratic, dH, grad, 0, w)
+            backward_hidden(m, dlogits, w2t, dH, 0, N)
+            backward_w1(m, order, starts, quadratic, Z, H, dH, grad, 0, w)
             if logged:
                 stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div, loss,
                              one, zero, prod, acc, cols, rows[r])
@@ -132,8 +133,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scal
     done[0] = neg_lr.shape[0]
 
 
-def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
-              sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
+def mse_chunk(models, theta, grad, i0, i1, labels, order, starts, P1, quadratic, zero, scale,
+              neg_lr, wd, sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
               Z, H, dH, w2t, g2t, logits, dlogits,
               step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
               filt, loss, opt, done) -> None:
@@ -168,8 +169,8 @@ def mse_chunk(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, n
     with fixed_norm, θ rescaled to target after it (arrays a switch does not use may be any of
     the right type). done [1] int64: set to the number of steps as the call's last act
     (the caller can tell whether it ran when an interrupt surfaces around the call)."""
-    _chunk_kernel(models, theta, grad, i0, i1, labels, P1, quadratic, zero, scale, neg_lr, wd,
-                  sgd, any_wd, use_momentum, momentum, nesterov, steps_before, buf,
-                  Z, H, dH, w2t, g2t, logits, dlogits,
+    _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadratic, zero,
+                  scale, neg_lr, wd, sgd, any_wd, use_momentum, momentum, nesterov, steps_before,
+                  buf, Z, H, dH, w2t, g2t, logits, dlogits,
                   step0, log_every, eval_every, P, div, test, theta0, prod, acc, cols, rows,
                   filt, loss, opt, done)

@@ -181,7 +181,8 @@ def test_core_split_equals_one_thread_bitwise(dt, quadratic, threads):
         models = np.array([0])
         kernels.forward_portable(models, theta, i0, i1, P1, quadratic, dt(0), bufs["Z"],
                                  bufs["H"], bufs["w2t"], bufs["logits"])
-        kernels.backward(models, i0, i1, P1, quadratic, dlogits, bufs["Z"], bufs["H"],
+        order, starts = cpu_grad.sample_order(i0, i1, P1 // w)
+        kernels.backward(models, order, starts, P1, quadratic, dlogits, bufs["Z"], bufs["H"],
                          bufs["w2t"], bufs["g2t"], bufs["dH"], bufs["grad"])
         results.append(bufs)
     for k in results[0]:

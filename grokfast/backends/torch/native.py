@@ -77,8 +77,8 @@ class NativeLoop:
             scale = nb["zero"].dtype.type(1)   # the kernel's 1 (scale/scale); the loss tuple
                                                # carries cross-entropy's / stablemax's arguments
         self.wd = _per_model(opt.wd)
-        self.args = (nb["i0"], nb["i1"], labels, st.d_in * st.width, not st.relu, nb["zero"],
-                     scale)
+        self.args = (nb["i0"], nb["i1"], labels, nb["order"], nb["starts"], st.d_in * st.width,
+                     not st.relu, nb["zero"], scale)
         if type(opt) is SGD:   # torch.optim.SGD's launch-wide switches and per-model scalars
             self.sgd = (True, opt.any_wd, opt.use_momentum,
                         _per_model(opt.momentum), _per_model(opt.nesterov))
@@ -137,7 +137,7 @@ class NativeLoop:
         return (dt(st.N * p if mean else 1), test, np.empty((2, st.S), scratch.dtype), scratch,
                 np.empty(1, scratch.dtype), np.array([STAT_INDEX[n] for n in COLUMNS], np.int64))
 
-    def run(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
+    def run(self, st, step0: int, n_steps: int, sched, rows: list) -> None:
         """Steps step0 … step0+n_steps−1 of `st` (sched: the optimizer's per-step scalars), in
         native calls of about PIECE_SECONDS each (between them Python handles signals: a second
         Ctrl-C breaks into a long chunk within a fraction of a second); the statistics rows
@@ -151,7 +151,7 @@ class NativeLoop:
             self.piece = max(1, int(n * PIECE_SECONDS / max(time.perf_counter() - t0, 1e-6)))
             k += n
 
-    def _call(self, st, step0: int, n_steps: int, sched: list, rows: list) -> None:
+    def _call(self, st, step0: int, n_steps: int, sched, rows: list) -> None:
         """One native call of steps step0 … step0+n_steps−1 (run)."""
         c = st.config
         n_rows = len(range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps,
@@ -174,7 +174,7 @@ class NativeLoop:
         finish_after(stats, st.dtype)
         rows.extend(torch.from_numpy(table))
 
-    def _opt(self, sched: list, n_steps: int) -> tuple:
+    def _opt(self, sched, n_steps: int) -> tuple:
         """mse_chunk's `opt` for steps 0 … n_steps−1 of `sched`."""
         adam, *state = self.opt_args
         if adam:
@@ -185,15 +185,13 @@ class NativeLoop:
         return (adam, *tables, *state)
 
     @staticmethod
-    def _neg_lr(sched: list, k: int, end: int, j: int = 0) -> np.ndarray:
+    def _neg_lr(sched, k: int, end: int, j: int = 0) -> np.ndarray:
         """Scalar j of the optimizer's schedule (0: −lr, or Adam's −lr/(1 − β1ᵗ)) for steps
         k … end−1 of the chunk: [end − k, M] in the working dtype."""
         if isinstance(sched, Schedule):
             return np.ascontiguousarray(sched.table[k:end, j, :, 0].numpy())
-        first = sched[k][j].numpy()[:, 0]
-        if all(sched[i] is sched[k] for i in range(k + 1, end)):  # a constant schedule
-            return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
-        return np.stack([sched[i][j].numpy()[:, 0] for i in range(k, end)])
+        first = sched.value[j].numpy()[:, 0]                     # a Constant
+        return np.ascontiguousarray(np.broadcast_to(first, (end - k, first.shape[0])))
 
 
 def _loss_args(st) -> tuple:

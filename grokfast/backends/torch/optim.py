@@ -71,6 +71,25 @@ class Schedule:
         return tuple(self.table[s].unbind(0))
 
 
+class Constant:
+    """The per-step scalars of a chunk whose every step has the same tuple `value` (GD / SGD
+    without warmup): n items, each `value`; a slice is the Constant of those steps. O(1) to
+    make, slice and read, so a long chunk costs nothing per step here."""
+
+    def __init__(self, value: tuple, n: int):
+        self.value, self.n = value, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s):
+        if isinstance(s, slice):
+            return Constant(self.value, len(range(self.n)[s]))
+        if not -self.n <= s < self.n:
+            raise IndexError(s)
+        return self.value
+
+
 class ModelRows:
     """Per-model state: tensors `names` ([M, S], models on dim `model_dim`) and the int64 [M]
     counter `counter` of calls per model, advanced once per chunk (`finish`)."""
@@ -159,15 +178,16 @@ class GD(ModelRows):
     def _direction(self, G: torch.Tensor, offset: int) -> torch.Tensor:
         return G
 
-    def schedule(self, step0: int, n_steps: int) -> list:
+    def schedule(self, step0: int, n_steps: int):
         """Per-step [M, 1] scalars of the update, computed in float64 as torch.optim does and
-        rounded once to the working dtype: (−lr,) or (−lr/(1 − β1ᵗ), √(1 − β2ᵗ), 1 − lr·wd)."""
+        rounded once to the working dtype: (−lr,) or (−lr/(1 − β1ᵗ), √(1 − β2ᵗ), 1 − lr·wd);
+        a Constant where every step has the same, else a Schedule."""
         if not self.adam and not any(ci.warmup_steps for ci in self.configs):
             if self._constant_schedule is None:
                 lr = [[self._scalars(ci, 0, 0) for ci in self.configs]]   # [1, M, 1]
                 self._constant_schedule = (torch.tensor(lr, dtype=torch.float64)
                                            .to(self.dtype).to(self.device)[0],)
-            return [self._constant_schedule] * n_steps
+            return Constant(self._constant_schedule, n_steps)
         # models with the same schedule parameters and step count share one computation
         groups: dict = {}
         for i, ci in enumerate(self.configs):

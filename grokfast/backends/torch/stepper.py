@@ -233,8 +233,10 @@ class TorchStepper:
                             i1=self.test_bags[:n_test, 1].numpy().copy(),
                             Z=np.empty((M, n_test, w), npdt), H=np.empty((M, n_test, w), npdt),
                             logits=np.zeros((M, n_test, p), npdt))
-        self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(),
-                       i0=self.i0.numpy(), i1=self.i1.numpy(),
+        i0, i1 = self.i0.numpy(), self.i1.numpy()
+        order, starts = self.cpu_grad.sample_order(i0, i1, self.d_in)   # ∇W1's sample order
+        self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(), i0=i0, i1=i1,
+                       order=order, starts=starts,
                        zero=np.zeros((), dtype=self.theta.numpy().dtype)[()],
                        Z=np.empty((M, N, w), self.theta.numpy().dtype),
                        logits=self.logits.numpy(), dlogits=self.dlogits.numpy())
@@ -263,7 +265,7 @@ class TorchStepper:
         rows (name → [M, n_rows]; NaN for inactive models, which are not stepped)."""
         c = self.config
         active = np.asarray(active, dtype=bool)
-        recorded = [s for s in range(step0, step0 + n_steps) if s % c.log_every == 0]
+        recorded = range(-(-step0 // c.log_every) * c.log_every, step0 + n_steps, c.log_every)
         out = {k: np.full((self.M, len(recorded)), np.nan) for k in STAT_NAMES}
         out["step"][:] = np.asarray(recorded, dtype=np.float64)
         if not active.any() or n_steps <= 0:
@@ -337,7 +339,7 @@ class TorchStepper:
             self._numba_forward(nb, nb["logits"])
             logits = self.logits
             self.loss_grad(logits)
-            self.nb_kernels.backward(self.stepping, nb["i0"], nb["i1"], P1, quadratic,
+            self.nb_kernels.backward(self.stepping, nb["order"], nb["starts"], P1, quadratic,
                                 nb["dlogits"], nb["Z"], nb["H"], nb["w2t"], nb["g2t"], nb["dH"],
                                 nb["grad"])
             return self._update(s, record, sched, logits)
