@@ -3,7 +3,8 @@ reduce.py's fixed order, each in one numba call (one model: y, out [N, p]; label
 
     mse_grad_rows(y, labels, scale, out, r0, r1)
         out[n, j] = (y[n, j] − [j = labels[n]])·scale for r0 ≤ n < r1
-        (∂L/∂Ŷ as autograd forms it: a subtraction, then a product, one rounding each)
+        (∂L/∂Ŷ as autograd forms it: a subtraction, then a product, one rounding each; y − 0 is
+        y exactly, so the entries off the label are y·scale)
     mse_sum(y, labels, zero) -> Σ_{n, j} (y[n, j] − [j = labels[n]])²
         each term d·d with d = y − Y rounded once (torch's (Ŷ − Y) ** 2), the N·p terms summed by
         reduce.py's row sum over the flattened index c = n·p + j (its eight-lane order)
@@ -24,13 +25,17 @@ from .reduce import _row_sums_kernel
 
 @njit(cache=True, nogil=True)
 def mse_grad_rows(y, labels, scale, out, r0, r1):
-    """out[n] = (y[n] − e_{labels[n]})·scale for the rows r0 ≤ n < r1 (module docstring)."""
-    one, zero = scale / scale, scale - scale              # 1 and 0 in the working dtype
+    """out[n] = (y[n] − e_{labels[n]})·scale for the rows r0 ≤ n < r1 (module docstring): the
+    rows as one flat vectorized pass of y·scale (y − 0 is y exactly, ±0 and NaN included), then
+    each label's entry (y − 1)·scale."""
+    one = scale / scale                                    # 1 in the working dtype
     p = y.shape[1]
+    flat_y, flat_o = y[r0:r1].reshape((r1 - r0) * p), out[r0:r1].reshape((r1 - r0) * p)
+    for i in range(flat_y.shape[0]):
+        flat_o[i] = flat_y[i] * scale
     for n in range(r0, r1):
-        yr, o, c = y[n], out[n], labels[n]
-        for j in range(p):
-            o[j] = (yr[j] - (one if j == c else zero)) * scale
+        c = labels[n]
+        out[n, c] = (y[n, c] - one) * scale
 
 
 @njit(cache=True, nogil=True)

@@ -42,6 +42,23 @@ def test_mse_grad_rows_is_mse_grad_on_its_rows(dt, r0, r1):
 
 @pytest.mark.parametrize("dt", DTYPES, ids=IDS)
 @pytest.mark.parametrize("N,p", SHAPES, ids=SHAPE_IDS)
+def test_mse_grad_rows_is_autograds_subtraction_then_product(dt, N, p):
+    """(Ŷ − Y)·scale as torch forms it, two roundings, bitwise: ±0, ±inf and NaN included (the
+    kernel multiplies the entries off the label directly: y − 0 is y)."""
+    y, labels = _case(dt, N, p, N + p)
+    flat = y.reshape(-1)
+    flat[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0][:flat.size]
+    scale = dt(1) / dt(N * p)
+    yt = torch.from_numpy(y)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), p).to(yt.dtype)
+    want = (yt - onehot) * torch.tensor(scale, dtype=yt.dtype)
+    got = np.full((N, p), 7, dt)
+    split_loss.mse_grad_rows(y, labels, scale, got, 0, N)
+    assert got.tobytes() == want.numpy().tobytes()
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("N,p", SHAPES, ids=SHAPE_IDS)
 def test_mse_sum_is_the_total_of_the_squares(dt, N, p):
     y, labels = _case(dt, N, p, N * p)
     yt = torch.from_numpy(y)
