@@ -47,10 +47,11 @@ def launch():
 
 
 # Modules whose fresh allocations the NaN fixture fills: the backends and the kernel launchers.
-NAN_FILLED_MODULES = ("grokfast.backends.torch.stepper", "grokfast.backends.torch.paths",
-                      "grokfast.backends.torch.optim", "grokfast.backends.torch.grad_filters",
-                      "grokfast.backends.torch.loss", "grokfast.backends.torch.stats",
-                      "grokfast.backends.torch.sharded", "grokfast.backends.triton.stepper",
+NAN_FILLED_MODULES = ("grokfast.backends.torch.stepper", "grokfast.backends.torch.buffers",
+                      "grokfast.backends.torch.paths", "grokfast.backends.torch.optim",
+                      "grokfast.backends.torch.grad_filters", "grokfast.backends.torch.loss",
+                      "grokfast.backends.torch.stats", "grokfast.backends.torch.sharded",
+                      "grokfast.backends.triton.stepper",
                       "grokfast.kernels.triton.launch", "grokfast.kernels.triton.fused",
                       "grokfast.kernels.triton.rows", "grokfast.kernels.triton.stats",
                       "grokfast.kernels.triton.update", "grokfast.kernels.cpu.grad")

@@ -145,7 +145,7 @@ def test_every_module_has_a_room_and_the_graph_is_whole():
     for name in graph:
         room(name)
     assert "grokfast.backends.registry" in graph["grokfast.engine.loop"]
-    assert "grokfast.kernels.cpu.grad" in graph["grokfast.backends.torch.stepper"]  # in a function
+    assert "grokfast.kernels.cpu.grad" in graph["grokfast.backends.torch.buffers"]  # in a function
     assert "grokfast.kernels.triton.fused" in graph["grokfast.backends.triton.stepper"]
 
 

@@ -1,8 +1,10 @@
 """The `torch` backend: hand-derived gradients for every model of a launch at once.
 
-stepper.py (TorchStepper: θ, gradient, forward / backward on numba or MKL, statistics) over its
-parts: paths.py (code paths chosen by size), loss.py (∂L/∂Ŷ), stats.py (reductions, ⊥Grad, fixed
-norm, statistics rows), optim.py (GD, SGD, Adam, AdamW), grad_filters.py (Grokfast EMA / MA);
+stepper.py (TorchStepper: the protocol, the forward / backward on numba or MKL, the update) over
+its parts: buffers.py (its setup: index tensors, θ, the gradient, every buffer a step writes),
+paths.py (code paths chosen by size), loss.py (∂L/∂Ŷ), stats.py (reductions, ⊥Grad, fixed norm,
+statistics rows), optim.py (GD, SGD, Adam, AdamW), grad_filters.py (Grokfast EMA / MA), native.py
+(the chunk loop in one numba call), split.py (a large model's kernels over the threads);
 sharded.py (a launch of many small models cut into shards stepped by a thread pool).
 `make_stepper` is the backend's factory: it picks the sharded stepper where it pays.
 """

@@ -48,6 +48,10 @@ independent outputs, split.CoreSplit, the same bits), the test logits too, every
 loss sums in grokfast.numerics' written order, and the optimizers use unfused ops (optim.py): the
 same bits on every x86-64 CPU, whatever ATen, MKL or numba dispatch to
 (tests/backends/test_portability.py). "host" keeps the host-tuned paths.
+
+Files. This one: TorchStepper's protocol (advance, state dict) and the step (the forward / backward
+above on numba or MKL, then the update). buffers.py: its setup (the launch checked, the training set
+as index tensors, the code paths, θ and the gradient initialised, every buffer a step writes).
 """
 from __future__ import annotations
 
@@ -56,49 +60,35 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from grokfast.backends.base import check_batch
 from grokfast.config import Config
 from grokfast.data import Dataset
 from grokfast.errors import GrokfastError
-from grokfast.model import STAT_NAMES, init_params, torch_dtype
+from grokfast.model import STAT_NAMES, torch_dtype
 
-from .grad_filters import make_filter
-from .loss import LossGrad
+from .buffers import StepperBuffers, _check
 from .native import native_loop
-from .optim import make_optimizer
-from .paths import (
-    aligned_empty,
-    aligned_rows,
-    choose_paths,
-    intra_op_threads,
-    mm_per_model,
-)
-from .split import CoreSplit
-from .stats import (
-    STAT_INDEX,
-    fixed_norm_,
-    orthograd_,
-    stats_after,
-    stats_before,
-    target_norm,
-)
+from .paths import aligned_empty, aligned_rows, intra_op_threads
+from .stats import STAT_INDEX, fixed_norm_, orthograd_, stats_after, stats_before
 
 
-class TorchStepper:
-    """The stepper contract (grokfast.backends.base) over M models at once: W1 [M, d_in, width], W2 [M, width, p].
+class TorchStepper(StepperBuffers):
+    """The stepper contract (grokfast.backends.base) over M models at once: W1 [M, d_in, width],
+    W2 [M, width, p].
 
-    configs share stepper.SHARED_FIELDS; lr, weight_decay, momentum, nesterov, betas, eps,
+    configs share base.SHARED_FIELDS; lr, weight_decay, momentum, nesterov, betas, eps,
     warmup_steps, filter_alpha, filter_lamb, filter_normalize_lr, seed, init, init_std,
     init_scale and grok_threshold may differ per model. The code paths are chosen by size
-    (torch_paths.choose_paths) and can be forced: dw1 "dense" (count-matrix GEMM) or "index_add"
+    (paths.choose_paths) and can be forced: dw1 "dense" (count-matrix GEMM) or "index_add"
     (fixed-order segmented sum); first_layer "gather" (index_select + add) or "embedding_bag";
     threads, the intra-op threads while stepping (default: 1 for small models, else
     torch.get_num_threads(); the caller's setting is restored afterwards); kernel "numba"
     (kernels/cpu/grad.py) or "mkl" (the GEMMs above); shards, how many shards of models threads
     step (default: shard_count; make_stepper builds a ShardedStepper when it is more than one);
     native False keeps every step on the per-step path (native.py: the chunk loop in one numba
-    call, chosen where it covers the configs; `native` None then). The optimizer (optim.py) and the gradient filter (grad_filters.py)
-    own their state; the stepper owns θ, the gradient, the forward / backward and the statistics.
+    call, chosen where it covers the configs; `native` None then). The optimizer (optim.py) and
+    the gradient filter (grad_filters.py) own their state; the stepper owns θ, the gradient, the
+    forward / backward and the statistics. Its setup (_data, _parameters, _buffers) is
+    StepperBuffers (buffers.py); here are the protocol and the step.
     """
 
     backend = "torch"
@@ -123,126 +113,6 @@ class TorchStepper:
         self._buffers()
         # the native chunk loop (native.py) where it covers the configs and `native` allows it
         self.native = native_loop(self) if native else None
-
-    def _data(self, data: Dataset, dw1: str, first_layer: str, kernel: str, threads) -> None:
-        """The training set as index tensors, and the code paths for its size."""
-        c, dev, dt, M = self.config, self.device, self.dtype, self.M
-        d_in, w, p = self.d_in, self.width, self.p
-        # data: the two W1 rows each sample adds, labels, one-hot targets
-        idx = data.index_train.to(dev)
-        self.N = N = idx.shape[0]
-        self.i0, self.i1 = idx[:, 0].contiguous(), idx[:, 1].contiguous()
-        self.i01 = torch.cat([self.i0, self.i1])                         # [2N]
-        # Z = X W1 by embedding_bag over θ seen as [M·(d_in + p), width] rows (P is a multiple of
-        # width); bag (a, b) of model m sums rows m·(d_in + p) + a and m·(d_in + p) + b
-        self.bags = self._bags(idx)
-        self.test_bags = self._bags(data.index_test.to(dev))
-        numba = dev.type == "cpu" and _cpu_grad() is not None
-        # numerics "portable": every reduction in a written order (grokfast.numerics)
-        self.portable = c.numerics == "portable" and dev.type == "cpu"
-        paths = choose_paths(M, N, d_in, w, p, dev.type, dw1=dw1, first_layer=first_layer,
-                             kernel=kernel, threads=threads, num_threads=torch.get_num_threads(),
-                             numba_available=numba, portable=self.portable)
-        self.dw1, self.kernel, self.threads = paths.dw1, paths.kernel, paths.threads
-        self.gather = paths.first_layer == "gather"
-        self.cpu_grad = _cpu_grad() if self.kernel == "numba" else None
-        self.labels = data.train_labels.to(dev)
-        self.labels_M = self.labels.expand(M, N)
-        self.test_labels = data.test_labels.to(dev)
-        self.relu = c.activation == "relu"
-        # σ = x² has σ' = 2x: the 2 is folded into the dW1 reduction (scaling by 2 is exact)
-        self.dw1_alpha = 1.0 if self.relu else 2.0
-        if self.dw1 == "dense":
-            # Xᵀ [d_in, N] (entries 0, 1, 2): dW1 = Xᵀ dZ is the reference's own product
-            X = data.inputs(data.train_pairs, dtype=dt).to(dev) * self.dw1_alpha
-            self.Xt = X.T.expand(M, d_in, N)
-
-    def _parameters(self, configs: list) -> None:
-        """θ and the gradient (flat, aligned, with layer views), initialised per model."""
-        dt, dev, M = self.dtype, self.device, self.M
-        # parameters θ [M, S], the first P = d_in·width + width·p of each row used, and the
-        # gradient, flat with layer views. The row stride S pads P with whole width-rows of zeros
-        # to a multiple of ALIGN_BYTES, so that every model's block starts at the alignment a lone
-        # model's does (see aligned_empty); the padding stays 0 under every update.
-        self.theta = torch.zeros(M, self.S, dtype=dt, device=dev)
-        self.grad = torch.zeros(M, self.S, dtype=dt, device=dev)
-        self.W1, self.W2 = self.split(self.theta)
-        self.G1, self.G2 = self.split(self.grad)
-        targets = []
-        for i, ci in enumerate(configs):
-            W1, W2 = init_params(ci)
-            self.W1[i].copy_(W1)
-            self.W2[i].copy_(W2)
-            # the reference's fixed-norm target: ‖θ_0‖ in float64 from the initial parameters
-            targets.append(target_norm(W1, W2, self.portable))
-        self.target_norm = torch.tensor(targets, dtype=torch.float64).to(dt).to(dev)  # [M]
-
-    def _buffers(self) -> None:
-        """Activations, work buffers, the loss gradient, the optimizer and the filter."""
-        c, configs, dt, dev = self.config, self.configs, self.dtype, self.device
-        M, N, w, p = self.M, self.N, self.width, self.p
-        # activations and work buffers
-        if self.gather:
-            self.Z2 = torch.empty(M, 2 * N, w, dtype=dt, device=dev)     # W1[i0] | W1[i1]
-            self.Z2a, self.Z2b = self.Z2[:, :N], self.Z2[:, N:]
-        self.Z = aligned_empty(M, (N, w), dt, dev)                         # X W1
-        if not self.relu:
-            self.H = aligned_empty(M, (N, w), dt, dev)                     # σ(X W1) = Z²
-        self.W2t = self.W2.transpose(1, 2)
-        # GEMMs out[m] = A[m] B[m]. With one thread, bmm runs the same single-threaded GEMM per
-        # matrix whatever M. With more, bmm runs its batch in parallel, one thread per GEMM, but a
-        # lone model multi-threaded, which changes the bits: then one multi-threaded mm per model.
-        self.mm = torch.bmm if self.threads == 1 else mm_per_model
-        self.orthograd, self.fixed_norm = c.orthograd, c.fixed_norm
-        self.offset = 0                                                  # steps done in the chunk
-        self.logits = aligned_empty(M, (N, p), dt, dev)
-        self.dlogits = aligned_empty(M, (N, p), dt, dev)
-        self.core = None
-        if self.cpu_grad is not None:
-            self._numba_buffers()
-            # portable, more than one thread (a large model alone): every core on each model
-            self.nb_kernels = self.cpu_grad
-            if self.portable and self.threads > 1:
-                # the kernels' own threads take the cores; torch's ops (elementwise, per-element
-                # bits) run on one, so that its idle OpenMP workers never spin against them
-                self.core = CoreSplit(self.cpu_grad, self.threads)
-                self.nb_kernels, self.threads = self.core, 1
-        self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
-        # a lone large model, portable: its loss gradient by rows in the split forward's phase
-        # (CoreSplit.step), MSE, cross-entropy or stablemax alike
-        self.row_loss = None
-        if self.core is not None and getattr(self.loss_grad, "fused", None) is not None:
-            self.row_loss = self.loss_grad.rows(self.nb["logits"])
-        self.dH = aligned_empty(M, (N, w), dt, dev)
-        self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
-        self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)
-        self.opt = make_optimizer(configs, self.theta, self.tmp, self.tmp2)
-        if self.core is not None and getattr(self.opt, "adam_kernel", None) is not None:
-            self.opt.split = self.core        # a large model's Adam update over the threads too
-        self.filter = make_filter(configs, self.grad, self.tmp)
-
-    def _numba_buffers(self) -> None:
-        """numpy views of contiguous buffers for kernels/cpu/grad.py (alignment plays no part)."""
-        M, N, w, p, dt = self.M, self.N, self.width, self.p, self.dtype
-        self.logits = torch.zeros(M, N, p, dtype=dt)   # rows of models not stepped stay
-        self.dlogits = torch.zeros(M, N, p, dtype=dt)  # finite (see advance)
-        self.stepping = np.arange(M, dtype=np.int64)
-        npdt = self.theta.numpy().dtype
-        n_test = self.test_bags.shape[0] // M
-        self.nb_test = dict(i0=self.test_bags[:n_test, 0].numpy().copy(),
-                            i1=self.test_bags[:n_test, 1].numpy().copy(),
-                            Z=np.empty((M, n_test, w), npdt), H=np.empty((M, n_test, w), npdt),
-                            logits=np.zeros((M, n_test, p), npdt))
-        i0, i1 = self.i0.numpy(), self.i1.numpy()
-        order, starts = self.cpu_grad.sample_order(i0, i1, self.d_in)   # ∇W1's sample order
-        self.nb = dict(theta=self.theta.numpy(), grad=self.grad.numpy(), i0=i0, i1=i1,
-                       order=order, starts=starts,
-                       zero=np.zeros((), dtype=self.theta.numpy().dtype)[()],
-                       Z=np.empty((M, N, w), self.theta.numpy().dtype),
-                       logits=self.logits.numpy(), dlogits=self.dlogits.numpy())
-        for name, shape in (("H", (M, N, w)), ("dH", (M, N, w)), ("w2t", (M, p, w)),
-                            ("g2t", (M, p, w))):
-            self.nb[name] = np.empty(shape, self.nb["Z"].dtype)
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -445,28 +315,3 @@ class TorchStepper:
         self.theta.index_copy_(0, rows, snap["theta"])
         self.opt.restore(snap["opt"], rows, frozen, n_steps)
         self.filter.restore(snap["filter"], rows, frozen, n_steps)
-
-
-def _check(configs: list, data: Dataset) -> Config:
-    """GrokfastError unless `configs` form one torch-backend launch over `data`; the first config."""
-    if not configs:
-        raise GrokfastError("TorchStepper needs at least one config")
-    check_batch(configs)
-    c = configs[0]
-    if c.precision != "ieee":
-        raise GrokfastError(f"precision={c.precision!r} is a Triton-engine setting on a GPU; "
-                            f"the torch backend computes in IEEE {c.dtype}: use "
-                            f"precision='ieee', or backend='triton' with device='cuda'")
-    if data.p != c.p or data.encoding != c.encoding or len(data.train_pairs) != c.n_train:
-        raise GrokfastError("the dataset does not belong to this config: build it with "
-                            "grokfast.make_dataset(config)")
-    return c
-
-
-def _cpu_grad():
-    """kernels/cpu/grad.py, or None where numba is not installed."""
-    try:
-        from grokfast.kernels.cpu import grad
-    except ImportError:
-        return None
-    return grad
