@@ -1,8 +1,9 @@
 """kernels/cpu/segment.py: ∇W1 as a segmented sum in registers with σ' applied on read equals, bit
 for bit, the formulation it replaced (an in-place dZ pass, then row adds in index_add_'s order:
 position 0 of samples 0 … N−1, then position 1), for both activations, both dtypes, ragged and
-masked column ranges, rows no sample adds, and special values (±0, ±inf, NaN); and ∇W1 agrees
-with autograd's to the tolerance.
+masked column ranges, rows no sample adds, and special values (±0, ±inf, NaN); ∇W1 agrees with
+autograd's to the tolerance; and the compiled code (Haswell, with FMA) never fuses x²'s multiply
+and add.
 """
 import numpy as np
 import pytest
@@ -73,3 +74,41 @@ def test_w1_grad_matches_autograd(quadratic):
     g = np.zeros(R * w)
     segment.w1_grad(dH.numpy(), sig, order, starts, quadratic, g, 0, w)
     assert_close(torch.from_numpy(g).view(R, w), W1.grad, "dW1", dtype=torch.float64)
+
+
+ASM = """
+import numpy as np
+from grokfast.kernels.cpu import segment
+for dt in (np.float32, np.float64):
+    i0 = np.array([0, 1, 1]); order, starts = segment.sample_order(i0, i0, 2)
+    x = np.ones((3, 70), dt)
+    segment.w1_grad(x, x, order, starts, True, np.zeros(140, dt), 0, 70)
+for sig, asm in segment.w1_grad.inspect_asm().items():
+    print("KERNEL", sig[0].dtype)
+    print(asm)
+"""
+
+
+def test_the_quadratic_product_and_sum_are_never_fused(tmp_path):
+    """dZ = dH·Z, then ∇W1 + dZ: two roundings as written. On an FMA target (Haswell) LLVM
+    could fuse them only if told to (a `contract` flag, fast-math): the compiled code has
+    vector multiplies and adds and no vfmadd."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_CPU_FEATURES="+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,"
+                                  "+avx2,+fma,+bmi,+bmi2")
+    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = proc.stdout.split("KERNEL ")[1:]
+    assert len(parts) == 2
+    for part in parts:
+        ops = [line.split(None, 1)[0] for line in (raw.strip() for raw in part.splitlines())
+               if line and not line.startswith((".", "_", '"', "#")) and not line.endswith(":")]
+        assert not [op for op in ops if op.startswith("vfmadd")], part.split("\n", 1)[0]
+        assert [op for op in ops if op.startswith("vmulp")], part.split("\n", 1)[0]
+        assert [op for op in ops if op.startswith("vaddp")], part.split("\n", 1)[0]
