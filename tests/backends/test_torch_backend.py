@@ -327,16 +327,24 @@ def test_threads_over_models_give_the_same_bits_and_state():
         make_stepper(configs, data, CPU, shards=17)
 
 
-def test_a_large_launch_of_small_models_is_cut_into_shards_of_at_most_64():
+def test_a_launch_of_small_models_is_cut_into_shards_of_at_most_64():
     c = Config.preset("paper-real")
-    for M, threads, want in [(1, 2, 1), (16, 2, 2), (64, 2, 2), (65, 1, 2), (256, 2, 4),
-                             (256, 1, 4), (300, 2, 5)]:
+    for M, threads, want in [(1, 2, 1), (2, 2, 2), (5, 2, 2), (5, 1, 1), (16, 2, 2), (64, 2, 2),
+                             (65, 1, 2), (256, 2, 4), (256, 1, 4), (300, 2, 5)]:
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             assert shard_count([c] * M, "cpu", None, None) == want, (M, threads)
         finally:
             torch.set_num_threads(old)
+    # numerics host (the per-step path, whose Python per step a shard shares): 8 models a shard
+    small_host = c.replace(numerics="host")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert [shard_count([small_host] * M, "cpu", None, None) for M in (2, 15, 16)] == [1, 1, 2]
+    finally:
+        torch.set_num_threads(old)
     gromov = Config.preset("gromov")
     host = gromov.replace(numerics="host")
     assert shard_count([host] * 256, "cpu", None, None) == 1  # large activations: intra-op MKL

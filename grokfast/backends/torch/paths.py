@@ -22,6 +22,8 @@ bench/bench_cpu.py has the side-by-side table):
 - Threads over models (sharded.ShardedStepper): a launch of M ≥ 2·MIN_MODELS_PER_SHARD small
   models is cut into one contiguous shard per intra-op thread, or more where a shard would hold
   more than MAX_MODELS_PER_SHARD models; a pool of one thread per intra-op thread steps them.
+  With numerics "portable" (the native chunk loop, no Python per step to share) every model
+  counts: two or more small models already take one shard per thread.
 """
 from __future__ import annotations
 
@@ -122,8 +124,8 @@ def choose_paths(M: int, N: int, d_in: int, width: int, p: int, device_type: str
 def shard_count(configs: Sequence[Config], device, shards: Optional[int],
                 threads: Optional[int]) -> int:
     """How many shards of models a launch is cut into: `shards` if given, else for small models
-    on the CPU one shard per intra-op thread (≥ MIN_MODELS_PER_SHARD models each) or more, so that
-    none holds more than MAX_MODELS_PER_SHARD; else 1."""
+    on the CPU one shard per intra-op thread (≥ MIN_MODELS_PER_SHARD models each, ≥ 1 with
+    portable numerics) or more, so that none holds more than MAX_MODELS_PER_SHARD; else 1."""
     M = len(configs)
     if shards is not None:
         if not isinstance(shards, int) or not 1 <= shards <= max(M, 1):
@@ -137,8 +139,8 @@ def shard_count(configs: Sequence[Config], device, shards: Optional[int],
         # large models, portable: threads over models, one shard each; a lone model gets them
         # all (its stepper splits each product over the threads: split.CoreSplit)
         return min(M, torch.get_num_threads()) if c.numerics == "portable" else 1
-    return max(1, min(torch.get_num_threads(), M // MIN_MODELS_PER_SHARD),
-               -(-M // MAX_MODELS_PER_SHARD))
+    per_shard = 1 if c.numerics == "portable" else MIN_MODELS_PER_SHARD   # native loop: 1
+    return max(1, min(torch.get_num_threads(), M // per_shard), -(-M // MAX_MODELS_PER_SHARD))
 
 
 def aligned_empty(M: int, shape, dtype: torch.dtype, device) -> torch.Tensor:
