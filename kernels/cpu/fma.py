@@ -66,6 +66,19 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+def _lane_masks(builder, n, lanes, count):
+    """The masks of `count` consecutive vectors of `lanes` lanes over n columns: vector v's lane l
+    is on where v·lanes + l < n (n an integer value; one compare per vector)."""
+    i32 = ir.IntType(32)
+    ity = ir.VectorType(i32, lanes)
+    nl = builder.trunc(n, i32) if n.type.width > 32 else n
+    vn = builder.shuffle_vector(builder.insert_element(ir.Constant(ity, ir.Undefined), nl,
+                                                       ir.Constant(i32, 0)),
+                                ir.Constant(ity, ir.Undefined), ir.Constant(ity, [0] * lanes))
+    return [builder.icmp_signed("<", ir.Constant(ity, [v * lanes + l for l in range(lanes)]), vn)
+            for v in range(count)]
+
+
 def _masked_intrinsics(builder, vty, lanes, bits):
     """llvm.masked.load / llvm.masked.store for vectors of type vty (opaque pointer p0)."""
     mty = ir.VectorType(ir.IntType(1), lanes)
@@ -123,12 +136,7 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
         def body(rows, nvec, masked):
             masks = [None] * nvec                                  # lanes v·LANES + l < n
             if masked:
-                nl = builder.trunc(nv, i32) if nv.type.width > 32 else nv
-                vn = builder.shuffle_vector(builder.insert_element(
-                    ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), nl, lane0),
-                    ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), splat)
-                masks[-1] = builder.icmp_signed("<", ir.Constant(
-                    ir.VectorType(i32, lanes), [(nvec - 1) * lanes + l for l in range(lanes)]), vn)
+                masks[-1] = _lane_masks(builder, nv, lanes, nvec)[-1]
 
             def load(ptr, v):
                 if masks[v] is None:

@@ -7,8 +7,8 @@ in registers by log2(L) stages of two-input shuffles (LLVM shufflevector with co
 unpack pairs, then pairs of pairs, then halves: vunpck / vshufps / vperm2f128 on AVX, the same
 lanes moved on any target) and stored as L row vectors of out. A ragged edge of the tile (rows or
 columns past the end) loads and stores only what exists (llvm.masked.load for a partial row of a,
-element stores for a partial row of out, a skipped row for a missing one). Writing along rows of the output one element at a time
-(grad.py's former loop) cost about one cycle an element.
+element stores for a partial row of out, a skipped row for a missing one). Writing along rows of
+the output one element at a time (grad.py's former loop) cost about one cycle an element.
 
     transpose(a [R, C], out [C, R])     out[c, r] = a[r, c]   (a and out: unit stride along
                                                                 their last axis, checked)
@@ -21,7 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..errors import KernelError
-from .fma import LANES, _masked_intrinsics
+from .fma import LANES, _lane_masks, _masked_intrinsics
 
 
 def _stages(builder, rows, lanes):
@@ -68,7 +68,6 @@ def _transpose_tile(typingctx, a, out, r, c, nr, nc):
         rv, cv, nrv, ncv = args[2:]
         intp = rv.type
         align, zero = ir.Constant(i32, 1), ir.Constant(vty, [0.0] * lanes)
-        ity = ir.VectorType(i32, lanes)
 
         def at(k, i, j):
             arr, ty = arrs[k]
@@ -77,16 +76,8 @@ def _transpose_tile(typingctx, a, out, r, c, nr, nc):
                 cgutils.unpack_tuple(builder, arr.strides), ty.layout, [i, j])
             return builder.bitcast(ptr, vty.as_pointer())
 
-        def lane_mask(n):                                # lanes l < n
-            nl = builder.trunc(n, i32) if n.type.width > 32 else n
-            vn = builder.shuffle_vector(builder.insert_element(ir.Constant(ity, ir.Undefined),
-                                                               nl, ir.Constant(i32, 0)),
-                                        ir.Constant(ity, ir.Undefined),
-                                        ir.Constant(ity, [0] * lanes))
-            return builder.icmp_signed("<", ir.Constant(ity, list(range(lanes))), vn)
-
         def body(load_masked, store_masked):
-            lmask = lane_mask(ncv) if load_masked else None
+            lmask = _lane_masks(builder, ncv, lanes, 1)[0] if load_masked else None  # l < nc
             rows = []
             for i in range(lanes):                       # row i of the tile, or 0 past nr
                 slot = cgutils.alloca_once_value(builder, zero)

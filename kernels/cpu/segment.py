@@ -30,7 +30,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .fma import LANES, _masked_intrinsics
+from .fma import LANES, _lane_masks, _masked_intrinsics
 
 VECTORS = 8                                   # vectors of sums a tile keeps: 64 / 32 columns
 
@@ -64,16 +64,8 @@ def _segment_tile(typingctx, src, sig, order, l0, l1, out, o, c, n, quadratic):
             return builder.bitcast(ptr, vty.as_pointer()) if vector else ptr
 
         def body(masked, quad):
-            masks = [None] * VECTORS                               # lanes v·LANES + l < n
-            if masked:
-                nl = builder.trunc(nv, i32) if nv.type.width > 32 else nv
-                ity = ir.VectorType(i32, lanes)
-                vn = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(ity, ir.Undefined), nl,
-                                           ir.Constant(i32, 0)),
-                    ir.Constant(ity, ir.Undefined), ir.Constant(ity, [0] * lanes))
-                masks = [builder.icmp_signed("<", ir.Constant(
-                    ity, [v * lanes + l for l in range(lanes)]), vn) for v in range(VECTORS)]
+            masks = (_lane_masks(builder, nv, lanes, VECTORS) if masked   # v·LANES + l < n
+                     else [None] * VECTORS)
 
             def load(ptr, v):
                 if masks[v] is None:
