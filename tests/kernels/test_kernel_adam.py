@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from bitwise import assert_bitwise
+from compiled import HASWELL, compiled, instructions
 from tolerances import assert_close
 
 from grokfast import Config
@@ -153,22 +154,10 @@ def test_compiled_update_has_vector_square_roots_and_no_fma(tmp_path):
     (vsqrtps / vsqrtpd: IEEE's root, no libm call) and no fused multiply–add anywhere (numba
     without fastmath: no contraction). A numba or LLVM that contracted a product into an add
     or called a library square root instead would fail here."""
-    import os
-    import subprocess
-    import sys
-
-    from test_kernel_fma import HASWELL, _code
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=HASWELL,
-               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parts = [p.split("\n", 1) for p in proc.stdout.split("KERNEL ")[1:]]
+    parts = compiled(ASM, tmp_path / "cache", "haswell", HASWELL)
     assert sorted(head for head, _ in parts) == ["float32", "float64"]
     for head, asm in parts:
-        ops = _code(asm)
+        ops = instructions(asm)
         suffix = "ps" if head == "float32" else "pd"
         assert [i for i in ops if i[0] == "vsqrt" + suffix and "ymm" in i[-1]], head
         assert not [i for i in ops if "fmadd" in i[0] or "fmsub" in i[0]], head

@@ -4,9 +4,6 @@ numpy's to the tolerance, the threaded split of one model equals the one-thread 
 and the compiled code uses the FMA instruction where the target has it and glibc's fma / fmaf
 where it has none (numba's inspect_asm, fresh processes under NUMBA_CPU_NAME / FEATURES).
 """
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ import torch
 from grokfast.backends.torch.split import CoreSplit, cuts
 from grokfast.kernels.cpu import fma as kfma
 from grokfast.kernels.cpu import grad as cpu_grad
+from compiled import HASWELL, compiled, instructions
 from fma_order import chain, fma_exact
 from tolerances import assert_close
 
@@ -206,24 +204,11 @@ for f in (fma.forward_product, fma.w2_grad, fma.hidden_grad):
         print(asm)
 """
 FLOAT_MUL = ("mulss", "mulsd", "mulps", "mulpd", "vmulss", "vmulsd", "vmulps", "vmulpd")  # not mulx
-HASWELL = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+fma,+bmi,+bmi2"
 
 
 def _asm(tmp_path, cpu_name, features):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    env.update(NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES=features,
-               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parts = proc.stdout.split("KERNEL ")[1:]
-    return {tuple(part.split("\n", 1)[0].split()): part.split("\n", 1)[1] for part in parts}
-
-
-def _code(asm):
-    """The instructions of an assembly listing (no directives, labels or symbol names)."""
-    return [line.split(None, 1) for line in (raw.strip() for raw in asm.splitlines())
-            if line and not line.startswith((".", "_", '"', "#")) and not line.endswith(":")]
+    return {tuple(head.split()): code
+            for head, code in compiled(ASM, tmp_path / "cache", cpu_name, features)}
 
 
 def test_compiled_code_fuses_on_fma_targets_and_calls_libm_elsewhere(tmp_path):
@@ -234,7 +219,7 @@ def test_compiled_code_fuses_on_fma_targets_and_calls_libm_elsewhere(tmp_path):
     fused = _asm(tmp_path / "haswell", "haswell", HASWELL)
     assert len(fused) == 6, sorted(fused)
     for (name, dtype), asm in fused.items():
-        ops = [ins for ins in _code(asm)]
+        ops = [ins for ins in instructions(asm)]
         vector = [i for i in ops if i[0].startswith("vfmadd") and i[0][-2:] in ("ps", "pd")
                   and "ymm" in i[-1]]
         assert vector, (name, dtype)
@@ -243,7 +228,7 @@ def test_compiled_code_fuses_on_fma_targets_and_calls_libm_elsewhere(tmp_path):
     assert len(generic) == 6, sorted(generic)
     for (name, dtype), asm in generic.items():
         want = "$fmaf," if dtype == "float32" else "$fma,"
-        ops = _code(asm)
+        ops = instructions(asm)
         libm = [i for i in ops if len(i) > 1 and ("$fma," in i[1] or "$fmaf," in i[1])]
         assert libm and all(want in i[1] for i in libm), (name, dtype, libm[:3])
         assert not [i for i in ops if i[0].startswith(("vfmadd",) + FLOAT_MUL)], (name, dtype)

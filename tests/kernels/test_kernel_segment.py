@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from compiled import HASWELL, compiled, instructions
 from grokfast.kernels.cpu import segment
 from tolerances import assert_close
 
@@ -93,22 +94,10 @@ def test_the_quadratic_product_and_sum_are_never_fused(tmp_path):
     """dZ = dH·Z, then ∇W1 + dZ: two roundings as written. On an FMA target (Haswell) LLVM
     could fuse them only if told to (a `contract` flag, fast-math): the compiled code has
     vector multiplies and adds and no vfmadd."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
-               NUMBA_CPU_FEATURES="+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,"
-                                  "+avx2,+fma,+bmi,+bmi2")
-    proc = subprocess.run([sys.executable, "-c", ASM], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parts = proc.stdout.split("KERNEL ")[1:]
+    parts = compiled(ASM, tmp_path / "cache", "haswell", HASWELL)
     assert len(parts) == 2
-    for part in parts:
-        ops = [line.split(None, 1)[0] for line in (raw.strip() for raw in part.splitlines())
-               if line and not line.startswith((".", "_", '"', "#")) and not line.endswith(":")]
-        assert not [op for op in ops if op.startswith("vfmadd")], part.split("\n", 1)[0]
-        assert [op for op in ops if op.startswith("vmulp")], part.split("\n", 1)[0]
-        assert [op for op in ops if op.startswith("vaddp")], part.split("\n", 1)[0]
+    for head, asm in parts:
+        ops = [ins[0] for ins in instructions(asm)]
+        assert not [op for op in ops if op.startswith("vfmadd")], head
+        assert [op for op in ops if op.startswith("vmulp")], head
+        assert [op for op in ops if op.startswith("vaddp")], head
