@@ -28,7 +28,10 @@ types of a fixed lane count are legalized per target (two xmm halves on SSE2, ea
 fmaf / fma without FMA3, masked lanes as scalar loads and stores), so the blocking, the tile
 shape, the vector width, the thread that runs a range and the split into ranges never change a
 bit. forward_product, w2_grad and hidden_grad start their chains from 0 in registers (no zeroing
-pass over the output, no load of it).
+pass over the output, no load of it). hidden_grad_dz adds an epilogue to dH's tiles: as each
+finished sum s is stored, dZ = s·Z (σ = x²: one more rounding; the 2 of σ' is ∇W1's exact final
+doubling) or s where H > 0 and 0 elsewhere (ReLU: H > 0 exactly where Z > 0; NaN: 0), the bits
+of a separate σ' pass over dH without the pass (no FMA: the multiply has no add to fuse with).
 
 Composable: every function here is @njit (nogil) and callable from other numba code. Signatures
 (arrays C-contiguous in their last axis; float32 or float64, one type per call):
@@ -36,6 +39,8 @@ Composable: every function here is @njit (nogil) and callable from other numba c
     forward_product(H [N, w], w2 [≥ w·p], p, n0, n1, Y [N, p])     Y[n0:n1] (W2[k, j] = w2[k·p + j])
     w2_grad(H [N, w], dY [N, p], j0, j1, g2t [p, w])                g2t[j0:j1]
     hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w])           dH[n0:n1]
+    hidden_grad_dz(dY, w2t, n0, n1, dZ [N, w], S [N, w], quadratic) dZ[n0:n1] (S: Z for x², H
+                                                                    for ReLU)
     product(a [T, R], b [T, C], out [R, C], r0, r1, c0, c1)        out[r0:r1, c0:c1] (a: any
                                                                     strides; b, out: unit stride
                                                                     in their last axis, checked)
@@ -93,7 +98,7 @@ def _masked_intrinsics(builder, vty, lanes, bits):
 
 
 @intrinsic
-def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
+def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, sig, last, quad):
     """The register tile of `product`: continues, for i < rows (1 … ROWS) and the n columns
     c … c+n−1 (1 ≤ n ≤ COLS), out[r+i, c+·] ← fma(b[t, c+·], a[t, r+i], out[r+i, c+·]) for
     t = t0 … t1−1 in order, one vector FMA per row, vector and t (a, b, out: 2-D arrays of one
@@ -101,9 +106,15 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
     the chains start from 0 instead of out (out is not read). One body per row count, each in
     three column variants: n = COLS (plain vector loads and stores), n > LANES (the second
     vector masked) and n ≤ LANES (one masked vector): llvm.masked.load / store touch only the
-    n columns, whatever the target (legalized to scalar code without AVX)."""
+    n columns, whatever the target (legalized to scalar code without AVX). `sig` (an array like
+    out, or None: no epilogue compiled) with `last` (bool: these terms end the chains) stores
+    σ'-scaled sums instead (the epilogue, module docstring): sig[i, j]·s with `quad`, else s
+    where sig[i, j] > 0 and 0 elsewhere (NaN: 0)."""
     if not (isinstance(a, types.Array) and a.dtype == b.dtype == out.dtype
             and a.dtype in LANES):
+        return None
+    epilogue = isinstance(sig, types.Array)
+    if epilogue and sig.dtype != a.dtype:
         return None
 
     def codegen(context, builder, signature, args):
@@ -115,7 +126,11 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
         mload, mstore = _masked_intrinsics(builder, vty, lanes, dtype.bitwidth)
         arrays = [(context.make_array(ty)(context, builder, v), ty)
                   for ty, v in zip(signature.args[:3], args[:3])]
-        t0v, t1v, rv, cv, rowsv, nv, freshv = args[3:]
+        t0v, t1v, rv, cv, rowsv, nv, freshv = args[3:10]
+        lastv, quadv = args[11:]
+        if epilogue:
+            arrays.append((context.make_array(signature.args[10])(context, builder, args[10]),
+                           signature.args[10]))
         intp = rv.type
         i32 = ir.IntType(32)
         align = ir.Constant(i32, 1)
@@ -171,9 +186,26 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
                     for v in range(nvec):
                         builder.store(builder.call(vfma, [xs[v], s, builder.load(acc[i][v])]),
                                       acc[i][v])
-            for i in range(rows):
-                for v in range(nvec):
-                    store(builder.load(acc[i][v]), outs[i][v], v)
+            def finish(scale):                                     # the sums, into out
+                for i in range(rows):
+                    for v in range(nvec):
+                        x = builder.load(acc[i][v])
+                        if scale is not None:
+                            x = scale(x, load(at(3, plus(rv, i), plus(cv, v * lanes), True), v))
+                        store(x, outs[i][v], v)
+            if not epilogue:
+                finish(None)
+                return
+            with builder.if_else(lastv) as (ends, goes_on):
+                with goes_on:
+                    finish(None)
+                with ends:
+                    with builder.if_else(quadv) as (square, relu):
+                        with square:                               # dH·Z, one rounding
+                            finish(builder.fmul)
+                        with relu:                                 # dH where H > 0, else 0
+                            finish(lambda x, s: builder.select(builder.fcmp_ordered(">", s, zero),
+                                                               x, zero))
 
         cols = VECTORS * lanes
         for rows in range(1, ROWS + 1):
@@ -190,12 +222,13 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh):
                             with one:
                                 body(rows, 1, True)
         return context.get_dummy_value()
-    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh), codegen
+    return types.none(a, b, out, t0, t1, r, c, rows, n, fresh, sig, last, quad), codegen
 
 
 @njit(cache=True, nogil=True)
-def _product(a, b, out, r0, r1, c0, c1, fresh):
-    """product; with `fresh` the chains start from 0 (out is not read)."""
+def _product(a, b, out, r0, r1, c0, c1, fresh, sig, quad):
+    """product; with `fresh` the chains start from 0 (out is not read); with an array `sig`
+    (like out; None: none) the epilogue scales each finished sum by σ' (_tile)."""
     if b.size and b.strides[1] != b.itemsize or out.size and out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
     T = a.shape[0]
@@ -207,7 +240,8 @@ def _product(a, b, out, r0, r1, c0, c1, fresh):
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 for c in range(n0, n1, cols):
-                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0)
+                    _tile(a, b, out, t0, t1, r, c, rows, min(cols, n1 - c), fresh and t0 == 0,
+                          sig, t1 == T, quad)
 
 
 @njit(cache=True, nogil=True)
@@ -216,7 +250,7 @@ def product(a, b, out, r0, r1, c0, c1):
     (a [T, R] any strides; b [T, C] and out [R, C] with unit stride along c: the tiles load and
     store b[t, c : c+COLS] and out[r, c : c+COLS] as vectors), for r0 ≤ r < r1 and c0 ≤ c < c1:
     with out zeroed first, out = aᵀ b, each output one FMA chain from 0 in written order."""
-    _product(a, b, out, r0, r1, c0, c1, False)
+    _product(a, b, out, r0, r1, c0, c1, False, None, False)
 
 
 @njit(cache=True, nogil=True)
@@ -224,16 +258,25 @@ def forward_product(H, w2, p, n0, n1, Y):
     """Y[n, j] = Σ_k H[n, k] w2[k·p + j] (k in order, one FMA each) for n0 ≤ n < n1 and every
     j < p (H [N, w], Y [N, p] with unit stride along j: Ŷ straight into the logits)."""
     w = H.shape[1]
-    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True)
+    _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True, None, False)
 
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True)
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, None, False)
 
 
 @njit(cache=True, nogil=True)
 def hidden_grad(dY, w2t, n0, n1, dH):
     """dH[n, k] = Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each) for n0 ≤ n < n1, every k."""
-    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True)
+    _product(dY.T, w2t, dH, n0, n1, 0, w2t.shape[1], True, None, False)
+
+
+@njit(cache=True, nogil=True)
+def hidden_grad_dz(dY, w2t, n0, n1, dZ, S, quadratic):
+    """dZ[n, k] = σ'-scaled Σ_j dY[n, j] w2t[j, k] (j in order, one FMA each, then the epilogue)
+    for n0 ≤ n < n1, every k: the sum·S[n, k] for σ = x² (S = Z; the 2 of σ' is ∇W1's final
+    doubling), else the sum where S[n, k] > 0 and 0 elsewhere (ReLU, S = H: H > 0 exactly
+    where Z > 0; NaN: 0)."""
+    _product(dY.T, w2t, dZ, n0, n1, 0, w2t.shape[1], True, S, quadratic)

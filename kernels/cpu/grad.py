@@ -10,7 +10,7 @@ it out, one row per model):
     i0, i1          [N] int64    the two W1 rows each sample adds (X = e_a + e_b, or [e_a; e_b])
     order, starts   [2N], [d_in + 1] int64   segment.sample_order(i0, i1, d_in) (backward)
     Z, H            [M, N, w]    X W1 (written for σ = x² only) and σ(X W1)
-    dH              [M, N, w]    dŶ W2ᵀ (work buffer)
+    dZ              [M, N, w]    dŶ W2ᵀ ⊙ σ'(Z) (work buffer; the callers' dH)
     w2t             [M, p, w]    W2ᵀ (written by forward, read by backward)
     logits, dlogits [M, N, p]
     g2t             [M, p, w]    ∇W2ᵀ (work buffer)
@@ -24,11 +24,14 @@ slower). ReLU and its mask are selects, not branches. The sums:
                                          reassociation allowed, LLVM's vector partial sums, whose
                                          order depends on the host's vector width
     ∇W2[k, j] = Σ_n H[n, k] dŶ[n, j]     fma.w2_grad: one FMA per term, n = 0 … N−1 in order
-    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad: one FMA per term, j = 0 … p−1 in order
+    dH[n, k]  = Σ_j dŶ[n, j] W2[k, j]    fma.hidden_grad_dz: one FMA per term, j = 0 … p−1 in
+                                         order, and as each sum is stored dZ = dH·Z (x²; the 2
+                                         is ∇W1's final doubling) or dH where H > 0, else 0
+                                         (ReLU: H > 0 exactly where Z > 0; NaN: 0), the
+                                         product tile's epilogue (no dZ pass over memory)
     ∇W1[r, :] = Σ dZ[n, :] over the samples with row r: position 0 of samples 0 … N−1, then
                 position 1 (the torch backend's index_add_ order), times 2 for σ = x² (σ' = 2x);
                 adds only, nothing to fuse; segment.w1_grad keeps a row's sums in registers
-                and forms dZ = dH ⊙ σ'(Z) as it reads each term (no dZ pass over memory)
 The three products are fma.product's register tiles (the chains above, in registers). numba's
 disk cache keys a function on its own file only: after a change to fma.py or segment.py, delete
 the cached kernels/cpu/__pycache__ (or change this file) or the functions here keep the old
@@ -53,7 +56,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .fma import forward_product, hidden_grad, w2_grad
+from .fma import forward_product, hidden_grad_dz, w2_grad
 from .layout import transpose
 from .segment import sample_order, w1_grad  # noqa: F401 (sample_order: the callers' order)
 
@@ -160,30 +163,29 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def backward_hidden(m, dlogits, w2t, dH, n0, n1):
-    """dH = dŶ W2ᵀ of model m for the rows n0 ≤ n < n1 (fma.hidden_grad), into dH[m]; σ'(Z) is
-    applied as ∇W1 reads it (backward_w1)."""
-    hidden_grad(dlogits[m], w2t[m], n0, n1, dH[m])
+def backward_hidden(m, quadratic, dlogits, w2t, Z, H, dZ, n0, n1):
+    """dZ = dŶ W2ᵀ ⊙ σ'(Z) of model m for the rows n0 ≤ n < n1 (fma.hidden_grad_dz: the product's
+    sums scaled as they are stored, by Z for x² and by H > 0 for ReLU), into dZ[m]."""
+    hidden_grad_dz(dlogits[m], w2t[m], n0, n1, dZ[m], Z[m] if quadratic else H[m], quadratic)
 
 
 @njit(cache=True, nogil=True)
-def backward_w1(m, order, starts, quadratic, Z, H, dH, grad, k0, k1):
-    """∇W1 = Xᵀ dZ, dZ = dH ⊙ σ'(Z), of model m for the columns k0 ≤ k < k1 (segment.w1_grad:
-    grad[m, r·w + k] = Σ dZ[n, k] over the samples with row r, position 0 of samples 0 … N−1 then
-    position 1, in registers; × 2 for x², exact). order, starts: segment.sample_order of the
-    samples' W1 rows."""
-    w1_grad(dH[m], Z[m] if quadratic else H[m], order, starts, quadratic, grad[m], k0, k1)
+def backward_w1(m, order, starts, quadratic, dZ, grad, k0, k1):
+    """∇W1 = Xᵀ dZ of model m for the columns k0 ≤ k < k1 (segment.w1_grad: grad[m, r·w + k] =
+    Σ dZ[n, k] over the samples with row r, position 0 of samples 0 … N−1 then position 1, in
+    registers; × 2 for x², exact). order, starts: segment.sample_order of the samples' W1 rows."""
+    w1_grad(dZ[m], order, starts, quadratic, grad[m], k0, k1)
 
 
 @njit(cache=True, nogil=True)
-def _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad):
-    """One call runs the models listed in `models` in turn; model m owns g2t[m], dH[m] and
+def _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dZ, grad):
+    """One call runs the models listed in `models` in turn; model m owns g2t[m], dZ[m] and
     grad[m]."""
     N, w, p = H.shape[1], H.shape[2], dlogits.shape[2]
     for m in models:
         backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
-        backward_hidden(m, dlogits, w2t, dH, 0, N)
-        backward_w1(m, order, starts, quadratic, Z, H, dH, grad, 0, w)
+        backward_hidden(m, quadratic, dlogits, w2t, Z, H, dZ, 0, N)
+        backward_w1(m, order, starts, quadratic, dZ, grad, 0, w)
 
 
 @njit(cache=True, nogil=True)
@@ -218,8 +220,8 @@ def forward(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits) -> No
     _forward_kernel(models, theta, i0, i1, P1, quadratic, zero, Z, H, w2t, logits)
 
 
-def backward(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad) -> None:
+def backward(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dZ, grad) -> None:
     """grad[m, :P1 + w·p] of the models m listed in `models` from dlogits and forward's Z (σ = x²),
     H, w2t (module docstring); order, starts: segment.sample_order(i0, i1, P1 // w); every other
-    element of grad is left as it is (dH holds dŶ W2ᵀ after)."""
-    _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH, grad)
+    element of grad is left as it is (dZ holds dŶ W2ᵀ ⊙ σ'(Z) after)."""
+    _backward_kernel(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dZ, grad)

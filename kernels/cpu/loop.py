@@ -6,7 +6,7 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     W2ᵀ, Z = X W1, H = σ(Z), Ŷ = H W2     grad.w2_transpose, grad.forward_rows (fma.forward_product)
     dŶ = (Ŷ − Y)·scale                    update._mse_grad_kernel (MSE, mean or sum by `scale`)
     or cross-entropy / stablemax          loop_loss.loss_grad (exp and log written in the source)
-    ∇W2, dH, ∇W1 (dZ as it reads dH)      grad.backward_w2, backward_hidden, backward_w1
+    ∇W2, dZ = dH ⊙ σ'(Z), ∇W1            grad.backward_w2, backward_hidden, backward_w1
     on logged steps: the statistics' sums, the test forward and metrics on eval steps  loop_stats
     Grokfast EMA or MA on g               loop_filters (grad_filters.py's operations)
     ⊥Grad on each layer                   loop_norms.orthograd_layer (stats.orthograd_'s order)
@@ -94,8 +94,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadra
             forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, 0, N)
             loss_grad(loss, logits[m], labels, scale, dlogits[m])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
-            backward_hidden(m, dlogits, w2t, dH, 0, N)
-            backward_w1(m, order, starts, quadratic, Z, H, dH, grad, 0, w)
+            backward_hidden(m, quadratic, dlogits, w2t, Z, H, dH, 0, N)
+            backward_w1(m, order, starts, quadratic, dH, grad, 0, w)
             if logged:
                 stats_before(m, s, theta[m], grad[m], logits[m], labels, P1, P, div, loss,
                              one, zero, prod, acc, cols, rows[r])

@@ -77,7 +77,7 @@ def test_product_tiles_are_the_written_fma_chains(dt, fresh, rows):
         out = np.full((rows + 2, 34), np.nan, dt)
         start = rand(rng, (rows, c1 - c0), dt)
         out[1:rows + 1, c0:c1] = start
-        kfma._product(a, b, out, 1, rows + 1, c0, c1, fresh)
+        kfma._product(a, b, out, 1, rows + 1, c0, c1, fresh, None, False)
         assert np.isnan(out[[0, rows + 1]]).all()
         assert np.isnan(out[:, :c0]).all() and np.isnan(out[:, c1:]).all()
         for r in range(1, rows + 1):
@@ -117,6 +117,29 @@ def test_gradient_products_are_the_written_fma_chains(dt, kernel, case):
     for r in range(lo, hi):
         for k in range(w):
             assert out[r, k] == chain(terms(r, k), dt), (r, k)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
+@pytest.mark.parametrize("case", GRAD_CASES["hidden_grad"] + [(4, 9, 130, 1, 4)],
+                         ids=lambda v: "N{}-w{}-p{}-rows{}to{}".format(*v))
+def test_hidden_grad_dz_is_the_chain_then_its_epilogue(dt, quadratic, case):
+    """dZ[n, k]: hidden_grad's chain (j = 0 … p−1; p = 130: resumed across KC blocks, the
+    epilogue only once the chain ends), then one rounding more as it is stored: ·S[n, k] for x²,
+    or kept where S[n, k] > 0 and 0 elsewhere (ReLU; NaN and −0 in S: 0); rows outside the range
+    untouched."""
+    N, w, p, lo, hi = case
+    rng = np.random.default_rng(N + p + quadratic)
+    dY, w2t, S = rand(rng, (N, p), dt), rand(rng, (p, w), dt), rand(rng, (N, w), dt)
+    S[lo, :5] = [0.0, -0.0, np.nan, np.inf, -np.inf][:min(5, w)]
+    out = np.full((N, w), np.nan, dt)
+    kfma.hidden_grad_dz(dY, w2t, lo, hi, out, S, quadratic)
+    assert np.isnan(out[:lo]).all() and np.isnan(out[hi:]).all()
+    for r in range(lo, hi):
+        for k in range(w):
+            s = chain([(dY[r, j], w2t[j, k]) for j in range(p)], dt)
+            want = dt(s * S[r, k]) if quadratic else (s if S[r, k] > 0 else dt(0))
+            assert out[r, k].tobytes() == np.asarray(want, dt).tobytes(), (r, k)
 
 
 def test_product_refuses_strided_columns():
@@ -198,7 +221,8 @@ for dt in (np.float32, np.float64):
     H, dY, g = np.ones((8, 16), dt), np.ones((8, 4), dt), np.zeros((4, 16), dt)
     fma.w2_grad(H, dY, 0, 4, g)
     fma.hidden_grad(dY, g, 0, 8, H)
-for f in (fma.forward_product, fma.w2_grad, fma.hidden_grad):
+    fma.hidden_grad_dz(dY, g, 0, 8, H, np.ones((8, 16), dt), True)
+for f in (fma.forward_product, fma.w2_grad, fma.hidden_grad, fma.hidden_grad_dz):
     for sig, asm in f.inspect_asm().items():
         print("KERNEL", f.__name__, sig[0].dtype)
         print(asm)
@@ -215,20 +239,25 @@ def test_compiled_code_fuses_on_fma_targets_and_calls_libm_elsewhere(tmp_path):
     """Haswell (AVX2 + FMA3): vector vfmadd…ps/pd on ymm registers and no multiply instruction at
     all (a product left unfused would show one); generic x86-64 without FMA: glibc's fmaf
     (float32) / fma (float64) loaded for calls and no inline multiply. A numba or LLVM that
-    dropped the intrinsic, contracted or split it would fail here."""
+    dropped the intrinsic, contracted or split it would fail here. hidden_grad_dz multiplies in
+    its epilogue (dH·Z, its own rounding after the chain; its bits are tested above): a
+    multiply is expected there, and only there."""
     fused = _asm(tmp_path / "haswell", "haswell", HASWELL)
-    assert len(fused) == 6, sorted(fused)
+    assert len(fused) == 8, sorted(fused)
     for (name, dtype), asm in fused.items():
         ops = [ins for ins in instructions(asm)]
         vector = [i for i in ops if i[0].startswith("vfmadd") and i[0][-2:] in ("ps", "pd")
                   and "ymm" in i[-1]]
         assert vector, (name, dtype)
-        assert not [i for i in ops if i[0].startswith(FLOAT_MUL)], (name, dtype)
+        muls = [i for i in ops if i[0].startswith(FLOAT_MUL)]
+        assert bool(muls) == (name == "hidden_grad_dz"), (name, dtype, muls[:3])
     generic = _asm(tmp_path / "generic", "generic", "-avx,-avx2,-fma,-fma4,-avx512f")
-    assert len(generic) == 6, sorted(generic)
+    assert len(generic) == 8, sorted(generic)
     for (name, dtype), asm in generic.items():
         want = "$fmaf," if dtype == "float32" else "$fma,"
         ops = instructions(asm)
         libm = [i for i in ops if len(i) > 1 and ("$fma," in i[1] or "$fmaf," in i[1])]
         assert libm and all(want in i[1] for i in libm), (name, dtype, libm[:3])
-        assert not [i for i in ops if i[0].startswith(("vfmadd",) + FLOAT_MUL)], (name, dtype)
+        assert not [i for i in ops if i[0].startswith("vfmadd")], (name, dtype)
+        if name != "hidden_grad_dz":
+            assert not [i for i in ops if i[0].startswith(FLOAT_MUL)], (name, dtype)

@@ -1,27 +1,25 @@
-"""kernels/cpu/segment.py: ∇W1 as a segmented sum in registers with σ' applied on read equals, bit
-for bit, the formulation it replaced (an in-place dZ pass, then row adds in index_add_'s order:
-position 0 of samples 0 … N−1, then position 1), for both activations, both dtypes, ragged and
-masked column ranges, rows no sample adds, and special values (±0, ±inf, NaN); ∇W1 agrees with
-autograd's to the tolerance; and the compiled code (Haswell, with FMA) never fuses x²'s multiply
-and add.
+"""kernels/cpu/segment.py: ∇W1 as a segmented sum in registers equals, bit for bit, row adds in
+memory in index_add_'s order (position 0 of samples 0 … N−1, then position 1) and the final
+doubling for x², for both dtypes, ragged and masked column ranges, rows no sample adds, and
+special values (±0, ±inf, NaN); with dZ from fma.hidden_grad_dz's epilogue, ∇W1 agrees with
+autograd's to the tolerance; and the compiled code (Haswell) adds and never multiplies or fuses.
 """
 import numpy as np
 import pytest
 import torch
 
 from compiled import HASWELL, compiled, instructions
-from grokfast.kernels.cpu import segment
+from grokfast.kernels.cpu import fma, segment
 from tolerances import assert_close
 
 DTYPES = [np.float32, np.float64]
 IDS = ["float32", "float64"]
 
 
-def written_order(dH, Z, H, i0, i1, R, quadratic, g, k0, k1):
-    """The old two-pass form in plain numpy, one rounding per operation in this order."""
-    N, w = dH.shape
-    dZ = dH * Z if quadratic else np.where(H > 0, dH, dH.dtype.type(0))
-    G = np.zeros((R, w), dH.dtype)
+def written_order(dZ, i0, i1, R, quadratic, g, k0, k1):
+    """Row adds in memory in plain numpy, one rounding per operation in this order."""
+    N, w = dZ.shape
+    G = np.zeros((R, w), dZ.dtype)
     for idx in (i0, i1):
         for n in range(N):
             G[idx[n], k0:k1] = G[idx[n], k0:k1] + dZ[n, k0:k1]
@@ -35,21 +33,18 @@ def written_order(dH, Z, H, i0, i1, R, quadratic, g, k0, k1):
 @pytest.mark.parametrize("N, w, R, k0, k1", [(59, 128, 11, 0, 128), (45, 40, 10, 0, 40),
                                              (30, 150, 7, 16, 133), (3, 9, 5, 2, 9),
                                              (70, 64, 6, 0, 64)])
-def test_w1_grad_is_the_two_pass_sum_bitwise(dt, quadratic, N, w, R, k0, k1):
+def test_w1_grad_is_the_row_adds_bitwise(dt, quadratic, N, w, R, k0, k1):
     rng = np.random.default_rng(N + w)
     i0 = rng.integers(0, R - 1, N)                  # row R − 1: no sample (a zero row)
     i1 = rng.integers(0, R - 1, N)
-    Z = (rng.standard_normal((N, w)) * 10.0 ** rng.integers(-3, 3, (N, w))).astype(dt)
-    dH = (rng.standard_normal((N, w)) * 10.0 ** rng.integers(-3, 3, (N, w))).astype(dt)
-    Z[0, :6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0]
-    dH[1, :6] = [-0.0, np.nan, np.inf, -np.inf, 0.0, -1.0]
-    dH[2, :2] = [-0.0, -0.0]
-    H = Z * Z if quadratic else np.where(~(Z <= 0), Z, dt(0))   # the forward's H (NaN stays)
+    dZ = (rng.standard_normal((N, w)) * 10.0 ** rng.integers(-3, 3, (N, w))).astype(dt)
+    dZ[1, :6] = [-0.0, np.nan, np.inf, -np.inf, 0.0, -1.0]
+    dZ[2, :2] = [-0.0, -0.0]
     want = np.full(R * w + 3, 7, dt)
     got = want.copy()
-    written_order(dH, Z, H, i0, i1, R, quadratic, want, k0, k1)
+    written_order(dZ, i0, i1, R, quadratic, want, k0, k1)
     order, starts = segment.sample_order(i0, i1, R)
-    segment.w1_grad(dH, Z if quadratic else H, order, starts, quadratic, got, k0, k1)
+    segment.w1_grad(dZ, order, starts, quadratic, got, k0, k1)
     assert got.tobytes() == want.tobytes()
 
 
@@ -61,19 +56,22 @@ def test_sample_order_is_position_0_then_1_in_sample_order():
 
 
 @pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
-def test_w1_grad_matches_autograd(quadratic):
+def test_backward_to_w1_matches_autograd(quadratic):
+    """dZ by fma.hidden_grad_dz (dŶ W2ᵀ, σ' in its epilogue), then ∇W1 by w1_grad: autograd's."""
     rng = np.random.default_rng(5)
-    N, w, R = 40, 24, 9
+    N, w, R, p = 40, 24, 9, 5
     i0, i1 = rng.integers(0, R, N), rng.integers(0, R, N)
     W1 = torch.randn(R, w, dtype=torch.float64, requires_grad=True)
+    W2 = torch.randn(w, p, dtype=torch.float64)
     Z = W1[torch.from_numpy(i0)] + W1[torch.from_numpy(i1)]
     H = Z * Z if quadratic else torch.relu(Z)
-    dH = torch.randn(N, w, dtype=torch.float64)
-    H.backward(dH)
+    dY = torch.randn(N, p, dtype=torch.float64)
+    (H @ W2).backward(dY)
     order, starts = segment.sample_order(i0, i1, R)
     sig = (Z if quadratic else H).detach().numpy()
-    g = np.zeros(R * w)
-    segment.w1_grad(dH.numpy(), sig, order, starts, quadratic, g, 0, w)
+    dZ, g = np.zeros((N, w)), np.zeros(R * w)
+    fma.hidden_grad_dz(dY.numpy(), W2.T.contiguous().numpy(), 0, N, dZ, sig, quadratic)
+    segment.w1_grad(dZ, order, starts, quadratic, g, 0, w)
     assert_close(torch.from_numpy(g).view(R, w), W1.grad, "dW1", dtype=torch.float64)
 
 
@@ -82,22 +80,19 @@ import numpy as np
 from grokfast.kernels.cpu import segment
 for dt in (np.float32, np.float64):
     i0 = np.array([0, 1, 1]); order, starts = segment.sample_order(i0, i0, 2)
-    x = np.ones((3, 70), dt)
-    segment.w1_grad(x, x, order, starts, True, np.zeros(140, dt), 0, 70)
+    segment.w1_grad(np.ones((3, 70), dt), order, starts, True, np.zeros(140, dt), 0, 70)
 for sig, asm in segment.w1_grad.inspect_asm().items():
     print("KERNEL", sig[0].dtype)
     print(asm)
 """
 
 
-def test_the_quadratic_product_and_sum_are_never_fused(tmp_path):
-    """dZ = dH·Z, then ∇W1 + dZ: two roundings as written. On an FMA target (Haswell) LLVM
-    could fuse them only if told to (a `contract` flag, fast-math): the compiled code has
-    vector multiplies and adds and no vfmadd."""
+def test_the_sums_are_vector_adds_only(tmp_path):
+    """∇W1 is adds in a written order (x²'s 2 an add too): on an FMA target (Haswell) the
+    compiled code has vector adds and no multiply or vfmadd (LLVM would fuse only if told to)."""
     parts = compiled(ASM, tmp_path / "cache", "haswell", HASWELL)
     assert len(parts) == 2
     for head, asm in parts:
         ops = [ins[0] for ins in instructions(asm)]
-        assert not [op for op in ops if op.startswith("vfmadd")], head
-        assert [op for op in ops if op.startswith("vmulp")], head
+        assert not [op for op in ops if op.startswith(("vfmadd", "vmulp", "vmuls"))], head
         assert [op for op in ops if op.startswith("vaddp")], head

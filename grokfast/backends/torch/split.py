@@ -5,14 +5,15 @@ A step of model m (CoreSplit.step) is W2ᵀ (one thread, a copy), then phases, e
 contiguous range per thread, the caller's thread taking the last range, and waited for:
 
     a loss by rows (row_loss: the portable MSE, cross-entropy and stablemax, LossGrad.rows):
-        rows n: forward (first layer, Ŷ), dŶ, dH  |  columns j of ∇W2, then hidden units k of
-        ∇W1 (dZ = dH ⊙ σ'(Z) formed as it reads dH)
+        rows n: forward (first layer, Ŷ), dŶ, dZ = dH ⊙ σ'(Z)  |  columns j of ∇W2, then hidden
+        units k of ∇W1
     without one:
         rows n: forward  |  dŶ of every model (the caller's loss_grad, on its thread alone)  |
-        rows n: dH, then columns j of ∇W2  |  hidden units k of ∇W1
+        rows n: dZ, then columns j of ∇W2  |  hidden units k of ∇W1
 
-A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dH
-(dH[n] reads dŶ[n] and W2ᵀ only); ∇W2 reads every row of H and dŶ, ∇W1 every row of dH. Row
+A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dZ
+(dZ[n] reads dŶ[n], W2ᵀ and its own row of H or Z); ∇W2 reads every row of H and dŶ, ∇W1 every
+row of dZ (the buffer dH). Row
 cuts are multiples of 16 (whole register tiles of Ŷ's rows for every range but the last), column
 cuts of 6 (whole register tiles of ∇W2ᵀ rows), hidden-unit cuts of 16. Every output is computed
 whole by one thread, in the order the kernels write, so a model's bits are those of the
@@ -90,9 +91,9 @@ class CoreSplit:
                  grad) -> None:
         """grad.backward (same signature): dH by rows with ∇W2 by columns, then ∇W1."""
         for m in models:
-            self.run(_deal(self._hidden(m, dlogits, w2t, dH),
+            self.run(_deal(self._hidden(m, quadratic, dlogits, w2t, Z, H, dH),
                            self._w2(m, P1, dlogits, H, g2t, grad)))
-            self.run(_deal(self._w1(m, order, starts, quadratic, Z, H, dH, grad)))
+            self.run(_deal(self._w1(m, order, starts, quadratic, dH, grad)))
 
     def step(self, models, nb: dict, P1: int, quadratic: bool, row_loss: Optional[Callable],
              loss_grad: Callable[[], object]) -> None:
@@ -114,9 +115,9 @@ class CoreSplit:
         for m in models:
             self.k.w2_transpose(theta[m], P1, dlogits.shape[2], w2t[m])
             self.run(_deal(self._forward(m, *fwd), [row_loss(m, a, b) for a, b in self._rows(Z)],
-                           self._hidden(m, dlogits, w2t, dH)))
+                           self._hidden(m, quadratic, dlogits, w2t, Z, H, dH)))
             self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
-                           self._w1(m, order, starts, quadratic, Z, H, dH, grad)))
+                           self._w1(m, order, starts, quadratic, dH, grad)))
 
     # the calls of one phase, one per range: rows n (multiples of 16), columns j of ∇W2
     # (multiples of 6, the rows of fma.product's widest register tile, so that only the last
@@ -128,16 +129,16 @@ class CoreSplit:
         return [(self.k.forward_rows, (m, theta, i0, i1, P1, quadratic, zero, Z, H,
                                        logits, a, b)) for a, b in self._rows(Z)]
 
-    def _hidden(self, m, dlogits, w2t, dH) -> list:
-        return [(self.k.backward_hidden, (m, dlogits, w2t, dH, a, b))
+    def _hidden(self, m, quadratic, dlogits, w2t, Z, H, dH) -> list:
+        return [(self.k.backward_hidden, (m, quadratic, dlogits, w2t, Z, H, dH, a, b))
                 for a, b in self._rows(dH)]
 
     def _w2(self, m, P1, dlogits, H, g2t, grad) -> list:
         return [(self.k.backward_w2, (m, P1, dlogits, H, g2t, grad, a, b))
                 for a, b in even_cuts(dlogits.shape[2], self.threads, 6)]
 
-    def _w1(self, m, order, starts, quadratic, Z, H, dH, grad) -> list:
-        return [(self.k.backward_w1, (m, order, starts, quadratic, Z, H, dH, grad, a, b))
+    def _w1(self, m, order, starts, quadratic, dH, grad) -> list:
+        return [(self.k.backward_w1, (m, order, starts, quadratic, dH, grad, a, b))
                 for a, b in cuts(dH.shape[2], self.threads, 16)]
 
 
