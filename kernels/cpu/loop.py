@@ -15,6 +15,10 @@ Fused, per model m listed in `models` and per step k of the chunk, with no Pytho
     or Adam / AdamW                       adam.adam_range (the per-step path's own kernel)
     θ ← θ·(target / ‖θ‖)                  loop_norms.fixed_norm (stats.fixed_norm_'s order)
 
+With plain GD (no filter, ⊥Grad, momentum, Adam or fixed norm) W2ᵀ is transposed from θ once a
+call and then carried: the GD step's operations applied to W2ᵀ with ∇W2ᵀ (_gd_w2t), the same
+values, so the same bits as transposing the updated θ.
+
 Every stage is the very @njit function the per-step path calls (kernels/cpu/grad.py, update.py,
 adam.py) or its operations in the same order (loop_stats.py, loop_filters.py, loop_norms.py),
 called on the same model's rows in the same order, so each model's bits are those of the per-step
@@ -53,6 +57,21 @@ NONE, EMA, MA = 0, 1, 2                  # filt's kind
 
 
 @njit(cache=True, nogil=True)
+def _gd_w2t(w2t, g2t, neg_lr, wd):
+    """W2ᵀ after a GD step, from W2ᵀ and ∇W2ᵀ [p, w]: update._gd_step_kernel's operations on the
+    same values (w2t[j, k] is θ's W2[k, j], g2t[j, k] the gradient's, both exact copies), so the
+    bits of a transpose of the updated θ without the transpose."""
+    for j in range(w2t.shape[0]):
+        t, g = w2t[j], g2t[j]
+        if wd != 0:
+            for i in range(t.shape[0]):
+                t[i] = t[i] + neg_lr * (g[i] + wd * t[i])
+        else:
+            for i in range(t.shape[0]):
+                t[i] = t[i] + neg_lr * g[i]
+
+
+@njit(cache=True, nogil=True)
 def _sgd_step(t, g, buf, neg_lr, wd, any_wd, use_momentum, momentum, nesterov, first):
     """One torch.optim.SGD update of one model's row in the per-step path's portable operation
     order (grokfast/backends/torch/optim.py, SGD): g ← g + θ·wd (when any model of the launch
@@ -85,12 +104,15 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadra
     kind, ema, alpha, one_minus_alpha, lamb, filtered, ring, ring_pos, warmup, mean = filt
     W = ring.shape[0]
     one = scale / scale
+    # plain GD, nothing else touching g or θ: W2ᵀ for the next step by the update itself (_gd_w2t)
+    carry = kind == NONE and not (orthograd or adam or sgd or fixed_norm)
     for m in models:
         r = 0
         for k in range(neg_lr.shape[0]):
             s = step0 + k
             logged = s % log_every == 0
-            w2_transpose(theta[m], P1, p, w2t[m])
+            if k == 0 or not carry:
+                w2_transpose(theta[m], P1, p, w2t[m])
             forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, 0, N)
             loss_grad(loss, logits[m], labels, scale, dlogits[m])
             backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
@@ -124,6 +146,8 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadra
             else:
                 _gd_step_kernel(theta[m:m + 1], grad[m:m + 1], neg_lr[k, m:m + 1],
                                 wd[m:m + 1], S)
+                if carry:
+                    _gd_w2t(w2t[m], g2t[m], neg_lr[k, m], wd[m])
             if fixed_norm:
                 fixed_norm_row(theta[m], P1, P, target[m], one, prod, acc, zero)
             if logged:

@@ -275,3 +275,23 @@ def test_engine_run_is_the_same_with_and_without_the_native_loop(monkeypatch):
         assert_bitwise({k: np.asarray(v) for k, v in a.history.items()},
                        {k: np.asarray(v) for k, v in b.history.items()}, "history")
         assert_bitwise(a.params, b.params, "params")
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("wd", [0.0, 0.3], ids=["no-wd", "wd"])
+def test_carried_w2t_is_the_transpose_of_the_updated_theta(dt, wd):
+    """Plain GD carries W2ᵀ from step to step by the update itself (loop._gd_w2t): bitwise the
+    transpose of θ's W2 after update._gd_step_kernel, special values included."""
+    from grokfast.kernels.cpu import loop, update
+    rng = np.random.default_rng(7)
+    P1, w, p = 12, 6, 5
+    theta = rng.standard_normal((1, P1 + w * p)).astype(dt)
+    grad = rng.standard_normal((1, P1 + w * p)).astype(dt)
+    theta[0, P1:P1 + 4] = [np.inf, -0.0, np.nan, 1e30]
+    grad[0, P1 + 4:P1 + 7] = [-np.inf, 0.0, 3e-39]
+    w2t = theta[0, P1:].reshape(w, p).T.copy()
+    g2t = grad[0, P1:].reshape(w, p).T.copy()
+    neg_lr, decay = np.full(1, -0.7, dt), np.full(1, wd, dt)
+    update._gd_step_kernel(theta, grad, neg_lr, decay, P1 + w * p)
+    loop._gd_w2t(w2t, g2t, neg_lr[0], decay[0])
+    assert_bitwise(w2t, theta[0, P1:].reshape(w, p).T.copy())
