@@ -58,17 +58,11 @@ NONE, EMA, MA = 0, 1, 2                  # filt's kind
 
 @njit(cache=True, nogil=True)
 def _gd_w2t(w2t, g2t, neg_lr, wd):
-    """W2ᵀ after a GD step, from W2ᵀ and ∇W2ᵀ [p, w]: update._gd_step_kernel's operations on the
-    same values (w2t[j, k] is θ's W2[k, j], g2t[j, k] the gradient's, both exact copies), so the
-    bits of a transpose of the updated θ without the transpose."""
-    for j in range(w2t.shape[0]):
-        t, g = w2t[j], g2t[j]
-        if wd != 0:
-            for i in range(t.shape[0]):
-                t[i] = t[i] + neg_lr * (g[i] + wd * t[i])
-        else:
-            for i in range(t.shape[0]):
-                t[i] = t[i] + neg_lr * g[i]
+    """W2ᵀ after a GD step: update._gd_step_kernel itself on W2ᵀ and ∇W2ᵀ [p, w] (w2t[j, k] is
+    θ's W2[k, j], g2t[j, k] the gradient's, exact copies: the same operations on the same values,
+    so the bits of a transpose of the updated θ; g2t is left holding g + wd·W2ᵀ, as grad is)."""
+    n = w2t.size
+    _gd_step_kernel(w2t.reshape((1, n)), g2t.reshape((1, n)), neg_lr, wd, n)
 
 
 @njit(cache=True, nogil=True)
@@ -147,7 +141,7 @@ def _chunk_kernel(models, theta, grad, i0, i1, labels, order, starts, P1, quadra
                 _gd_step_kernel(theta[m:m + 1], grad[m:m + 1], neg_lr[k, m:m + 1],
                                 wd[m:m + 1], S)
                 if carry:
-                    _gd_w2t(w2t[m], g2t[m], neg_lr[k, m], wd[m])
+                    _gd_w2t(w2t[m], g2t[m], neg_lr[k, m:m + 1], wd[m:m + 1])
             if fixed_norm:
                 fixed_norm_row(theta[m], P1, P, target[m], one, prod, acc, zero)
             if logged:

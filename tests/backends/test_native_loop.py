@@ -293,5 +293,5 @@ def test_carried_w2t_is_the_transpose_of_the_updated_theta(dt, wd):
     g2t = grad[0, P1:].reshape(w, p).T.copy()
     neg_lr, decay = np.full(1, -0.7, dt), np.full(1, wd, dt)
     update._gd_step_kernel(theta, grad, neg_lr, decay, P1 + w * p)
-    loop._gd_w2t(w2t, g2t, neg_lr[0], decay[0])
+    loop._gd_w2t(w2t, g2t, neg_lr, decay)
     assert_bitwise(w2t, theta[0, P1:].reshape(w, p).T.copy())
