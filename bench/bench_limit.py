@@ -13,7 +13,9 @@ Reported per case: the median model-steps/s over the repeats (wall clock), the G
 of a step (three products of 2·N·width·p FLOP each) at that rate in GFLOP/s, its fraction of the
 same run's all-thread sgemm rate, the same work per second of process CPU time (all threads
 summed: the efficiency per core, less sensitive than wall time to other processes on a shared
-machine), and portable / host (wall) with the spread of the per-repeat ratios.
+machine), portable / host (wall) with the spread of the per-repeat ratios, and portable's
+fraction of the all-thread rate of the portable kernels' FMA register tile on L1-resident
+operands (bench_fma.fma_limit, measured in the same run: the physical limit of its products).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench_fma import fma_limit
 from bench_numerics import PROVIDERS, measure, setup_case
 from grokfast import Config
 
@@ -91,9 +94,13 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}")
     limit = {1: sgemm_rate(args.sgemm_size, 1), T: sgemm_rate(args.sgemm_size, T)}
     print(f"sgemm {args.sgemm_size}³: {limit[1]:.1f} GFLOP/s on 1 thread, {limit[T]:.1f} on {T}")
+    fma = {t: fma_limit(t) for t in sorted({1, T})}
+    print(f"FMA tile peak (bench_fma.fma_limit): {fma[1]:.1f} GFLOP/s on 1 thread, {fma[T]:.1f} "
+          f"on {T}")
     print("| case | portable model-steps/s | GFLOP/s | of sgemm | GFLOP per CPU-s | host "
-          "model-steps/s | GFLOP/s | of sgemm | GFLOP per CPU-s | portable / host (spread) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "model-steps/s | GFLOP/s | of sgemm | GFLOP per CPU-s | portable / host (spread) | "
+          "portable of FMA peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases.split(","):
         config, models, steps = CASES[case]
         rates, cpu = measure({p: setup_case(config, models, steps, p) for p in PROVIDERS},
@@ -104,7 +111,8 @@ def main() -> None:
         cells = " | ".join(f"{med[p]:,.1f} | {gf[p]:.1f} | {gf[p] / limit[T]:.0%} | "
                            f"{np.median(cpu[p]) * step_gflop(config):.1f}" for p in PROVIDERS)
         print(f"| {case} | {cells} | {med['portable'] / med['host']:.2f} "
-              f"({ratios.min():.2f}–{ratios.max():.2f}) |", flush=True)
+              f"({ratios.min():.2f}–{ratios.max():.2f}) | {gf['portable'] / fma[T]:.0%} |",
+              flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -17,8 +17,11 @@ slows all alike), all training paper-real seeds 0 … M−1 in one launch:
 Every torch provider records its history every 100 steps, as a run does; vmap records nothing.
 Reported: model-steps/s (median, spread), the ratios to per-step, to the better vmap and to
 plain, and the GFLOP/s of the three GEMMs of a model-step as a fraction of the sgemm rate MKL
-reaches on a 2048³ product with torch's threads, measured in the same run (bench_cpu.gemm_limit);
-and model-steps per second of process CPU time (both threads), steadier under other load.
+reaches on a 2048³ product with torch's threads, measured in the same run (bench_cpu.gemm_limit),
+and of the rate the portable kernels' FMA register tile reaches on L1-resident operands on as many
+threads (bench_fma.fma_limit: the physical limit of these products; the header gives it on one
+thread too, the bound of a lone model's native loop, which runs on one); and model-steps per
+second of process CPU time (both threads), steadier under other load.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import pytest
 import torch
 
 from bench_cpu import gemm_limit, setup as cpu_setup
+from bench_fma import fma_limit
 from bench_many_models import CONFIG, parse_args, setup as many_setup, steps_for
 
 PROVIDERS = ("per-step", "native", "vmap", "vmap-1t", "plain")
@@ -99,17 +103,27 @@ def breakdown(steps: int = 3000, repeats: int = 3) -> str:
     return "\n".join(lines)
 
 
-def table(rates: dict, models_list, limit: float, cpu: dict = None) -> str:
+def table(rates: dict, models_list, limit: float, cpu: dict = None, fma: dict = None) -> str:
+    """The markdown table; limit: the sgemm GFLOP/s, fma: threads → bench_fma.fma_limit (the
+    column and header line are left out without it)."""
     c = CONFIG
+    T = torch.get_num_threads()
+    peak = (fma or {}).get(T)
     flop = 3 * 2 * c.n_train * c.width * c.p
     med = {key: float(np.median(r)) for key, r in rates.items()}
     lines = [f"paper-real (p = {c.p}, N = {c.n_train}, width {c.width}, {c.dtype}), "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, torch "
              f"threads {torch.get_num_threads()}, sgemm {limit:.0f} GFLOP/s, load average "
-             f"{os.getloadavg()[0]:.1f} at the end", "",
-             "| models | provider | model-steps/s (median) | spread | × per-step | × best vmap "
-             "| × plain | GEMM GFLOP/s | of sgemm | per CPU-s (median) | × per-step (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{os.getloadavg()[0]:.1f} at the end"]
+    if peak:
+        rates = (f"{v:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
+                 for t, v in sorted(fma.items()))
+        lines.append("FMA tile peak (bench_fma.fma_limit): " + ", ".join(rates))
+    lines += ["", "| models | provider | model-steps/s (median) | spread | × per-step "
+              "| × best vmap | × plain | GEMM GFLOP/s | of sgemm | "
+              + ("of FMA peak | " if peak else "")
+              + "per CPU-s (median) | × per-step (CPU) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else "")]
     cmed = {key: float(np.median(r)) for key, r in (cpu or {}).items()}
     for m in models_list:
         vmap = max(med["vmap", m], med["vmap-1t", m])
@@ -122,6 +136,7 @@ def table(rates: dict, models_list, limit: float, cpu: dict = None) -> str:
             lines.append(f"| {m} | {prov} | {x:,.0f} | {r.min():,.0f}–{r.max():,.0f} | "
                          f"{x / med['per-step', m]:.2f} | {x / vmap:.2f} | {to_plain} | "
                          f"{x * flop / 1e9:.1f} | {x * flop / 1e9 / limit:.1%} | "
+                         + (f"{x * flop / 1e9 / peak:.1%} | " if peak else "")
                          + (f"{cmed[prov, m]:,.0f} | {cmed[prov, m] / cmed['per-step', m]:.2f} |"
                             if (prov, m) in cmed else "– | – |"))
     return "\n".join(lines)
@@ -146,7 +161,9 @@ def main(argv=None) -> int:
     models_list, repeats = parse_args(argv, __doc__)
     cpu = {}
     rates = measure(models_list, repeats, cpu)
-    print(table(rates, models_list, gemm_limit(torch.get_num_threads()), cpu))
+    T = torch.get_num_threads()
+    fma = {t: fma_limit(t) for t in sorted({1, T})}
+    print(table(rates, models_list, gemm_limit(T), cpu, fma))
     return 0
 
 
