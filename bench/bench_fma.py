@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import numpy as np
 import torch
 from numba import njit
 
+from bench_cpu import _timed  # bench/ is on sys.path: run as a script or by pytest
 from grokfast.kernels.cpu.fma import product
 
 TILE_TERMS = 384          # each output's chain: a, b and out take 24 KB, in L1 on any x86-64
@@ -29,12 +29,6 @@ TILE_TERMS = 384          # each output's chain: a, b and out take 24 KB, in L1 
 def _fma_tiles(calls, a, b, out):
     for _ in range(calls):
         product(a, b, out, 0, 6, 0, 16)
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def fma_limit(threads: int, seconds: float = 0.05) -> float:
@@ -73,10 +67,14 @@ def test_fma_limit_times_the_tile_it_names():
     assert np.isfinite(rate) and rate > 0
 
 
+def describe(rates: dict) -> str:
+    """'… GFLOP/s on 1 thread, … on 2 threads' for {threads: fma_limit(threads)}."""
+    return ", ".join(f"{v:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
+                     for t, v in sorted(rates.items()))
+
+
 def main() -> int:
-    T = torch.get_num_threads()
-    print(", ".join(f"{fma_limit(t):.1f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
-                    for t in sorted({1, T})))
+    print(describe({t: fma_limit(t) for t in sorted({1, torch.get_num_threads()})}))
     return 0
 
 

@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from bench_cpu import gemm_limit, setup as cpu_setup
-from bench_fma import fma_limit
+from bench_fma import describe, fma_limit
 from bench_many_models import CONFIG, parse_args, setup as many_setup, steps_for
 
 PROVIDERS = ("per-step", "native", "vmap", "vmap-1t", "plain")
@@ -116,9 +116,7 @@ def table(rates: dict, models_list, limit: float, cpu: dict = None, fma: dict = 
              f"threads {torch.get_num_threads()}, sgemm {limit:.0f} GFLOP/s, load average "
              f"{os.getloadavg()[0]:.1f} at the end"]
     if peak:
-        rates = (f"{v:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
-                 for t, v in sorted(fma.items()))
-        lines.append("FMA tile peak (bench_fma.fma_limit): " + ", ".join(rates))
+        lines.append("FMA tile peak (bench_fma.fma_limit): " + describe(fma))
     lines += ["", "| models | provider | model-steps/s (median) | spread | × per-step "
               "| × best vmap | × plain | GEMM GFLOP/s | of sgemm | "
               + ("of FMA peak | " if peak else "")
