@@ -58,6 +58,7 @@ LANES = {types.float32: 8, types.float64: 4}  # lanes of a vector of the tile (f
 VECTORS = 2                                   # vectors per output row of a tile: COLS = 16 / 8
 ROWS = 6                                      # output rows of a tile (fewer at a row tail)
 KC, NC = 128, 128                             # cache blocks of product: t (terms) and columns
+NC_W2 = 16                                    # w2_grad's column block at width ≥ 4·NC (w2_grad)
 
 
 @intrinsic
@@ -226,17 +227,18 @@ def _tile(typingctx, a, b, out, t0, t1, r, c, rows, n, fresh, sig, last, quad):
 
 
 @njit(cache=True, nogil=True)
-def _product(a, b, out, r0, r1, c0, c1, fresh, sig, quad):
+def _product(a, b, out, r0, r1, c0, c1, fresh, sig, quad, nc=NC):
     """product; with `fresh` the chains start from 0 (out is not read); with an array `sig`
-    (like out; None: none) the epilogue scales each finished sum by σ' (_tile)."""
+    (like out; None: none) the epilogue scales each finished sum by σ' (_tile); `nc`: the
+    column block (a multiple of COLS; it orders the tiles, never a chain's terms)."""
     if b.size and b.strides[1] != b.itemsize or out.size and out.strides[1] != out.itemsize:
         raise KernelError("fma.product: b and out need unit stride along their last axis")
     T = a.shape[0]
     cols = VECTORS * (8 if a.itemsize == 4 else 4)                 # COLS of the tile (_tile)
     for t0 in range(0, max(T, 1), KC):                             # a [KC, ·] block of t (T = 0:
         t1 = min(t0 + KC, T)                                       # one empty block)
-        for n0 in range(c0, c1, NC):                               # b [KC, NC] stays in cache
-            n1 = min(n0 + NC, c1)
+        for n0 in range(c0, c1, nc):                               # b [KC, nc] stays in cache
+            n1 = min(n0 + nc, c1)
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 for c in range(n0, n1, cols):
@@ -263,8 +265,12 @@ def forward_product(H, w2, p, n0, n1, Y):
 
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
-    """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k."""
-    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, None, False)
+    """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k.
+    From width 4·NC (512) on, column blocks of one tile (NC_W2): each 16 columns of H's KC rows
+    serve all of g2t's row tiles before the next. Measured on the Zen 4 (bench/RESULTS.md, one
+    thread, same bits): 1.09–1.19× NC = 128 at widths 512 and 1024, 2–4 % slower at 128–384."""
+    w = H.shape[1]
+    _product(dY, H, g2t, j0, j1, 0, w, True, None, False, NC_W2 if w >= 4 * NC else NC)
 
 
 @njit(cache=True, nogil=True)

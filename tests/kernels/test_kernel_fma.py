@@ -89,9 +89,10 @@ def test_product_tiles_are_the_written_fma_chains(dt, fresh, rows):
 
 # kernel → cases (N, w, p, lo, hi): the range lo … hi of output rows (j of ∇W2ᵀ, n of dH)
 # (the fourth of each: 6- and 2-row register tiles, a row left, 16 tiled columns, a ragged tail;
-# and for w2_grad N = 130 terms: the chains resume across product's blocks of KC = 128 terms)
+# and for w2_grad N = 130 terms: the chains resume across product's blocks of KC = 128 terms;
+# width 521: the column blocks of one tile from width 4·NC on, with a ragged last one)
 GRAD_CASES = {"w2_grad": [(7, 5, 5, 0, 5), (11, 3, 6, 1, 4), (3, 4, 2, 1, 2), (5, 19, 11, 0, 9),
-                          (130, 17, 3, 0, 3), (4, 21, 11, 0, 11)],
+                          (130, 17, 3, 0, 3), (4, 21, 11, 0, 11), (20, 521, 7, 1, 7)],
               "hidden_grad": [(5, 6, 7, 0, 5), (6, 3, 4, 1, 4), (2, 5, 9, 1, 2),
                               (11, 21, 3, 1, 10)]}
 

@@ -76,18 +76,24 @@ def test_gradient_agrees_with_autograd_of_the_reference_loss(loss):
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy", "stablemax"])
 def test_rows_give_the_whole_gradient_bits_for_any_cut(loss):
-    """A large model alone (CoreSplit.step): LossGrad.rows writes a range of rows, each range with
-    its own scratch; any cut, run in any order, gives the one-call gradient bit for bit."""
+    """A large model alone (CoreSplit.step through rows.rows_step): LossGrad.rows's arguments
+    for a range of rows, each range with its own scratch, run as rows_step runs them on any cut
+    into ranges and blocks, in any order, give the one-call gradient bit for bit."""
+    from grokfast.kernels.cpu import loop_loss, split_loss
     c = Config(p=7, loss=loss, loss_dtype="float64" if loss != "mse" else "same",
                dtype="float32")
     logits, labels = inputs(7, torch.float32, M=2, N=101)
     alone = torch.full_like(logits, float("nan"))
     LossGrad(c, labels, alone, portable=True)(logits)
+    y = logits.numpy()
     for cut in ((0, 101), (0, 16, 101), (0, 48, 64, 101)):
         out = torch.full_like(logits, float("nan"))
-        row_loss = LossGrad(c, labels, out, portable=True).rows(logits.numpy())
+        grad, dst = LossGrad(c, labels, out, portable=True), out.numpy()
         for m in (1, 0):
             for a, b in reversed(list(zip(cut[:-1], cut[1:]))):
-                fn, args = row_loss(m, a, b)
-                fn(*args)
+                loss, lab, scale = grad.rows((a, b), b - a)
+                if loss is None:
+                    split_loss.mse_grad_rows(y[m], lab, scale, dst[m], a, b)
+                else:
+                    loop_loss.loss_grad(loss, y[m][a:b], lab[a:b], scale, dst[m][a:b])
         assert_bitwise(out, alone, f"cut {cut}")

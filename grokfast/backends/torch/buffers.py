@@ -126,7 +126,7 @@ class StepperBuffers:
         # (CoreSplit.step), MSE, cross-entropy or stablemax alike
         self.row_loss = None
         if self.core is not None and getattr(self.loss_grad, "fused", None) is not None:
-            self.row_loss = self.loss_grad.rows(self.nb["logits"])
+            self.row_loss = self.loss_grad.rows
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)

@@ -46,7 +46,7 @@ class LossGrad:
                 from grokfast.kernels.cpu import loop_loss
                 self.fused = (loop_loss, labels.numpy().astype("int64"), out.numpy(),
                               loss_args(c, N, p, lt))
-                self.parts: dict = {}   # rows (a, b) → that range's scratch (rows())
+                self.parts: dict = {}   # a range's key → its scratch (rows())
         if not self.same_dtype:
             self.z_loss = torch.empty(M, N, p, dtype=lt, device=dev)     # logits in float64
 
@@ -83,28 +83,22 @@ class LossGrad:
         return out
 
 
-    def rows(self, logits: np.ndarray):
-        """CoreSplit.step's row_loss for the numba buffer `logits` [M, N, p] (portable, on the
-        CPU: `fused` set): row_loss(m, a, b) → (fn, args), the call that writes rows a ≤ n < b of
-        model m's ∂L/∂Ŷ from the same rows of its Ŷ. Rows are independent, so any cut gives
-        __call__'s bits: MSE through kernels/cpu/split_loss.mse_grad_rows (update.mse_grad's
-        operations by rows), cross-entropy and stablemax through loop_loss.loss_grad on the
-        rows' slices, each range with its own scratch."""
+    def rows(self, key, rows: int) -> tuple:
+        """CoreSplit.step's row loss (portable, on the CPU: `fused` set): (loss, labels, scale)
+        of kernels/cpu/rows.rows_step for a range of rows, `key` naming the range: MSE as
+        (None, labels, scale) (split_loss.mse_grad_rows: update.mse_grad's operations by rows);
+        cross-entropy and stablemax as loop_loss.loss_grad's tuple with scratch for `rows` rows
+        of the range's own (made once per key). Rows are independent, so any cut into ranges
+        and blocks gives __call__'s bits."""
         kernel, labels, dst, arg = self.fused
         if self.config.loss == "mse":
-            from grokfast.kernels.cpu import split_loss
+            return None, labels, arg
+        if key not in self.parts:
+            self.parts[key] = loss_args(self.config, dst.shape[1], dst.shape[2], self.loss_dtype,
+                                        rows=rows)
+        loss = self.parts[key]
+        return loss, labels, loss[2]
 
-            def mse(m, a, b):
-                return split_loss.mse_grad_rows, (logits[m], labels, arg, dst[m], a, b)
-            return mse
-        c, N, p = self.config, dst.shape[1], dst.shape[2]
-
-        def rows(m, a, b):
-            if (a, b) not in self.parts:
-                self.parts[a, b] = loss_args(c, N, p, self.loss_dtype, rows=b - a)
-            loss = self.parts[a, b]
-            return kernel.loss_grad, (loss, logits[m][a:b], labels[a:b], loss[2], dst[m][a:b])
-        return rows
 
 def loss_args(c: Config, N: int, p: int, loss_dtype: torch.dtype, rows: int = 0) -> tuple:
     """kernels/cpu/loop_loss.py's `loss` tuple of a cross-entropy or stablemax config for N

@@ -37,6 +37,11 @@ from grokfast.model import step_lr
 
 from .split import cuts
 
+# Parameters of a model from which its AdamW runs split over a CoreSplit's threads: below, one
+# thread's pass is faster than the hand-off (Zen 4, bench/RESULTS.md: 90–134 µs alone against
+# 200–230 split at 149 k parameters, even at 298 k, split ahead from 596 k)
+SPLIT_ADAM_MIN = 1 << 19
+
 
 def per_model(values, dtype: torch.dtype, device) -> torch.Tensor:
     """[M, 1] per-model scalars in `dtype`, rounded once from float64 (as torch's scalar args)."""
@@ -277,10 +282,10 @@ class Adam(GD):
             scalars = tuple(x.numpy()[:, 0] for x in (neg_step_size, bc2_sqrt, decay, self.wd,
                                                       self.one_minus_beta1, self.beta2,
                                                       self.one_minus_beta2, self.eps))
-            if self.split is None:
+            if self.split is None or theta.shape[1] < SPLIT_ADAM_MIN:
                 self.adam_kernel.adam_step(*rows, *scalars, self.decoupled, self.any_wd)
                 return
-            # a large model alone: its row in element ranges over the CoreSplit's threads
+            # a very large model alone: its row in element ranges over the CoreSplit's threads
             # (every element independent: the same bits for any cut)
             for m in range(theta.shape[0]):
                 self.split.run([[(self.adam_kernel.adam_range,

@@ -5,8 +5,9 @@ A step of model m (CoreSplit.step) is W2ᵀ (one thread, a copy), then phases, e
 contiguous range per thread, the caller's thread taking the last range, and waited for:
 
     a loss by rows (row_loss: the portable MSE, cross-entropy and stablemax, LossGrad.rows):
-        rows n: forward (first layer, Ŷ), dŶ, dZ = dH ⊙ σ'(Z)  |  columns j of ∇W2, then hidden
-        units k of ∇W1
+        rows n: forward (first layer, Ŷ), dŶ, dZ = dH ⊙ σ'(Z), block by block of rows
+        (kernels/cpu/rows.py: a block's H, Z, Ŷ still in cache when its dŶ and dZ read them)  |
+        columns j of ∇W2, then hidden units k of ∇W1
     without one:
         rows n: forward  |  dŶ of every model (the caller's loss_grad, on its thread alone)  |
         rows n: dZ, then columns j of ∇W2  |  hidden units k of ∇W1
@@ -99,9 +100,10 @@ class CoreSplit:
              loss_grad: Callable[[], object]) -> None:
         """The forward, the loss gradient and the backward of the models listed in `models` on
         the stepper's numba buffers nb (TorchStepper._numba_buffers): forward_portable, then dŶ,
-        then backward. dŶ: row_loss(m, a, b) -> (fn, args), the call that writes rows a ≤ n < b
-        of model m's dŶ from the same rows of its Ŷ (LossGrad.rows), run in the forward's phase; or
-        without it loss_grad() (every model's dŶ at once, on this thread) between the phases."""
+        then backward. dŶ: row_loss(key, rows) -> (loss, labels, scale), kernels/cpu/rows.py's
+        loss arguments for a range of rows (LossGrad.rows), whose blocks of rows.BLOCK rows each
+        run the forward, dŶ and dZ in turn in one phase; or without it loss_grad() (every
+        model's dŶ at once, on this thread) between the forward's and the backward's phases."""
         theta, i0, i1, Z, H, dH = nb["theta"], nb["i0"], nb["i1"], nb["Z"], nb["H"], nb["dH"]
         w2t, g2t, grad, dlogits = nb["w2t"], nb["g2t"], nb["grad"], nb["dlogits"]
         order, starts = nb["order"], nb["starts"]
@@ -112,10 +114,13 @@ class CoreSplit:
             self.backward(models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
                           grad)
             return
+        from grokfast.kernels.cpu import rows
+        ranges = self._rows(Z)
+        losses = [row_loss(r, min(rows.BLOCK, b - a)) for r, (a, b) in enumerate(ranges)]
         for m in models:
             self.k.w2_transpose(theta[m], P1, dlogits.shape[2], w2t[m])
-            self.run(_deal(self._forward(m, *fwd), [row_loss(m, a, b) for a, b in self._rows(Z)],
-                           self._hidden(m, quadratic, dlogits, w2t, Z, H, dH)))
+            self.run([[(rows.rows_step, (m, *fwd, *loss, dlogits, w2t, dH, a, b))]
+                      for (a, b), loss in zip(ranges, losses)])
             self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
                            self._w1(m, order, starts, quadratic, dH, grad)))
 

@@ -1,0 +1,39 @@
+"""The row phase of a large model's step in blocks of rows that stay in cache: for each block of
+BLOCK rows, the forward (Z, H, Ŷ), the loss gradient dŶ and dZ = dŶ W2ᵀ ⊙ σ'(Z), one after another.
+
+    rows_step(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels, scale,
+              dlogits, w2t, dZ, r0, r1)
+        rows r0 ≤ n < r1 of model m: grad.forward_rows, the loss gradient (loss None: MSE,
+        split_loss.mse_grad_rows with `scale`; else loop_loss.loss_grad with its `loss` tuple,
+        whose scratch holds ≥ BLOCK rows), grad.backward_hidden; arrays as in grad.py
+
+Every row of Z, H, Ŷ, dŶ and dZ is computed whole from the same row of the one before (and θ, W2ᵀ,
+the labels), so blocks give the bits of the three calls over the whole range. What the blocks
+change is where the data is when it is read again: a block's H, Z and Ŷ (BLOCK·(2w + p) values,
+~0.4 MiB at width 512 float32) are still in L2 when its dŶ and dZ read them, where three passes
+over a whole range (H, Z and dZ: 5.8 MB each at gromov's N = 2823, width 512) read them back from
+L3 or memory. BLOCK is a multiple of 6 and 16 (whole register tiles of Ŷ and of dZ's rows).
+"""
+from __future__ import annotations
+
+from numba import njit
+
+from .grad import backward_hidden, forward_rows
+from .loop_loss import loss_grad
+from .split_loss import mse_grad_rows
+
+BLOCK = 96
+
+
+@njit(cache=True, nogil=True)
+def rows_step(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels, scale, dlogits,
+              w2t, dZ, r0, r1):
+    """The row phase of model m for rows r0 ≤ n < r1, BLOCK rows at a time (module docstring)."""
+    for a in range(r0, r1, BLOCK):
+        b = min(a + BLOCK, r1)
+        forward_rows(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, a, b)
+        if loss is None:
+            mse_grad_rows(logits[m], labels, scale, dlogits[m], a, b)
+        else:
+            loss_grad(loss, logits[m][a:b], labels[a:b], scale, dlogits[m][a:b])
+        backward_hidden(m, quadratic, dlogits, w2t, Z, H, dZ, a, b)
