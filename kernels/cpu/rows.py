@@ -6,6 +6,11 @@ BLOCK rows, the forward (Z, H, Ŷ), the loss gradient dŶ and dZ = dŶ W2ᵀ ⊙
         rows r0 ≤ n < r1 of model m: grad.forward_rows, the loss gradient (loss None: MSE,
         split_loss.mse_grad_rows with `scale`; else loop_loss.loss_grad with its `loss` tuple,
         whose scratch holds ≥ BLOCK rows), grad.backward_hidden; arrays as in grad.py
+    step_models(models, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels, scale,
+                dlogits, w2t, g2t, dZ, grad, order, starts)
+        the whole gradient of each model listed, on this thread: W2ᵀ, rows_step over every row,
+        then ∇W2 and ∇W1 (grad.backward_w2, grad.backward_w1): the bits of grad.forward_portable,
+        the loss gradient and grad.backward (a shard's per-step path, numerics "portable")
 
 Every row of Z, H, Ŷ, dŶ and dZ is computed whole from the same row of the one before (and θ, W2ᵀ,
 the labels), so blocks give the bits of the three calls over the whole range. What the blocks
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .grad import backward_hidden, forward_rows
+from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
 from .loop_loss import loss_grad
 from .split_loss import mse_grad_rows
 
@@ -37,3 +42,16 @@ def rows_step(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels,
         else:
             loss_grad(loss, logits[m][a:b], labels[a:b], scale, dlogits[m][a:b])
         backward_hidden(m, quadratic, dlogits, w2t, Z, H, dZ, a, b)
+
+
+@njit(cache=True, nogil=True)
+def step_models(models, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels, scale,
+                dlogits, w2t, g2t, dZ, grad, order, starts):
+    """The gradient of each model listed, one after another (module docstring)."""
+    N, w, p = H.shape[1], H.shape[2], logits.shape[2]
+    for m in models:
+        w2_transpose(theta[m], P1, p, w2t[m])
+        rows_step(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, labels, scale,
+                  dlogits, w2t, dZ, 0, N)
+        backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
+        backward_w1(m, order, starts, quadratic, dZ, grad, 0, w)

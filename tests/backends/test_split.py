@@ -37,7 +37,7 @@ def test_core_split_steps_with_the_one_thread_bits(case, threads, models, monkey
     for t in (1, threads):
         st = TorchStepper(configs, data, torch.device("cpu"), threads=t, native=False)
         assert st.N * st.width >= 32768 and (st.core is not None) == (t > 1)
-        assert (st.row_loss is not None) == (t > 1)       # every portable loss by rows
+        assert st.row_loss is not None                      # every portable loss by rows
         assert st.opt.split is st.core                      # AdamW by element ranges too
         frozen = np.arange(models) != models - 1                # the last model sits out steps 3–6
         rows = [st.advance(0, 3, np.ones(models, bool)), st.advance(3, 4, frozen),

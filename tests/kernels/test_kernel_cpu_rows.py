@@ -2,7 +2,8 @@
 bit for bit what grad.forward_rows, the loss kernel and grad.backward_hidden write over the whole
 range, and nothing outside it: ranges of several blocks with a ragged last one, x² and ReLU, MSE
 (split_loss.mse_grad_rows) and cross-entropy / stablemax (loop_loss.loss_grad, float64 logits),
-float32 and float64, on fresh random inputs."""
+float32 and float64, on fresh random inputs; and step_models, the one-thread path built on it, writes
+what the forward, loss and backward kernels write for the models it lists, and nothing else."""
 import numpy as np
 import pytest
 import torch
@@ -62,3 +63,40 @@ def test_blocks_write_the_bits_of_the_whole_range(loss, dt, quadratic):
         assert np.isnan(got[k][1, r1:]).all(), k
         assert got[k][1, r0:r1].tobytes() == want[k][1, r0:r1].tobytes(), k
         assert np.isfinite(got[k][1, r0:r1]).all(), k
+
+
+@pytest.mark.parametrize("quadratic", [True, False], ids=["x2", "relu"])
+def test_step_models_is_forward_loss_backward_of_the_listed_models(quadratic):
+    """step_models over models [2, 0] of three: grad.forward_portable, the MSE gradient and
+    grad.backward's bits in every output of those models (θ's gradient included); model 1's
+    outputs untouched."""
+    rng, dt, M = np.random.default_rng(7 + quadratic), "float32", 3
+    P1 = 2 * P * W
+    theta = (rng.standard_normal((M, P1 + W * P)) * 0.5).astype(dt)
+    i0, i1, labels = rng.integers(0, P, N), rng.integers(P, 2 * P, N), rng.integers(0, P, N)
+    order, starts = grad.sample_order(i0, i1, 2 * P)
+    zero, scale, models = np.float32(0), np.float32(2 / (N * P)), np.array([2, 0])
+    runs = []
+    for fused in (False, True):
+        b = {k: np.full((M, N, n), np.nan, dt)
+             for k, n in dict(Z=W, H=W, logits=P, dlogits=P, dZ=W).items()}
+        b.update(w2t=np.full((M, P, W), np.nan, dt), g2t=np.full((M, P, W), np.nan, dt),
+                 grad=np.full(theta.shape, np.nan, dt))
+        if fused:
+            rows.step_models(models, theta, i0, i1, P1, quadratic, zero, b["Z"], b["H"],
+                             b["logits"], None, labels, scale, b["dlogits"], b["w2t"], b["g2t"],
+                             b["dZ"], b["grad"], order, starts)
+        else:
+            grad.forward_portable(models, theta, i0, i1, P1, quadratic, zero, b["Z"], b["H"],
+                                  b["w2t"], b["logits"])
+            for m in models:
+                split_loss.mse_grad_rows(b["logits"][m], labels, scale, b["dlogits"][m], 0, N)
+            grad.backward(models, order, starts, P1, quadratic, b["dlogits"], b["Z"], b["H"],
+                          b["w2t"], b["g2t"], b["dZ"], b["grad"])
+        runs.append(b)
+    for k, v in runs[1].items():
+        if k == "Z" and not quadratic:
+            continue
+        assert np.isnan(v[1]).all(), k
+        assert v[models].tobytes() == runs[0][k][models].tobytes(), k
+    assert np.isfinite(runs[1]["grad"][models, :P1 + W * P]).all()

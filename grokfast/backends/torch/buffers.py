@@ -122,11 +122,14 @@ class StepperBuffers:
                 self.core = CoreSplit(self.cpu_grad, self.threads)
                 self.nb_kernels, self.threads = self.core, 1
         self.loss_grad = LossGrad(c, self.labels, self.dlogits, self.portable)  # ∂L/∂Ŷ
-        # a lone large model, portable: its loss gradient by rows in the split forward's phase
-        # (CoreSplit.step), MSE, cross-entropy or stablemax alike
-        self.row_loss = None
-        if self.core is not None and getattr(self.loss_grad, "fused", None) is not None:
-            self.row_loss = self.loss_grad.rows
+        # portable on the CPU: the loss gradient by rows, between each block's forward and dZ
+        # (kernels/cpu/rows.py; a lone large model: in the split forward's phase, CoreSplit.step),
+        # MSE, cross-entropy or stablemax alike
+        self.row_loss = self.cpu_rows = None
+        if getattr(self.loss_grad, "fused", None) is not None and self.cpu_grad is not None:
+            from grokfast.kernels.cpu import rows
+            self.row_loss, self.cpu_rows = self.loss_grad.rows, rows
+            self.step_loss = self.row_loss("step", min(rows.BLOCK, N))   # this thread's
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)

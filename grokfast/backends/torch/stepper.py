@@ -43,8 +43,9 @@ bench/RESULTS.md, "Why the torch backend is built as it is".
 
 Numerics (issue 17). With config.numerics "portable" (the default) on the CPU, models of every size
 take the numba kernels (every product-sum a chain of explicit FMAs in a written order,
-kernels/cpu/fma.py; with more than one thread a model's products are split over the threads by
-independent outputs, split.CoreSplit, the same bits), the test logits too, every statistic and
+kernels/cpu/fma.py; a model's forward, loss gradient and dZ in blocks of rows that stay in
+cache, kernels/cpu/rows.py; with more than one thread a model's products are split over the
+threads by independent outputs, split.CoreSplit, the same bits), the test logits too, every statistic and
 loss sums in grokfast.numerics' written order, and the optimizers use unfused ops (optim.py): the
 same bits on every x86-64 CPU, whatever ATen, MKL or numba dispatch to
 (tests/backends/test_portability.py). "host" keeps the host-tuned paths.
@@ -203,6 +204,14 @@ class TorchStepper(StepperBuffers):
         if self.core is not None:
             self.core.step(self.stepping, self.nb, self.d_in * self.width, not self.relu,
                            self.row_loss, lambda: self.loss_grad(self.logits))
+            return self._update(s, record, sched, self.logits)
+        if self.row_loss is not None:       # portable: each model's rows in cached blocks
+            nb = self.nb
+            self.cpu_rows.step_models(
+                self.stepping, nb["theta"], nb["i0"], nb["i1"], self.d_in * self.width,
+                not self.relu, nb["zero"], nb["Z"], nb["H"], nb["logits"], *self.step_loss,
+                nb["dlogits"], nb["w2t"], nb["g2t"], nb["dH"], nb["grad"], nb["order"],
+                nb["starts"])
             return self._update(s, record, sched, self.logits)
         if self.cpu_grad is not None:
             nb, P1, quadratic = self.nb, self.d_in * self.width, not self.relu
