@@ -6,7 +6,10 @@
 
 One run measures the practical limit, torch.mm of two float32 [S, S] matrices (S = --sgemm-size)
 on one thread and on all of torch's intra-op threads, then each case with numerics "portable"
-and "host" alternating within every repeat (a busy machine slows both alike). Cases: gromov and
+and "host" alternating within every repeat (a busy machine slows both alike), each timed run
+after bench_numerics.SETTLE seconds of sleep (the other provider's threads idle: torch's OpenMP
+workers spin ~10 ms after the host path's last parallel region and took a core from the
+portable path's first steps before this pause). Cases: gromov and
 power (p = 97, width 512, N = 2823) with 1 and 8 models, paper-real with 1 and 64 models, as
 their presets run them (statistics and evaluations included; make_stepper picks the threads).
 Reported per case: the median model-steps/s over the repeats (wall clock), the GEMM-shaped work

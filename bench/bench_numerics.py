@@ -54,12 +54,23 @@ def setup_case(config, models: int, steps: int, provider: str):
     return run, models * steps
 
 
-def measure(runs: dict, repeats: int) -> tuple[dict, dict]:
+SETTLE = 0.1   # s of quiet before each timed run (measure)
+
+
+def measure(runs: dict, repeats: int, settle: float = SETTLE) -> tuple[dict, dict]:
     """Model-steps/s of each provider's (run, model-steps) over `repeats` rounds, the providers
-    alternating within each round: (wall-clock rates, process-CPU-time rates), provider → list."""
+    alternating within each round: (wall-clock rates, process-CPU-time rates), provider → list.
+    Each timed run starts after `settle` seconds of sleep, so that it finds the cores as a run
+    of its own would: torch's OpenMP workers (libgomp's default wait policy) spin on a core for
+    ~10 ms after the host path's last parallel region, and without the pause that spinning
+    took the second core from the portable path's threads for its first steps (measured on
+    the Zen 4: gromov-1 steps of 10–12 ms for 2–4 steps after each host run, 6.4–7.0 after;
+    bench/RESULTS.md, eighth session). The portable path's pool threads block instead of
+    spinning, so the host path never paid the same."""
     wall, cpu = {p: [] for p in runs}, {p: [] for p in runs}
     for _ in range(repeats):
         for p, (run, work) in runs.items():
+            time.sleep(settle)
             t0, c0 = time.perf_counter(), time.process_time()
             run()
             wall[p].append(work / (time.perf_counter() - t0))

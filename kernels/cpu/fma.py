@@ -38,6 +38,7 @@ Composable: every function here is @njit (nogil) and callable from other numba c
     fma(a, b, c) -> a·b + c                                         scalars of one float type
     forward_product(H [N, w], w2 [≥ w·p], p, n0, n1, Y [N, p])     Y[n0:n1] (W2[k, j] = w2[k·p + j])
     w2_grad(H [N, w], dY [N, p], j0, j1, g2t [p, w])                g2t[j0:j1]
+    w2_grad_units(H, dY, k0, k1, g2t)                               g2t[:, k0:k1]
     hidden_grad(dY [N, p], w2t [p, w], n0, n1, dH [N, w])           dH[n0:n1]
     hidden_grad_dz(dY, w2t, n0, n1, dZ [N, w], S [N, w], quadratic) dZ[n0:n1] (S: Z for x², H
                                                                     for ReLU)
@@ -271,6 +272,14 @@ def w2_grad(H, dY, j0, j1, g2t):
     thread, same bits): 1.09–1.19× NC = 128 at widths 512 and 1024, 2–4 % slower at 128–384."""
     w = H.shape[1]
     _product(dY, H, g2t, j0, j1, 0, w, True, None, False, NC_W2 if w >= 4 * NC else NC)
+
+
+@njit(cache=True, nogil=True)
+def w2_grad_units(H, dY, k0, k1, g2t):
+    """w2_grad for every j and the hidden units k0 ≤ k < k1 only (g2t[:, k0:k1]; the same
+    chains, the same column blocks)."""
+    _product(dY, H, g2t, 0, dY.shape[1], k0, k1, True, None, False,
+             NC_W2 if H.shape[1] >= 4 * NC else NC)
 
 
 @njit(cache=True, nogil=True)

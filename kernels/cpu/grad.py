@@ -44,7 +44,7 @@ checks it under NUMBA_CPU_NAME / NUMBA_CPU_FEATURES targets from generic x86-64 
 tests/kernels/test_kernel_fma.py reads the compiled code. The models of a call run one after
 another through the same compiled loops, so model m's bits do not depend on M, on which thread
 runs it, on alignment or on MKL: batch invariance by construction. The range functions
-(forward_rows, backward_w2, backward_hidden, backward_w1) compute disjoint outputs of one model,
+(forward_rows, backward_w2, backward_w2_units, backward_hidden, backward_w1) compute disjoint outputs of one model,
 each whole, so a caller may run them on several threads (grokfast.backends.torch.split) with the
 bits of the one-call kernels. They differ from MKL's GEMMs in the reference by summation order
 and fusion only. The kernels release the GIL (nogil).
@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .fma import forward_product, hidden_grad_dz, w2_grad
+from .fma import forward_product, hidden_grad_dz, w2_grad, w2_grad_units
 from .layout import transpose
 from .segment import sample_order, w1_grad  # noqa: F401 (sample_order: the callers' order)
 
@@ -160,6 +160,15 @@ def backward_w2(m, P1, dlogits, H, g2t, grad, j0, j1):
     w, p = H.shape[2], dlogits.shape[2]
     w2_grad(H[m], dlogits[m], j0, j1, g2t[m])
     transpose(g2t[m, j0:j1], grad[m, P1:P1 + w * p].reshape((w, p))[:, j0:j1])
+
+
+@njit(cache=True, nogil=True)
+def backward_w2_units(m, P1, dlogits, H, g2t, grad, k0, k1):
+    """∇W2[k, :] of model m for the hidden units k0 ≤ k < k1: g2t[m, :, k] (fma.w2_grad_units),
+    then into grad[m] (rows k of W2: contiguous in θ)."""
+    w, p = H.shape[2], dlogits.shape[2]
+    w2_grad_units(H[m], dlogits[m], k0, k1, g2t[m])
+    transpose(g2t[m][:, k0:k1], grad[m, P1:P1 + w * p].reshape((w, p))[k0:k1])
 
 
 @njit(cache=True, nogil=True)

@@ -42,6 +42,44 @@ def _widen(logits, zl, n):
             zl[i, j] = logits[i, j]
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _shift(z, zero):
+    """m of a row z (module docstring): max_j z_j, 0 where a z_j is NaN or the maximum is ±inf.
+    Eight running maxima (j mod 8, each x > m ? x : m, which skips NaN) merged at the end, NaN
+    found by its own flag: the same m as one running maximum, as a maximum is one value of the
+    row whatever the order (±0 aside, which no result can tell apart: z − (±0) differs only at
+    z = −0, where e^(±0) = 1 both, and log S ≥ +0 gives log S + (±0) = log S), in independent
+    chains instead of one branch per element."""
+    p = z.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = z[0]
+    nan = False
+    j = 0
+    while j + 8 <= p:
+        x0, x1, x2, x3, x4, x5, x6, x7 = z[j], z[j + 1], z[j + 2], z[j + 3], z[j + 4], \
+            z[j + 5], z[j + 6], z[j + 7]
+        m0 = x0 if x0 > m0 else m0
+        m1 = x1 if x1 > m1 else m1
+        m2 = x2 if x2 > m2 else m2
+        m3 = x3 if x3 > m3 else m3
+        m4 = x4 if x4 > m4 else m4
+        m5 = x5 if x5 > m5 else m5
+        m6 = x6 if x6 > m6 else m6
+        m7 = x7 if x7 > m7 else m7
+        nan |= ((x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3) | (x4 != x4) | (x5 != x5)
+                | (x6 != x6) | (x7 != x7))
+        j += 8
+    while j < p:
+        x0 = z[j]
+        m0 = x0 if x0 > m0 else m0
+        nan |= x0 != x0
+        j += 1
+    for m in (m1, m2, m3, m4, m5, m6, m7):
+        m0 = m if m > m0 else m0
+    if nan or not m0 - m0 == zero:                    # NaN or ±inf: shifted by 0
+        return zero
+    return m0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lse_rows(zl, el, al, n, zero):
     """al[i] = log Σ_j e^(zl[i, j] − m_i) + m_i for i < n (grokfast.numerics.logsumexp): the
@@ -51,12 +89,7 @@ def _lse_rows(zl, el, al, n, zero):
     shifted, e = el[0], el[1]
     for i in range(n):
         z = zl[i]
-        m = z[0]
-        for j in range(1, p):
-            if m == m and (z[j] > m or z[j] != z[j]):
-                m = z[j]
-        if not m - m == zero:                         # ±inf or NaN: shifted by 0
-            m = zero
+        m = _shift(z, zero)
         al[i] = m
         for j in range(p):
             shifted[i, j] = z[j] - m

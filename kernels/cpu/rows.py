@@ -12,6 +12,12 @@ BLOCK rows, the forward (Z, H, Ŷ), the loss gradient dŶ and dZ = dŶ W2ᵀ ⊙
         then ∇W2 and ∇W1 (grad.backward_w2, grad.backward_w1): the bits of grad.forward_portable,
         the loss gradient and grad.backward (a shard's per-step path, numerics "portable")
 
+    forward_logits(models, theta, i0, i1, P1, quadratic, zero, Zs, Hs, logits, r0, r1)
+        Ŷ of each model listed for the rows r0 ≤ n < r1 (an evaluation's forward): per block,
+        grad.first_layer_rows into the scratch Zs, Hs [≥ BLOCK, w], then fma.forward_product
+        into logits; the bits of grad.forward_portable's logits, with no [N, w] Z and H written
+        (13.5 MB each for gromov's 6 586 test samples) or read back
+
 Every row of Z, H, Ŷ, dŶ and dZ is computed whole from the same row of the one before (and θ, W2ᵀ,
 the labels), so blocks give the bits of the three calls over the whole range. What the blocks
 change is where the data is when it is read again: a block's H, Z and Ŷ (BLOCK·(2w + p) values,
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from .grad import backward_hidden, backward_w1, backward_w2, forward_rows, w2_transpose
+from .fma import forward_product
+from .grad import (backward_hidden, backward_w1, backward_w2, first_layer_rows, forward_rows,
+                   w2_transpose)
 from .loop_loss import loss_grad
 from .split_loss import mse_grad_rows
 
@@ -55,3 +63,16 @@ def step_models(models, theta, i0, i1, P1, quadratic, zero, Z, H, logits, loss, 
                   dlogits, w2t, dZ, 0, N)
         backward_w2(m, P1, dlogits, H, g2t, grad, 0, p)
         backward_w1(m, order, starts, quadratic, dZ, grad, 0, w)
+
+
+@njit(cache=True, nogil=True)
+def forward_logits(models, theta, i0, i1, P1, quadratic, zero, Zs, Hs, logits, r0, r1):
+    """Ŷ of each model listed for rows r0 ≤ n < r1, BLOCK rows at a time through the scratch
+    Zs, Hs (module docstring)."""
+    p = logits.shape[2]
+    for m in models:
+        t = theta[m]
+        for a in range(r0, r1, BLOCK):
+            b = min(a + BLOCK, r1)
+            first_layer_rows(t, i0[a:b], i1[a:b], quadratic, zero, Zs, Hs, 0, b - a)
+            forward_product(Hs, t[P1:], p, 0, b - a, logits[m][a:b])

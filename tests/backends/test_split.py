@@ -63,10 +63,10 @@ def test_run_finishes_every_part_before_it_raises_a_workers_error():
     assert sorted(ran[1:]) == ["caller", "worker"]
 
 
-def test_even_cuts_put_inner_bounds_on_the_nearest_multiples():
-    from grokfast.backends.torch.split import even_cuts
-    assert even_cuts(97, 2, 6) == [(0, 48), (48, 97)]
-    assert even_cuts(97, 3, 6) == [(0, 30), (30, 66), (66, 97)]
-    assert even_cuts(5, 2, 6) == [(0, 5)]
-    assert even_cuts(0, 2, 6) == []
-    assert even_cuts(97, 1, 6) == [(0, 97)]
+def test_cuts_put_inner_bounds_on_multiples():
+    from grokfast.backends.torch.split import cuts
+    assert cuts(2823, 2, 16) == [(0, 1424), (1424, 2823)]
+    assert cuts(512, 2, 16) == [(0, 256), (256, 512)]
+    assert cuts(128, 3, 16) == [(0, 48), (48, 96), (96, 128)]
+    assert cuts(5, 2, 16) == [(0, 5)]
+    assert cuts(0, 2, 16) == []

@@ -100,3 +100,25 @@ def test_step_models_is_forward_loss_backward_of_the_listed_models(quadratic):
         assert np.isnan(v[1]).all(), k
         assert v[models].tobytes() == runs[0][k][models].tobytes(), k
     assert np.isfinite(runs[1]["grad"][models, :P1 + W * P]).all()
+
+
+@pytest.mark.parametrize("dt,quadratic", [("float32", True), ("float64", False)],
+                         ids=["float32-x2", "float64-relu"])
+def test_forward_logits_is_forward_portables_logits(dt, quadratic):
+    """forward_logits over models [2, 0] of three and a range of several blocks with a ragged
+    last one, Z and H in a one-block scratch: grad.forward_portable's logits bit for bit in the
+    range, nothing written outside it or to model 1."""
+    rng, M = np.random.default_rng(3 + quadratic), 3
+    P1 = 2 * P * W
+    theta = (rng.standard_normal((M, P1 + W * P)) * 0.5).astype(dt)
+    i0, i1 = rng.integers(0, P, N), rng.integers(P, 2 * P, N)
+    zero, models, r0, r1 = np.dtype(dt).type(0), np.array([2, 0]), 5, N - 1
+    want = {k: np.full((M, N, n), np.nan, dt) for k, n in dict(Z=W, H=W, logits=P).items()}
+    grad.forward_portable(models, theta, i0, i1, P1, quadratic, zero, want["Z"], want["H"],
+                          np.empty((M, P, W), dt), want["logits"])
+    got = np.full((M, N, P), np.nan, dt)
+    Zs, Hs = np.full((rows.BLOCK, W), np.nan, dt), np.full((rows.BLOCK, W), np.nan, dt)
+    rows.forward_logits(models, theta, i0, i1, P1, quadratic, zero, Zs, Hs, got, r0, r1)
+    assert np.isnan(got[1]).all() and np.isnan(got[:, :r0]).all() and np.isnan(got[:, r1:]).all()
+    assert got[models, r0:r1].tobytes() == want["logits"][models, r0:r1].tobytes()
+    assert np.isfinite(got[models, r0:r1]).all()

@@ -121,6 +121,25 @@ def test_gradient_products_are_the_written_fma_chains(dt, kernel, case):
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", [(7, 40, 5, 16, 32), (130, 17, 3, 5, 17), (20, 521, 7, 33, 500),
+                                  (4, 21, 11, 0, 21)],
+                         ids=lambda v: "N{}-w{}-p{}-units{}to{}".format(*v))
+def test_w2_grad_units_is_the_written_chains_on_its_columns(dt, case):
+    """∇W2ᵀ[j, k] for every j and hidden units k0 ≤ k < k1 only (split.CoreSplit's ∇W2 by
+    units): n = 0 … N−1 in order (N = 130: resumed across KC blocks; width 521: the one-tile
+    column blocks, ranges not on tile bounds); columns outside the range untouched."""
+    N, w, p, k0, k1 = case
+    rng = np.random.default_rng(N + w)
+    H, dY = rand(rng, (N, w), dt), rand(rng, (N, p), dt)
+    out = np.full((p, w), np.nan, dt)
+    kfma.w2_grad_units(H, dY, k0, k1, out)
+    assert np.isnan(out[:, :k0]).all() and np.isnan(out[:, k1:]).all()
+    for j in range(p):
+        for k in range(k0, k1):
+            assert out[j, k] == chain([(dY[n, j], H[n, k]) for n in range(N)], dt), (j, k)
+
+
+@pytest.mark.parametrize("dt", DTYPES, ids=IDS)
 @pytest.mark.parametrize("quadratic", [False, True], ids=["relu", "x2"])
 @pytest.mark.parametrize("case", GRAD_CASES["hidden_grad"] + [(4, 9, 130, 1, 4)],
                          ids=lambda v: "N{}-w{}-p{}-rows{}to{}".format(*v))

@@ -45,6 +45,53 @@ def test_gradient_is_the_portable_torch_operations_bitwise(loss, dt, ld, red):
     assert_bitwise(kernel, torch_ops, "dlogits")
 
 
+def _shift_by_one_maximum(z):
+    """The row shift as one running maximum (the loop _shift replaced): the first NaN wins."""
+    m = z[0]
+    for x in z[1:]:
+        if m == m and (x > m or x != x):
+            m = x
+    return m if m - m == 0 else z.dtype.type(0)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_row_shift_is_the_one_running_maximum(dt):
+    """_shift's eight running maxima (and its NaN flag) give the shift of one running maximum,
+    on row lengths around its 8-wide steps, with NaN, ±inf, all −inf and ±0 ties anywhere;
+    mutated to drop the NaN flag or the tail, it fails here."""
+    rng = np.random.default_rng(11)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], dt)
+    for p in (1, 2, 7, 8, 9, 15, 16, 17, 97):
+        for trial in range(60):
+            z = rng.standard_normal(p).astype(dt) * dt(10.0 ** rng.integers(-3, 4))
+            if trial % 3 == 0:
+                z = -np.abs(z)                                  # maximum ±0 when one is added
+            for _ in range(rng.integers(0, 3)):
+                z[rng.integers(0, p)] = specials[rng.integers(0, len(specials))]
+            if trial == 1:
+                z[:] = -np.inf
+            got, want = loop_loss._shift(z, dt(0)), _shift_by_one_maximum(z)
+            assert got == want, (p, z, got, want)
+
+
+def test_gradient_with_zero_and_minus_inf_logits_is_the_torch_operations_bitwise():
+    """Rows whose maximum is a tie of +0 and −0 and rows with −inf logits (finite gradients):
+    the kernel's shift gives the portable torch path's bits."""
+    c = Config(p=11, loss="cross_entropy", dtype="float32")
+    logits, labels = inputs(9, torch.float32, M=2, N=24, p=11)
+    logits = -logits.abs()
+    logits[:, ::3, 2] = 0.0
+    logits[:, ::3, 7] = -0.0
+    logits[:, 1::3, 4] = -float("inf")
+    kernel, torch_ops = torch.full_like(logits, float("nan")), torch.full_like(logits, float("nan"))
+    LossGrad(c, labels, kernel, portable=True)(logits)
+    by_torch = LossGrad(c, labels, torch_ops, portable=True)
+    by_torch.fused = None
+    by_torch(logits)
+    assert torch.isfinite(kernel).all()
+    assert_bitwise(kernel, torch_ops, "dlogits")
+
+
 @pytest.mark.parametrize("loss,dt,ld,red", CASES, ids=IDS)
 def test_loss_is_model_data_loss_bitwise_and_the_reference_to_tolerance(loss, dt, ld, red):
     c = Config(p=7, loss=loss, loss_dtype=ld, loss_reduction=red, dtype=dt)

@@ -130,6 +130,9 @@ class StepperBuffers:
             from grokfast.kernels.cpu import rows
             self.row_loss, self.cpu_rows = self.loss_grad.rows, rows
             self.step_loss = self.row_loss("step", min(rows.BLOCK, N))   # this thread's
+            npdt = self.nb["zero"].dtype
+            self.eval_scratch = [(np.empty((rows.BLOCK, w), npdt), np.empty((rows.BLOCK, w), npdt))
+                                 for _ in range(self.core.threads if self.core else 1)]
         self.dH = aligned_empty(M, (N, w), dt, dev)
         self.tmp = torch.zeros(M, self.S, dtype=dt, device=dev)          # update scratch
         self.tmp2 = torch.zeros(M, self.S, dtype=dt, device=dev)

@@ -7,16 +7,21 @@ contiguous range per thread, the caller's thread taking the last range, and wait
     a loss by rows (row_loss: the portable MSE, cross-entropy and stablemax, LossGrad.rows):
         rows n: forward (first layer, Ŷ), dŶ, dZ = dH ⊙ σ'(Z), block by block of rows
         (kernels/cpu/rows.py: a block's H, Z, Ŷ still in cache when its dŶ and dZ read them)  |
-        columns j of ∇W2, then hidden units k of ∇W1
+        hidden units k: ∇W2[k, :], then ∇W1[:, k]
     without one:
         rows n: forward  |  dŶ of every model (the caller's loss_grad, on its thread alone)  |
-        rows n: dZ, then columns j of ∇W2  |  hidden units k of ∇W1
+        rows n: dZ, then hidden units k of ∇W2  |  hidden units k of ∇W1
 
 A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dZ
 (dZ[n] reads dŶ[n], W2ᵀ and its own row of H or Z); ∇W2 reads every row of H and dŶ, ∇W1 every
 row of dZ (the buffer dH). Row
-cuts are multiples of 16 (whole register tiles of Ŷ's rows for every range but the last), column
-cuts of 6 (whole register tiles of ∇W2ᵀ rows), hidden-unit cuts of 16. Every output is computed
+cuts are multiples of 16 (whole register tiles of Ŷ's rows for every range but the last),
+hidden-unit cuts of 16 (whole tile columns
+of ∇W2ᵀ and whole vectors of ∇W1). ∇W2 by hidden units rather than by its p columns: every
+thread takes every row tile of ∇W2ᵀ, the 1-row tail of p = 97 = 16·6 + 1 included, on its own
+columns of H (half of H read per thread instead of all of it), and the phase's threads finish
+together (by columns the caller's range held the tail: 2.25 against 2.00 ms of thread CPU; by
+units 2.12–2.22 ms wall against 2.21–2.34 on gromov / power, bench/RESULTS.md). Every output is computed
 whole by one thread, in the order the kernels write, so a model's bits are those of the
 one-thread kernels (forward_portable, update.mse_grad, backward) for any thread count and cuts.
 TorchStepper uses it for numerics "portable" when it steps with more than one intra-op thread
@@ -36,14 +41,6 @@ def cuts(n: int, parts: int, multiple: int) -> list:
     are multiples of `multiple`."""
     step = -(-n // (parts * multiple)) * multiple if n else multiple
     return [(a, min(a + step, n)) for a in range(0, n, step)]
-
-
-def even_cuts(n: int, parts: int, multiple: int) -> list:
-    """[(a, b), …]: 0 … n cut into at most `parts` contiguous non-empty ranges whose inner bounds
-    are the multiples of `multiple` nearest to k·n/parts (only the last range has a remainder)."""
-    bounds = sorted({0, n, *(min(n, round(k * n / (parts * multiple)) * multiple)
-                             for k in range(1, parts))})
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
 def wait_all(futures: Sequence) -> None:
@@ -88,6 +85,15 @@ class CoreSplit:
             self.k.w2_transpose(theta[m], P1, logits.shape[2], w2t[m])
             self.run(_deal(self._forward(m, theta, i0, i1, P1, quadratic, zero, Z, H, logits)))
 
+    def forward_logits(self, models, theta, i0, i1, P1, quadratic, zero, scratch,
+                       logits) -> None:
+        """kernels/cpu/rows.forward_logits (an evaluation's Ŷ, Z and H only in block scratch)
+        of every sample of i0, i1, by rows: range r through scratch[r], its (Zs, Hs)."""
+        from grokfast.kernels.cpu import rows
+        self.run([[(rows.forward_logits, (models, theta, i0, i1, P1, quadratic, zero,
+                                          *scratch[r], logits, a, b))]
+                  for r, (a, b) in enumerate(cuts(len(i0), self.threads, 16))])
+
     def backward(self, models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
                  grad) -> None:
         """grad.backward (same signature): dH by rows with ∇W2 by columns, then ∇W1."""
@@ -124,9 +130,8 @@ class CoreSplit:
             self.run(_deal(self._w2(m, P1, dlogits, H, g2t, grad),
                            self._w1(m, order, starts, quadratic, dH, grad)))
 
-    # the calls of one phase, one per range: rows n (multiples of 16), columns j of ∇W2
-    # (multiples of 6, the rows of fma.product's widest register tile, so that only the last
-    # range takes its slower 2- and 1-row tiles), hidden units k of ∇W1 (multiples of 16)
+    # the calls of one phase, one per range: rows n (multiples of 16), hidden units k of ∇W2
+    # and of ∇W1 (multiples of 16)
     def _rows(self, Z) -> list:
         return cuts(Z.shape[1], self.threads, 16)
 
@@ -139,8 +144,8 @@ class CoreSplit:
                 for a, b in self._rows(dH)]
 
     def _w2(self, m, P1, dlogits, H, g2t, grad) -> list:
-        return [(self.k.backward_w2, (m, P1, dlogits, H, g2t, grad, a, b))
-                for a, b in even_cuts(dlogits.shape[2], self.threads, 6)]
+        return [(self.k.backward_w2_units, (m, P1, dlogits, H, g2t, grad, a, b))
+                for a, b in cuts(H.shape[2], self.threads, 16)]
 
     def _w1(self, m, order, starts, quadratic, dH, grad) -> list:
         return [(self.k.backward_w1, (m, order, starts, quadratic, dH, grad, a, b))

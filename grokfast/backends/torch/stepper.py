@@ -302,8 +302,19 @@ class TorchStepper(StepperBuffers):
         before numerics existed."""
         if self.cpu_grad is None or not self.portable:
             return self.forward(self.test_bags)
-        self._numba_forward(self.nb_test, self.nb_test["logits"])
-        return torch.from_numpy(self.nb_test["logits"])
+        t, nb = self.nb_test, self.nb
+        if self.cpu_rows is None:
+            self._numba_forward(t, t["logits"])
+            return torch.from_numpy(t["logits"])
+        # Ŷ alone, by blocks of rows whose Z and H stay in a thread's scratch (rows.py)
+        args = (self.stepping, nb["theta"], t["i0"], t["i1"], self.d_in * self.width,
+                not self.relu, nb["zero"])
+        if self.core is not None:
+            self.core.forward_logits(*args, self.eval_scratch, t["logits"])
+        else:
+            self.cpu_rows.forward_logits(*args, *self.eval_scratch[0], t["logits"], 0,
+                                         len(t["i0"]))
+        return torch.from_numpy(t["logits"])
 
     def forward(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the samples of `bags` (see _bags): [M, n, p]."""
