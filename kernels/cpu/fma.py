@@ -264,22 +264,26 @@ def forward_product(H, w2, p, n0, n1, Y):
     _product(H.T, w2[:w * p].reshape((w, p)), Y, n0, n1, 0, p, True, None, False)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _nc_w2(w):
+    """w2_grad's column block at width w: one register tile (NC_W2) from 4·NC on, else NC."""
+    return NC_W2 if w >= 4 * NC else NC
+
+
 @njit(cache=True, nogil=True)
 def w2_grad(H, dY, j0, j1, g2t):
     """g2t[j, k] = Σ_n dY[n, j] H[n, k] (n in order, one FMA each) for j0 ≤ j < j1, every k.
     From width 4·NC (512) on, column blocks of one tile (NC_W2): each 16 columns of H's KC rows
     serve all of g2t's row tiles before the next. Measured on the Zen 4 (bench/RESULTS.md, one
     thread, same bits): 1.09–1.19× NC = 128 at widths 512 and 1024, 2–4 % slower at 128–384."""
-    w = H.shape[1]
-    _product(dY, H, g2t, j0, j1, 0, w, True, None, False, NC_W2 if w >= 4 * NC else NC)
+    _product(dY, H, g2t, j0, j1, 0, H.shape[1], True, None, False, _nc_w2(H.shape[1]))
 
 
 @njit(cache=True, nogil=True)
 def w2_grad_units(H, dY, k0, k1, g2t):
     """w2_grad for every j and the hidden units k0 ≤ k < k1 only (g2t[:, k0:k1]; the same
     chains, the same column blocks)."""
-    _product(dY, H, g2t, 0, dY.shape[1], k0, k1, True, None, False,
-             NC_W2 if H.shape[1] >= 4 * NC else NC)
+    _product(dY, H, g2t, 0, dY.shape[1], k0, k1, True, None, False, _nc_w2(H.shape[1]))
 
 
 @njit(cache=True, nogil=True)

@@ -44,9 +44,9 @@ checks it under NUMBA_CPU_NAME / NUMBA_CPU_FEATURES targets from generic x86-64 
 tests/kernels/test_kernel_fma.py reads the compiled code. The models of a call run one after
 another through the same compiled loops, so model m's bits do not depend on M, on which thread
 runs it, on alignment or on MKL: batch invariance by construction. The range functions
-(forward_rows, backward_w2, backward_w2_units, backward_hidden, backward_w1) compute disjoint outputs of one model,
-each whole, so a caller may run them on several threads (grokfast.backends.torch.split) with the
-bits of the one-call kernels. They differ from MKL's GEMMs in the reference by summation order
+(forward_rows, backward_w2, backward_w2_units, backward_hidden, backward_w1) compute disjoint
+outputs of one model, each whole, so a caller may run them on several threads
+(grokfast.backends.torch.split) with the bits of the one-call kernels. They differ from MKL's GEMMs in the reference by summation order
 and fusion only. The kernels release the GIL (nogil).
 
 Limits: CPU; float32 or float64 (one compiled variant each, cached on disk); σ = ReLU

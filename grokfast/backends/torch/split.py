@@ -14,14 +14,13 @@ contiguous range per thread, the caller's thread taking the last range, and wait
 
 A phase only reads what earlier phases wrote: the forward's rows feed the same rows' dŶ and dZ
 (dZ[n] reads dŶ[n], W2ᵀ and its own row of H or Z); ∇W2 reads every row of H and dŶ, ∇W1 every
-row of dZ (the buffer dH). Row
-cuts are multiples of 16 (whole register tiles of Ŷ's rows for every range but the last),
-hidden-unit cuts of 16 (whole tile columns
-of ∇W2ᵀ and whole vectors of ∇W1). ∇W2 by hidden units rather than by its p columns: every
-thread takes every row tile of ∇W2ᵀ, the 1-row tail of p = 97 = 16·6 + 1 included, on its own
-columns of H (half of H read per thread instead of all of it), and the phase's threads finish
-together (by columns the caller's range held the tail: 2.25 against 2.00 ms of thread CPU; by
-units 2.12–2.22 ms wall against 2.21–2.34 on gromov / power, bench/RESULTS.md). Every output is computed
+row of dZ (the buffer dH). Row cuts are multiples of 16 (whole register tiles of Ŷ's rows for
+every range but the last), hidden-unit cuts of 16 (whole tile columns of ∇W2ᵀ and whole vectors
+of ∇W1). ∇W2 by hidden units rather than by its p columns: every thread takes every row tile of
+∇W2ᵀ, the 1-row tail of p = 97 = 16·6 + 1 included, on its own columns of H (half of H read per
+thread instead of all of it), and the phase's threads finish together (by columns the caller's
+range held the tail: 2.25 against 2.00 ms of thread CPU; by units 2.12–2.22 ms wall against
+2.21–2.34 on gromov / power, bench/RESULTS.md). Every output is computed
 whole by one thread, in the order the kernels write, so a model's bits are those of the
 one-thread kernels (forward_portable, update.mse_grad, backward) for any thread count and cuts.
 TorchStepper uses it for numerics "portable" when it steps with more than one intra-op thread
@@ -96,7 +95,7 @@ class CoreSplit:
 
     def backward(self, models, order, starts, P1, quadratic, dlogits, Z, H, w2t, g2t, dH,
                  grad) -> None:
-        """grad.backward (same signature): dH by rows with ∇W2 by columns, then ∇W1."""
+        """grad.backward (same signature): dH by rows with ∇W2 by hidden units, then ∇W1."""
         for m in models:
             self.run(_deal(self._hidden(m, quadratic, dlogits, w2t, Z, H, dH),
                            self._w2(m, P1, dlogits, H, g2t, grad)))
